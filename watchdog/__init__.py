@@ -1,0 +1,1 @@
+"""batch-watchdog: guards LLM batch jobs on OpenAI-compatible Batch APIs."""

@@ -1,0 +1,44 @@
+"""Duration values for config and CLI: ``90s``, ``15m``, ``2h``, ``1d`` or plain seconds."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, PlainSerializer
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse a duration; raise ValueError naming the accepted forms."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}: use 90s, 15m, 2h, 1d or seconds")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _PATTERN.match(str(value))
+        if not match:
+            raise ValueError(f"invalid duration {value!r}: use 90s, 15m, 2h, 1d or seconds")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError(f"invalid duration {value!r}: must not be negative")
+    return timedelta(seconds=seconds)
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a duration in the largest unit that divides it exactly."""
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]

@@ -1,0 +1,217 @@
+"""The wire model (OpenAI's Batch object, as DeepInfra and others return it), the
+normalised view that policies read, the status sets and batch-id validation."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+ACTIVE = frozenset({"validating", "in_progress", "finalizing"})
+CANCELLING = "cancelling"
+TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+KNOWN = ACTIVE | TERMINAL | {CANCELLING}
+
+_BATCH_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+class InvalidBatchId(ValueError):
+    """A batch id that must never go into a URL."""
+
+
+def validate_batch_id(batch_id: str) -> str:
+    """Return the id unchanged, or raise InvalidBatchId saying what is wrong with it."""
+    shown = repr(batch_id if len(batch_id) <= 60 else batch_id[:60] + "…")
+    if batch_id in (".", ".."):
+        raise InvalidBatchId(f"invalid batch id {shown}: '.' and '..' are not ids")
+    if not _BATCH_ID.fullmatch(batch_id):
+        raise InvalidBatchId(
+            f"invalid batch id {shown}: use 1-128 characters from A-Z a-z 0-9 _ . : -"
+        )
+    return batch_id
+
+
+def is_unknown_status(status: str | None) -> bool:
+    """A status we have never seen: tracked and logged, never cancelled automatically."""
+    return status is not None and status not in KNOWN
+
+
+def _whole_number(value: Any) -> Any:
+    # Some compatible servers send 1764320400.0; a fractional second is of no use to us.
+    if isinstance(value, float) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _empty_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+Timestamp = Annotated[int | None, BeforeValidator(_whole_number)]
+Count = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]
+FileId = Annotated[str | None, BeforeValidator(_empty_is_none)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class BatchErrorItem(_Wire):
+    code: str | None = None
+    line: int | None = None
+    message: str | None = None
+    param: str | None = None
+
+
+class BatchErrors(_Wire):
+    object: str = "list"
+    data: list[BatchErrorItem] = []
+
+
+class RequestCounts(_Wire):
+    total: Count
+    completed: Count
+    failed: Count
+
+
+class InputTokensDetails(_Wire):
+    cached_tokens: Count = 0
+
+
+class OutputTokensDetails(_Wire):
+    reasoning_tokens: Count = 0
+
+
+class Usage(_Wire):
+    """Token usage; legacy keys (prompt_tokens, …) are ignored."""
+
+    input_tokens: Count
+    input_tokens_details: InputTokensDetails | None = None
+    output_tokens: Count
+    output_tokens_details: OutputTokensDetails | None = None
+    total_tokens: Count | None = None
+
+    @model_validator(mode="after")
+    def _parts_within_totals(self) -> Usage:
+        if self.cached_tokens > self.input_tokens:
+            raise ValueError("usage: cached_tokens exceeds input_tokens")
+        if self.reasoning_tokens > self.output_tokens:
+            raise ValueError("usage: reasoning_tokens exceeds output_tokens")
+        return self
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.input_tokens_details.cached_tokens if self.input_tokens_details else 0
+
+    @property
+    def reasoning_tokens(self) -> int:
+        details = self.output_tokens_details
+        return details.reasoning_tokens if details else 0
+
+
+class BatchObject(_Wire):
+    """OpenAI's Batch object; every field but id, status and created_at may be null."""
+
+    id: str
+    object: str = "batch"
+    endpoint: str | None = None
+    input_file_id: str | None = None
+    completion_window: str | None = None
+    status: str
+    created_at: Timestamp = None
+    expires_at: Timestamp = None
+    in_progress_at: Timestamp = None
+    finalizing_at: Timestamp = None
+    completed_at: Timestamp = None
+    failed_at: Timestamp = None
+    expired_at: Timestamp = None
+    cancelling_at: Timestamp = None
+    cancelled_at: Timestamp = None
+    output_file_id: FileId = None
+    error_file_id: FileId = None
+    errors: BatchErrors | None = None
+    request_counts: RequestCounts | None = None
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+    usage: Usage | None = None
+
+
+class BatchPage(_Wire):
+    """One page of ``GET /batches``."""
+
+    object: str = "list"
+    data: list[BatchObject]
+    first_id: str | None = None
+    last_id: str | None = None
+    has_more: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    total: int
+    completed: int
+    failed: int
+
+    @property
+    def finished(self) -> int:
+        return self.completed + self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Token usage; ``cached`` is part of ``input`` and ``reasoning`` part of ``output``."""
+
+    input: int
+    cached: int
+    output: int
+    reasoning: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchView:
+    """What policies read about one batch: the last state seen at the provider."""
+
+    provider: str
+    batch_id: str
+    status: str | None
+    model: str | None = None
+    metadata: Mapping[str, str] | None = None
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    counts: Counts | None = None
+    tokens: Tokens | None = None
+
+
+def from_unix(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def tokens_of(usage: Usage | None) -> Tokens | None:
+    if usage is None:
+        return None
+    return Tokens(
+        usage.input_tokens, usage.cached_tokens, usage.output_tokens, usage.reasoning_tokens
+    )
+
+
+def counts_of(counts: RequestCounts | None) -> Counts | None:
+    return None if counts is None else Counts(counts.total, counts.completed, counts.failed)
+
+
+def view_of(provider: str, batch: BatchObject) -> BatchView:
+    """The normalised view of a wire object."""
+    return BatchView(
+        provider=provider,
+        batch_id=batch.id,
+        status=batch.status,
+        model=batch.model,
+        metadata=batch.metadata,
+        created_at=from_unix(batch.created_at),
+        expires_at=from_unix(batch.expires_at),
+        counts=counts_of(batch.request_counts),
+        tokens=tokens_of(batch.usage),
+    )

@@ -1,0 +1,185 @@
+"""Policy specs (strict pydantic schemas) and their pure evaluation against one batch.
+Conditions register by name; all of a policy's conditions must hold, and unknown
+inputs (no usage, no counts, no price) never hold."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from watchdog.durations import Duration
+from watchdog.models import ACTIVE, BatchView
+from watchdog.pricing import check_glob, projected_cost
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(_Strict):
+    """Which batches a policy looks at; every given key must match."""
+
+    provider: str | None = None
+    model: str | None = Field(default=None, description="model name or glob")
+    metadata: dict[str, str] | None = Field(default=None, description="all pairs must be present")
+
+    _glob = field_validator("model")(lambda v: v if v is None else check_glob(v))
+
+    def matches(self, view: BatchView) -> bool:
+        if self.provider is not None and self.provider != view.provider:
+            return False
+        if self.model is not None and (
+            view.model is None or not fnmatchcase(view.model, self.model)
+        ):
+            return False
+        meta = view.metadata or {}
+        return all(meta.get(k) == v for k, v in (self.metadata or {}).items())
+
+
+Ratio = Field(default=None, ge=0, le=1)
+
+
+class When(_Strict):
+    """Conditions, all of which must hold (AND). At least one is required."""
+
+    cost_usd_above: Decimal | None = Field(default=None, ge=0)
+    projected_cost_usd_above: Decimal | None = Field(default=None, ge=0)
+    age_above: Duration | None = None
+    expires_within: Duration | None = None
+    progress_below: float | None = Ratio
+    failure_ratio_above: float | None = Ratio
+    min_requests: int = Field(default=10, ge=1, description="finished requests needed for ratios")
+    status_in: tuple[str, ...] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> When:
+        if not any(getattr(self, name) is not None for name in (*CONDITIONS, "status_in")):
+            raise ValueError(f"needs at least one condition: {', '.join(sorted(CONDITIONS))}")
+        return self
+
+    @property
+    def statuses(self) -> frozenset[str]:
+        return ACTIVE if self.status_in is None else frozenset(self.status_in)
+
+
+class Policy(_Strict):
+    """A named rule: which batches, under which conditions, and what to do."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    match: Match = Match()
+    when: When
+    action: Literal["cancel", "alert"]
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """Everything a policy may look at: the batch, its cost so far and the time."""
+
+    view: BatchView
+    cost: Decimal | None
+    now: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    policy: str
+    action: str
+    observed: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """How to observe a quantity (None: unknown) and whether it breaks the threshold."""
+
+    observe: Callable[[When, Facts], Any]
+    holds: Callable[[Any, Any], bool]
+
+
+def _above(value: Any, threshold: Any) -> bool:
+    return bool(value > threshold)
+
+
+def _below(value: Any, threshold: Any) -> bool:
+    return bool(value < threshold)
+
+
+def _age(when: When, facts: Facts) -> timedelta | None:
+    created = facts.view.created_at
+    return None if created is None else facts.now - created
+
+
+def _time_left(when: When, facts: Facts) -> timedelta | None:
+    expires = facts.view.expires_at
+    return None if expires is None else expires - facts.now
+
+
+def _progress(when: When, facts: Facts) -> float | None:
+    counts = facts.view.counts
+    return None if counts is None or counts.total <= 0 else counts.finished / counts.total
+
+
+def _failure_ratio(when: When, facts: Facts) -> float | None:
+    counts = facts.view.counts
+    if counts is None or counts.finished < when.min_requests or counts.finished == 0:
+        return None
+    return counts.failed / counts.finished
+
+
+def _projected(when: When, facts: Facts) -> Decimal | None:
+    return projected_cost(facts.cost, facts.view.counts, when.min_requests)
+
+
+CONDITIONS: dict[str, Condition] = {
+    "cost_usd_above": Condition(lambda w, f: f.cost, _above),
+    "projected_cost_usd_above": Condition(_projected, _above),
+    "age_above": Condition(_age, _above),
+    "expires_within": Condition(_time_left, _below),
+    "progress_below": Condition(_progress, _below),
+    "failure_ratio_above": Condition(_failure_ratio, _above),
+}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def judge(policy: Policy, facts: Facts) -> Verdict | None:
+    """The verdict of one policy on one batch, or None when it does not apply or hold."""
+    view, when = facts.view, policy.when
+    if view.status not in when.statuses or not policy.match.matches(view):
+        return None
+    observed: dict[str, Any] = {}
+    for name, condition in CONDITIONS.items():
+        threshold = getattr(when, name)
+        if threshold is None:
+            continue
+        value = condition.observe(when, facts)
+        if value is None or not condition.holds(value, threshold):
+            return None
+        observed[name] = _jsonable(value)
+    return Verdict(policy.name, policy.action, observed)
+
+
+def evaluate(policies: Sequence[Policy], facts: Facts) -> Verdict | None:
+    """The first policy, in order, whose match and conditions hold."""
+    return next((v for v in (judge(p, facts) for p in policies) if v is not None), None)
+
+
+def describe(policy: Policy) -> str:
+    """One line saying what a policy does, as ``check-config`` prints it."""
+    when = policy.when.model_dump(exclude_none=True, mode="json")
+    if not {"failure_ratio_above", "projected_cost_usd_above"} & when.keys():
+        when.pop("min_requests", None)
+    match = policy.match.model_dump(exclude_none=True)
+    parts: Iterable[str] = (f"{k}={v}" for k, v in {**match, **when}.items())
+    return f"{policy.name}: {policy.action} when " + ", ".join(parts)

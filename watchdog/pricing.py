@@ -1,0 +1,86 @@
+"""Prices (USD per 1M tokens), price lookup by provider and model glob, and the
+cost and projection maths. Pure: no I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from fnmatch import fnmatchcase
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from watchdog.models import Counts, Tokens
+
+MILLION = Decimal(1_000_000)
+
+
+def check_glob(pattern: str) -> str:
+    """Refuse globs fnmatch would silently mis-read (an unclosed ``[``)."""
+    depth = 0
+    for char in pattern:
+        if char == "[":
+            depth += 1
+        elif char == "]" and depth:
+            depth -= 1
+    if depth:
+        raise ValueError(f"bad glob {pattern!r}: unclosed '['")
+    return pattern
+
+
+class Price(BaseModel):
+    """One row of the ``pricing`` table: the first row matching a batch wins."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="model name or glob, e.g. 'meta-llama/*'")
+    provider: str | None = Field(default=None, description="only for this provider")
+    input: Decimal = Field(ge=0, description="USD per 1M input tokens")
+    cached_input: Decimal | None = Field(default=None, ge=0, description="defaults to input")
+    output: Decimal = Field(ge=0, description="USD per 1M output tokens")
+
+    _glob = field_validator("model")(check_glob)
+
+    @property
+    def cached_rate(self) -> Decimal:
+        return self.input if self.cached_input is None else self.cached_input
+
+    def matches(self, provider: str, model: str | None) -> bool:
+        if model is None or (self.provider is not None and self.provider != provider):
+            return False
+        return fnmatchcase(model, self.model)
+
+
+def find_price(prices: Sequence[Price], provider: str, model: str | None) -> Price | None:
+    """The first price row for this provider and model, or None (cost unknown)."""
+    return next((p for p in prices if p.matches(provider, model)), None)
+
+
+def cost_usd(tokens: Tokens, price: Price) -> Decimal:
+    """Cost so far; cached tokens are part of input and reasoning part of output."""
+    uncached = tokens.input - tokens.cached
+    total = (
+        uncached * price.input + tokens.cached * price.cached_rate + tokens.output * price.output
+    )
+    return total / MILLION
+
+
+def batch_cost(
+    prices: Sequence[Price], provider: str, model: str | None, tokens: Tokens | None
+) -> Decimal | None:
+    """Cost so far, or None when usage or a price is missing: unknown is never zero."""
+    price = find_price(prices, provider, model)
+    if price is None or tokens is None:
+        return None
+    return cost_usd(tokens, price)
+
+
+def projected_cost(
+    cost: Decimal | None, counts: Counts | None, min_requests: int
+) -> Decimal | None:
+    """Cost at completion at the cost per finished request so far, once enough have finished."""
+    if cost is None or counts is None or counts.total <= 0:
+        return None
+    finished = counts.finished
+    if finished < max(min_requests, 1):
+        return None
+    return cost / finished * max(counts.total, finished)

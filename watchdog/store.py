@@ -1,0 +1,323 @@
+"""The only code that speaks SQL (SQLAlchemy 2 async): engine setup, migrations,
+tracking, claiming due batches under a lease, and writing rows and events together."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, insert, or_, select, tuple_, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
+from watchdog.tables import batch_events, batches
+
+TIMESTAMPS = (
+    "created_at",
+    "expires_at",
+    "in_progress_at",
+    "finalizing_at",
+    "completed_at",
+    "failed_at",
+    "expired_at",
+    "cancelling_at",
+    "cancelled_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One row of the audit log; ``kind`` is one of tables.EVENT_KINDS."""
+
+    at: datetime
+    provider: str
+    batch_id: str
+    kind: str
+    from_status: str | None = None
+    to_status: str | None = None
+    policy: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Tracked:
+    """A claimed row of ``batches``: the last state seen and the daemon's bookkeeping."""
+
+    view: BatchView
+    cost_usd: float | None
+    matched_policy: str | None
+    poll_failures: int
+    last_error: str | None
+    cancel_policy: str | None
+    cancel_requested_at: datetime | None
+    cancel_attempts: int
+    cancel_outcome: str | None
+    pricing_missing_at: datetime | None
+    tracked_at: datetime | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.view.provider, self.view.batch_id)
+
+
+@dataclass(slots=True)
+class RowUpdate:
+    """Columns to set on one batch, keyed by (provider, batch_id)."""
+
+    provider: str
+    batch_id: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An engine for the URL; SQLite gets WAL, a busy timeout, and a 0600 file."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_async_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    if parsed.database and parsed.database != ":memory:":
+        _create_private_file(Path(parsed.database))
+    engine = create_async_engine(url, connect_args={"timeout": 15})
+    event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    event.listen(engine.sync_engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _create_private_file(path: Path) -> None:
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy emit BEGIN itself (Python 3.11's sqlite3 would defer it).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=15000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    # Take the write lock up front: no SQLITE_BUSY when a read turns into a write.
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(files("watchdog.migrations")))
+    return config
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Bring the schema to head (Alembic, on this engine's connection)."""
+    config = _alembic_config()
+
+    def run(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def schema_revision(engine: AsyncEngine) -> tuple[str | None, str | None]:
+    """(current revision, head revision)."""
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+    def current(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(current), head
+
+
+def wire_columns(batch: BatchObject) -> dict[str, Any]:
+    """The ``batches`` columns that mirror a wire object."""
+    counts, usage = batch.request_counts, batch.usage
+    values: dict[str, Any] = {
+        "status": batch.status,
+        "endpoint": batch.endpoint,
+        "model": batch.model,
+        "metadata": batch.metadata,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "errors": batch.errors.model_dump(mode="json") if batch.errors else None,
+        "request_total": counts.total if counts else None,
+        "request_completed": counts.completed if counts else None,
+        "request_failed": counts.failed if counts else None,
+        "input_tokens": usage.input_tokens if usage else None,
+        "cached_tokens": usage.cached_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "reasoning_tokens": usage.reasoning_tokens if usage else None,
+    }
+    for name in TIMESTAMPS:
+        values[name] = from_unix(getattr(batch, name))
+    return values
+
+
+def _view(row: Mapping[str, Any]) -> BatchView:
+    counts = tokens = None
+    if row["request_total"] is not None:
+        counts = Counts(row["request_total"], row["request_completed"], row["request_failed"])
+    if row["input_tokens"] is not None:
+        tokens = Tokens(
+            row["input_tokens"], row["cached_tokens"], row["output_tokens"], row["reasoning_tokens"]
+        )
+    return BatchView(
+        provider=row["provider"],
+        batch_id=row["batch_id"],
+        status=row["status"],
+        model=row["model"],
+        metadata=row["metadata"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        counts=counts,
+        tokens=tokens,
+    )
+
+
+def _tracked(row: Mapping[str, Any]) -> Tracked:
+    return Tracked(
+        view=_view(row),
+        cost_usd=row["cost_usd"],
+        matched_policy=row["matched_policy"],
+        poll_failures=row["poll_failures"] or 0,
+        last_error=row["last_error"],
+        cancel_policy=row["cancel_policy"],
+        cancel_requested_at=row["cancel_requested_at"],
+        cancel_attempts=row["cancel_attempts"] or 0,
+        cancel_outcome=row["cancel_outcome"],
+        pricing_missing_at=row["pricing_missing_at"],
+        tracked_at=row["tracked_at"],
+    )
+
+
+def _event_row(item: Event) -> dict[str, Any]:
+    return {
+        "at": item.at,
+        "provider": item.provider,
+        "batch_id": item.batch_id,
+        "kind": item.kind,
+        "from_status": item.from_status,
+        "to_status": item.to_status,
+        "policy": item.policy,
+        "detail": dict(item.detail) if item.detail is not None else None,
+    }
+
+
+class Store:
+    """Reads and writes ``batches`` and ``batch_events``; one short transaction a call."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def track(
+        self, provider: str, batch_id: str, labels: Mapping[str, str], now: datetime
+    ) -> bool:
+        """Start tracking; False (and nothing written) when it is tracked already."""
+        key = (batches.c.provider == provider) & (batches.c.batch_id == batch_id)
+        async with self.engine.begin() as conn:
+            if (await conn.execute(select(batches.c.batch_id).where(key))).first():
+                return False
+            row = {"provider": provider, "batch_id": batch_id, "tracked_at": now}
+            await conn.execute(insert(batches).values(**row, labels=dict(labels) or None))
+            await self._insert_events(conn, [Event(now, provider, batch_id, "tracked")])
+        return True
+
+    async def untrack(self, batch_id: str, provider: str | None, now: datetime) -> list[str]:
+        """Stop tracking (events stay); the providers it was removed from."""
+        where = batches.c.batch_id == batch_id
+        if provider is not None:
+            where &= batches.c.provider == provider
+        async with self.engine.begin() as conn:
+            rows = (
+                await conn.execute(select(batches.c.provider, batches.c.status).where(where))
+            ).all()
+            await conn.execute(batches.delete().where(where))
+            events = [Event(now, p, batch_id, "untracked", from_status=s) for p, s in rows]
+            await self._insert_events(conn, events)
+        return [p for p, _ in rows]
+
+    async def claim_due(
+        self, now: datetime, owner: str, lease: timedelta, limit: int
+    ) -> list[Tracked]:
+        """Lease up to ``limit`` due, non-terminal batches to ``owner`` and return them."""
+        c = batches.c
+        due = (
+            select(c.provider, c.batch_id)
+            .where(
+                or_(c.status.is_(None), c.status.not_in(TERMINAL)),
+                or_(c.next_poll_at.is_(None), c.next_poll_at <= now),
+                or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
+            )
+            .order_by(c.next_poll_at.asc().nulls_first())
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claim = (
+            update(batches)
+            .where(tuple_(c.provider, c.batch_id).in_(due))
+            .values(lease_owner=owner, lease_expires_at=now + lease)
+            .returning(*batches.c)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(claim)).mappings().all()
+        return [_tracked(row) for row in rows]
+
+    async def apply(self, updates: Sequence[RowUpdate], events: Iterable[Event]) -> None:
+        """Write row changes and their events in one transaction."""
+        c = batches.c
+        async with self.engine.begin() as conn:
+            for change in updates:
+                if change.values:
+                    key = (c.provider == change.provider) & (c.batch_id == change.batch_id)
+                    await conn.execute(update(batches).where(key).values(**change.values))
+            await self._insert_events(conn, list(events))
+
+    async def _insert_events(self, conn: AsyncConnection, events: list[Event]) -> None:
+        if events:
+            await conn.execute(insert(batch_events), [_event_row(e) for e in events])
+
+    async def release(self, owner: str) -> None:
+        """Give up this owner's leases (at shutdown)."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(batches)
+                .where(batches.c.lease_owner == owner)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
+
+    async def list_batches(self, status: str | None = None) -> list[dict[str, Any]]:
+        query = select(batches).order_by(
+            batches.c.tracked_at, batches.c.provider, batches.c.batch_id
+        )
+        if status is not None:
+            query = query.where(batches.c.status == status)
+        async with self.engine.connect() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+    async def list_events(
+        self, batch_id: str | None = None, provider: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = select(batch_events).order_by(batch_events.c.id)
+        if batch_id is not None:
+            query = query.where(batch_events.c.batch_id == batch_id)
+        if provider is not None:
+            query = query.where(batch_events.c.provider == provider)
+        async with self.engine.connect() as conn:
+            return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+    async def tracked_providers(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(select(batches.c.provider).distinct())
+            return {row[0] for row in rows}

@@ -1,0 +1,140 @@
+"""The schema (a contract: other programs insert rows into ``batches``). Alembic
+migrations in ``migrations/`` create it; this module only declares it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite would drop the offset silently)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+TOKEN = BigInteger
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("provider", String(64), nullable=False),
+    Column("batch_id", String(128), nullable=False),
+    # Last seen wire fields.
+    Column("status", String(64)),
+    Column("endpoint", String(128)),
+    Column("model", String(256)),
+    Column("metadata", JSON),
+    Column("created_at", UTCDateTime),
+    Column("expires_at", UTCDateTime),
+    Column("in_progress_at", UTCDateTime),
+    Column("finalizing_at", UTCDateTime),
+    Column("completed_at", UTCDateTime),
+    Column("failed_at", UTCDateTime),
+    Column("expired_at", UTCDateTime),
+    Column("cancelling_at", UTCDateTime),
+    Column("cancelled_at", UTCDateTime),
+    Column("output_file_id", String(128)),
+    Column("error_file_id", String(128)),
+    Column("errors", JSON),
+    Column("request_total", BigInteger),
+    Column("request_completed", BigInteger),
+    Column("request_failed", BigInteger),
+    Column("input_tokens", TOKEN),
+    Column("cached_tokens", TOKEN),
+    Column("output_tokens", TOKEN),
+    Column("reasoning_tokens", TOKEN),
+    # Derived.
+    Column("cost_usd", Float),
+    Column("matched_policy", String(64)),
+    # Tracking and scheduling.
+    Column("labels", JSON),
+    Column("tracked_at", UTCDateTime),
+    Column("next_poll_at", UTCDateTime),
+    Column("last_polled_at", UTCDateTime),
+    Column("poll_failures", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("lease_owner", String(128)),
+    Column("lease_expires_at", UTCDateTime),
+    # Cancel bookkeeping: requested is written before the request goes out.
+    Column("cancel_policy", String(64)),
+    Column("cancel_requested_at", UTCDateTime),
+    Column("cancel_attempts", Integer, nullable=False, server_default="0"),
+    Column("cancel_outcome", String(32)),
+    Column("cancel_finished_at", UTCDateTime),
+    Column("pricing_missing_at", UTCDateTime),
+    PrimaryKeyConstraint("provider", "batch_id"),
+    Index(None, "next_poll_at"),
+    Index(None, "status"),
+)
+
+batch_events = Table(
+    "batch_events",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("batch_id", String(128), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("from_status", String(64)),
+    Column("to_status", String(64)),
+    Column("policy", String(64)),
+    Column("detail", JSON),
+    Index(None, "provider", "batch_id", "id"),
+    Index(None, "at"),
+)
+
+EVENT_KINDS = frozenset(
+    {
+        "tracked",
+        "untracked",
+        "status_changed",
+        "counts_changed",
+        "policy_matched",
+        "cancel_requested",
+        "cancel_succeeded",
+        "cancel_failed",
+        "poll_failed",
+        "pricing_missing",
+    }
+)
