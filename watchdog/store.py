@@ -288,14 +288,15 @@ class Store:
         if events:
             await conn.execute(insert(batch_events), [_event_row(e) for e in events])
 
-    async def release(self, owner: str) -> None:
-        """Give up this owner's leases (at shutdown)."""
+    async def release(self, owner: str | None) -> None:
+        """Give up this owner's leases (at shutdown), or everyone's (None)."""
+        query = update(batches).values(lease_owner=None, lease_expires_at=None)
+        if owner is None:
+            query = query.where(batches.c.lease_owner.is_not(None))
+        else:
+            query = query.where(batches.c.lease_owner == owner)
         async with self.engine.begin() as conn:
-            await conn.execute(
-                update(batches)
-                .where(batches.c.lease_owner == owner)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+            await conn.execute(query)
 
     async def list_batches(self, status: str | None = None) -> list[dict[str, Any]]:
         query = select(batches).order_by(

@@ -1,0 +1,7 @@
+"""``python -m watchdog``: the same as the ``batch-watchdog`` console script."""
+
+import sys
+
+from watchdog.cli import main
+
+sys.exit(main())

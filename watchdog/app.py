@@ -1,0 +1,206 @@
+"""Builds everything once — settings, database engine, store, provider clients, the
+tick engine — and runs the commands on them. No printing here: cli.py prints."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from watchdog import logs
+from watchdog.engine import Engine, Rules, TickSummary, utcnow
+from watchdog.models import validate_batch_id
+from watchdog.providers import ProviderClient
+from watchdog.scheduler import TickLoop
+from watchdog.settings import Settings
+from watchdog.store import Store, create_engine, schema_revision, upgrade
+
+log = structlog.get_logger("watchdog.app")
+
+
+class UsageError(Exception):
+    """A bad argument (batch id, provider name); the CLI exits 2."""
+
+
+class SchemaError(Exception):
+    """The database schema is not at head and will not be migrated implicitly."""
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
+    return Rules(
+        policies=tuple(settings.policies),
+        pricing=tuple(settings.pricing),
+        dry_run=dry_run or settings.dry_run,
+        max_cancels_per_tick=settings.max_cancels_per_tick,
+    )
+
+
+async def prepare_schema(db: AsyncEngine, url: str) -> None:
+    """SQLite is brought to head on the spot; PostgreSQL must be migrated explicitly."""
+    if is_sqlite(url):
+        await upgrade(db)
+        return
+    current, head = await schema_revision(db)
+    if current != head:
+        raise SchemaError(
+            f"database schema is at {current or 'nothing'}, head is {head}: "
+            "run 'batch-watchdog migrate' first"
+        )
+
+
+@asynccontextmanager
+async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    db = create_engine(settings.database_url)
+    try:
+        await prepare_schema(db, settings.database_url)
+        yield Store(db)
+    finally:
+        await db.dispose()
+
+
+@asynccontextmanager
+async def open_clients(
+    settings: Settings, environ: Mapping[str, str]
+) -> AsyncIterator[dict[str, ProviderClient]]:
+    """One client per provider; a missing key is a ConfigError before anything starts."""
+    keys = {name: p.read_key(name, environ) for name, p in settings.providers.items()}
+    for key in keys.values():
+        if key is not None:
+            logs.add_secret(key.get_secret_value())
+    async with AsyncExitStack() as stack:
+        clients = {}
+        for name, provider in settings.providers.items():
+            client = ProviderClient(
+                name,
+                base_url=provider.base_url,
+                api_key=keys[name],
+                timeout=provider.timeout.total_seconds(),
+                max_retries=provider.max_retries,
+                concurrency=provider.concurrency,
+            )
+            clients[name] = await stack.enter_async_context(client)
+        yield clients
+
+
+@dataclass(slots=True)
+class Daemon:
+    """The running pieces, for ``run`` and the demo."""
+
+    settings: Settings
+    store: Store
+    engine: Engine
+
+
+@asynccontextmanager
+async def open_daemon(
+    settings: Settings, *, dry_run: bool = False, environ: Mapping[str, str] | None = None
+) -> AsyncIterator[Daemon]:
+    environ = os.environ if environ is None else environ
+    async with open_clients(settings, environ) as clients, open_store(settings) as store:
+        owner = owner_id()
+        if is_sqlite(settings.database_url):
+            await store.release(None)  # one instance per SQLite file: old leases are ours
+        engine = Engine(
+            store=store,
+            clients=clients,
+            rules=rules_of(settings, dry_run=dry_run),
+            poll_interval=settings.poll_interval,
+            owner=owner,
+        )
+        try:
+            yield Daemon(settings, store, engine)
+        finally:
+            await store.release(owner)
+
+
+def _announce(daemon: Daemon) -> None:
+    rules = daemon.engine.rules
+    log.info(
+        "daemon_started",
+        providers=sorted(daemon.engine.clients),
+        policies=[p.name for p in rules.policies],
+        poll_interval_s=daemon.settings.poll_interval.total_seconds(),
+        dry_run=rules.dry_run,
+    )
+    if rules.dry_run:
+        log.warning(
+            "dry_run_enabled", note="policies are judged and recorded; nothing is cancelled"
+        )
+
+
+async def run(settings: Settings, *, once: bool, dry_run: bool) -> TickSummary | None:
+    """The daemon: one tick with ``once``, else ticks until SIGTERM or SIGINT."""
+    async with open_daemon(settings, dry_run=dry_run) as daemon:
+        _announce(daemon)
+        if once:
+            return await daemon.engine.tick()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await TickLoop(daemon.engine.tick, settings.poll_interval).run(stop)
+        log.info("daemon_stopped")
+    return None
+
+
+async def migrate(settings: Settings) -> tuple[str | None, str | None]:
+    db = create_engine(settings.database_url)
+    try:
+        await upgrade(db)
+        return await schema_revision(db)
+    finally:
+        await db.dispose()
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad --label {pair!r}: use key=value")
+        labels[key] = value
+    return labels
+
+
+async def track(settings: Settings, batch_id: str, provider: str, labels: list[str]) -> bool:
+    try:
+        validate_batch_id(batch_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if provider not in settings.providers:
+        raise UsageError(f"unknown provider {provider!r}; known: {settings.provider_list()}")
+    parsed = parse_labels(labels)
+    async with open_store(settings) as store:
+        return await store.track(provider, batch_id, parsed, utcnow())
+
+
+async def untrack(settings: Settings, batch_id: str, provider: str | None) -> list[str]:
+    async with open_store(settings) as store:
+        return await store.untrack(batch_id, provider, utcnow())
+
+
+async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:
+    async with open_store(settings) as store:
+        return await store.list_batches(status)
+
+
+async def list_events(settings: Settings, batch_id: str | None) -> list[dict[str, Any]]:
+    async with open_store(settings) as store:
+        return await store.list_events(batch_id)

@@ -1,0 +1,304 @@
+"""Command line: parses arguments, calls into app, prints. Exit codes: 0 ok, 2 usage,
+78 config error, 1 anything else; errors are one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, NoReturn
+
+from watchdog import app, logs
+from watchdog.durations import format_duration
+from watchdog.policies import describe
+from watchdog.settings import ConfigError, Settings, config_path, load_settings
+
+EX_OK, EX_ERROR, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EX_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> Parser:
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="YAML config (default: $WATCHDOG_CONFIG or config/watchdog.yaml)",
+    )
+    parser = Parser(
+        prog="batch-watchdog",
+        description="Guards LLM batch jobs: polls them, "
+        "judges them against YAML policies, cancels the ones that break one.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    run = sub.add_parser("run", parents=[common], help="run the daemon")
+    run.add_argument("--once", action="store_true", help="one full tick, then exit")
+    run.add_argument("--dry-run", action="store_true", help="judge and record, never cancel")
+    sub.add_parser("migrate", parents=[common], help="bring the database schema to head")
+    track = sub.add_parser("track", parents=[common], help="start tracking a batch")
+    track.add_argument("batch_id", metavar="ID")
+    track.add_argument("--provider", required=True, metavar="NAME")
+    track.add_argument("--label", action="append", default=[], metavar="K=V")
+    untrack = sub.add_parser("untrack", parents=[common], help="stop tracking (history kept)")
+    untrack.add_argument("batch_id", metavar="ID")
+    untrack.add_argument("--provider", metavar="NAME")
+    lister = sub.add_parser("list", parents=[common], help="tracked batches")
+    lister.add_argument("--status", metavar="S")
+    lister.add_argument("--json", action="store_true")
+    events = sub.add_parser("events", parents=[common], help="the audit log")
+    events.add_argument("batch_id", nargs="?", metavar="ID")
+    events.add_argument("--json", action="store_true")
+    sub.add_parser("check-config", parents=[common], help="validate and show the config")
+    sim = sub.add_parser("simulate", parents=[common], help="serve the simulated batch API")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8089)
+    sim.add_argument("--scenario", choices=["empty", "demo"], default="demo")
+    demo = sub.add_parser("demo", parents=[common], help="simulator + daemon, end to end")
+    demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS")
+    return parser
+
+
+def load(args: argparse.Namespace) -> Settings:
+    settings = load_settings(config_path(args.config, os.environ))
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def batch_json(row: dict[str, Any]) -> dict[str, Any]:
+    counts = None
+    if row["request_total"] is not None:
+        counts = {
+            "total": row["request_total"],
+            "completed": row["request_completed"],
+            "failed": row["request_failed"],
+        }
+    usage = None
+    if row["input_tokens"] is not None:
+        usage = {
+            k: row[k]
+            for k in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+        }
+    return {
+        "id": row["batch_id"],
+        "provider": row["provider"],
+        "status": row["status"],
+        "model": row["model"],
+        "cost_usd": row["cost_usd"],
+        "request_counts": counts,
+        "usage": usage,
+        "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
+        "metadata": row["metadata"],
+        "labels": row["labels"],
+        "matched_policy": row["matched_policy"],
+        "cancel_policy": row["cancel_policy"],
+        "cancel_outcome": row["cancel_outcome"],
+        "tracked_at": iso(row["tracked_at"]),
+        "last_polled_at": iso(row["last_polled_at"]),
+        "next_poll_at": iso(row["next_poll_at"]),
+        "last_error": row["last_error"],
+    }
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("batch_id", "provider", "kind", "from_status", "to_status", "policy", "detail")
+    return {"at": iso(row["at"]), **{k: row[k] for k in keys}}
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def batch_table(rows: list[dict[str, Any]]) -> str:
+    out = []
+    for b in map(batch_json, rows):
+        counts = b["request_counts"]
+        done = f"{counts['completed'] + counts['failed']}/{counts['total']}" if counts else "-"
+        cost = "unknown" if b["cost_usd"] is None else f"${b['cost_usd']:.4f}"
+        policy = b["cancel_policy"] or b["matched_policy"] or "-"
+        out.append(
+            [
+                b["id"],
+                b["provider"],
+                b["status"] or "(not polled)",
+                b["model"] or "-",
+                cost,
+                done,
+                b["expires_at"] or "-",
+                policy,
+            ]
+        )
+    header = ["ID", "PROVIDER", "STATUS", "MODEL", "COST", "DONE", "EXPIRES", "POLICY"]
+    return table(out, header) if out else "no batches tracked"
+
+
+def event_table(rows: list[dict[str, Any]]) -> str:
+    out = []
+    for e in map(event_json, rows):
+        change = f"{e['from_status'] or '-'} -> {e['to_status'] or '-'}"
+        detail = json.dumps(e["detail"], separators=(",", ":")) if e["detail"] else ""
+        out.append(
+            [
+                e["at"],
+                e["provider"],
+                e["batch_id"],
+                e["kind"],
+                change,
+                e["policy"] or "",
+                detail[:120],
+            ]
+        )
+    header = ["AT", "PROVIDER", "BATCH", "KIND", "STATUS", "POLICY", "DETAIL"]
+    return table(out, header) if out else "no events"
+
+
+def show_config(settings: Settings, path: str) -> str:
+    lines = [
+        f"config OK: {path}",
+        f"database: {settings.database_url}",
+        f"poll_interval: {format_duration(settings.poll_interval)}",
+        f"dry_run: {str(settings.dry_run).lower()}",
+        f"max_cancels_per_tick: {settings.max_cancels_per_tick}",
+        f"providers ({len(settings.providers)}):",
+    ]
+    for name, p in settings.providers.items():
+        key = "no key"
+        if p.api_key_env:
+            key = f"key from ${p.api_key_env}"
+        elif p.api_key_file:
+            key = f"key from {p.api_key_file}"
+        lines.append(f"  {name}: {p.base_url} ({key})")
+    lines.append(f"pricing ({len(settings.pricing)}, USD per 1M tokens, first match wins):")
+    for price in settings.pricing:
+        scope = f"{price.provider}/" if price.provider else ""
+        lines.append(
+            f"  {scope}{price.model}: input {price.input}, cached {price.cached_rate}, "
+            f"output {price.output}"
+        )
+    lines.append(f"policies ({len(settings.policies)}, first match acts):")
+    lines.extend(f"  {describe(p)}" for p in settings.policies)
+    return "\n".join(lines)
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str)
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run one command; exceptions map to exit codes in main()."""
+    if args.command == "simulate":
+        from watchdog.demo import serve_simulator
+
+        asyncio.run(serve_simulator(args.host, args.port, args.scenario))
+        return EX_OK
+    if args.command == "demo":
+        from watchdog.demo import run_demo
+
+        rows = run_demo(args.config, args.duration)
+        print(batch_table(rows))
+        print(
+            "\nThe demo's database was temporary. Against a real provider: copy "
+            "config/watchdog.example.yaml, then `batch-watchdog track ID --provider NAME` "
+            "and `batch-watchdog run`."
+        )
+        return EX_OK
+    settings = load(args)
+    handler = HANDLERS[args.command]
+    return handler(settings, args)
+
+
+def _run(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(app.run(settings, once=args.once, dry_run=args.dry_run))
+    return EX_OK
+
+
+def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    current, head = asyncio.run(app.migrate(settings))
+    print(f"database schema at {current} (head {head})")
+    return EX_OK
+
+
+def _track(settings: Settings, args: argparse.Namespace) -> int:
+    added = asyncio.run(app.track(settings, args.batch_id, args.provider, args.label))
+    print(
+        f"tracking {args.provider}/{args.batch_id}"
+        if added
+        else f"already tracking {args.provider}/{args.batch_id}"
+    )
+    return EX_OK
+
+
+def _untrack(settings: Settings, args: argparse.Namespace) -> int:
+    removed = asyncio.run(app.untrack(settings, args.batch_id, args.provider))
+    if not removed:
+        print(f"error: batch {args.batch_id!r} is not tracked", file=sys.stderr)
+        return EX_ERROR
+    for provider in removed:
+        print(f"stopped tracking {provider}/{args.batch_id} (events kept)")
+    return EX_OK
+
+
+def _list(settings: Settings, args: argparse.Namespace) -> int:
+    rows = asyncio.run(app.list_batches(settings, args.status))
+    print(dump([batch_json(r) for r in rows]) if args.json else batch_table(rows))
+    return EX_OK
+
+
+def _events(settings: Settings, args: argparse.Namespace) -> int:
+    rows = asyncio.run(app.list_events(settings, args.batch_id))
+    print(dump([event_json(r) for r in rows]) if args.json else event_table(rows))
+    return EX_OK
+
+
+def _check_config(settings: Settings, args: argparse.Namespace) -> int:
+    print(show_config(settings, str(config_path(args.config, os.environ))))
+    return EX_OK
+
+
+HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
+    "run": _run,
+    "migrate": _migrate,
+    "track": _track,
+    "untrack": _untrack,
+    "list": _list,
+    "events": _events,
+    "check-config": _check_config,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return command(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    except app.UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # one readable line, never a traceback, for any failure
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        print(f"error: {message[:500]}", file=sys.stderr)
+        return EX_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

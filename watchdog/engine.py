@@ -1,0 +1,421 @@
+"""One tick: claim the due batches, refresh them from their providers, record what
+changed, judge them against the policies, plan and send the cancels, reschedule.
+A failure on one batch never costs the others their tick."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from watchdog.decisions import Candidate, plan
+from watchdog.models import (
+    CANCELLING,
+    TERMINAL,
+    BatchObject,
+    BatchView,
+    InvalidBatchId,
+    is_unknown_status,
+    validate_batch_id,
+    view_of,
+)
+from watchdog.policies import Facts, Policy, Verdict, evaluate
+from watchdog.pricing import Price, batch_cost
+from watchdog.providers import CancelRefused, PermanentError, ProviderClient, ProviderError
+from watchdog.store import Event, RowUpdate, Store, Tracked, wire_columns
+
+log = structlog.get_logger("watchdog.engine")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What the daemon judges by; swapped whole when the config is reloaded."""
+
+    policies: Sequence[Policy]
+    pricing: Sequence[Price]
+    dry_run: bool = False
+    max_cancels_per_tick: int = 20
+
+
+@dataclass(slots=True)
+class TickSummary:
+    claimed: int = 0
+    polled: int = 0
+    poll_failed: int = 0
+    status_changed: int = 0
+    policy_matched: int = 0
+    cancel_requested: int = 0
+    cancel_succeeded: int = 0
+    cancel_failed: int = 0
+    cancel_held: int = 0
+
+
+@dataclass(slots=True)
+class Recorder:
+    """Collects events for the store and logs each one under the same name."""
+
+    clock: Callable[[], datetime]
+    summary: TickSummary
+    events: list[Event] = field(default_factory=list)
+
+    def add(
+        self,
+        tracked: Tracked,
+        kind: str,
+        *,
+        from_status: str | None = None,
+        to_status: str | None = None,
+        policy: str | None = None,
+        level: str = "info",
+        **detail: Any,
+    ) -> None:
+        provider, batch_id = tracked.key
+        self.events.append(
+            Event(self.clock(), provider, batch_id, kind, from_status, to_status, policy, detail)
+        )
+        if hasattr(self.summary, kind):
+            setattr(self.summary, kind, getattr(self.summary, kind) + 1)
+        getattr(log, level)(
+            kind,
+            batch_id=batch_id,
+            provider=provider,
+            policy=policy,
+            from_status=from_status,
+            to_status=to_status,
+            **detail,
+        )
+
+
+@dataclass(slots=True)
+class Work:
+    """One batch's passage through a tick."""
+
+    tracked: Tracked
+    update: RowUpdate
+    verdict: Verdict | None = None
+
+
+class Engine:
+    """Runs ticks; everything it needs is handed in, built once by the app."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clients: Mapping[str, ProviderClient],
+        rules: Rules,
+        poll_interval: timedelta,
+        owner: str,
+        clock: Callable[[], datetime] = utcnow,
+        chunk: int = 500,
+        lease: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.store = store
+        self.clients = clients
+        self.rules = rules
+        self.poll_interval = poll_interval
+        self.owner = owner
+        self.clock = clock
+        self.chunk = chunk
+        self.lease = lease
+
+    async def tick(self) -> TickSummary:
+        """Poll every due batch once, judge, act; log one summary line."""
+        started, now = time.perf_counter(), self.clock()
+        summary = TickSummary()
+        while True:
+            claimed = await self.store.claim_due(now, self.owner, self.lease, self.chunk)
+            summary.claimed += len(claimed)
+            if claimed:
+                await self._process(claimed, now, summary)
+            if len(claimed) < self.chunk:
+                break
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        log.info(
+            "tick_completed", duration_ms=elapsed_ms, dry_run=self.rules.dry_run, **asdict(summary)
+        )
+        return summary
+
+    async def _process(self, claimed: list[Tracked], now: datetime, summary: TickSummary) -> None:
+        rec = Recorder(self.clock, summary)
+        results = await asyncio.gather(*(self._fetch(t) for t in claimed))
+        work = [self._observe(t, r, now, rec) for t, r in zip(claimed, results, strict=True)]
+        candidates = [
+            self._candidate(w) for w in work if w.verdict and w.verdict.action == "cancel"
+        ]
+        decided = plan(
+            candidates, dry_run=self.rules.dry_run, max_cancels=self.rules.max_cancels_per_tick
+        )
+        summary.cancel_held += len(decided.held)
+        by_key = {w.tracked.key: w for w in work}
+        sending = [by_key[(c.provider, c.batch_id)] for c in decided.cancel]
+        for item in sending:
+            self._request_cancel(item, now, rec)
+        # Everything seen and cancel_requested are stored before any cancel goes out.
+        await self.store.apply([w.update for w in work], rec.events)
+        if sending:
+            await self._send_cancels(sending, now, summary)
+
+    async def _fetch(self, tracked: Tracked) -> BatchObject | ProviderError:
+        provider, batch_id = tracked.key
+        client = self.clients.get(provider)
+        if client is None:
+            return PermanentError(f"provider {provider!r} is not configured")
+        try:
+            validate_batch_id(batch_id)
+            return await client.get(batch_id)
+        except (ProviderError, InvalidBatchId) as exc:
+            return exc if isinstance(exc, ProviderError) else PermanentError(str(exc))
+        except Exception as exc:  # a bug must not cost the other batches their tick
+            log.exception("poll_crashed", batch_id=batch_id, provider=provider)
+            return PermanentError(f"internal error: {type(exc).__name__}")
+
+    def _schedule(self, now: datetime, status: str | None) -> dict[str, Any]:
+        # A little slack so the next tick, which may fire a hair early, finds it due.
+        slack = min(self.poll_interval / 10, timedelta(seconds=5))
+        next_poll = None if status in TERMINAL else now + self.poll_interval - slack
+        return {"next_poll_at": next_poll, "lease_owner": None, "lease_expires_at": None}
+
+    def _observe(
+        self, tracked: Tracked, result: BatchObject | ProviderError, now: datetime, rec: Recorder
+    ) -> Work:
+        update = RowUpdate(*tracked.key)
+        if isinstance(result, ProviderError):
+            self._poll_failed(tracked, result, now, update, rec)
+            return Work(tracked, update)
+        rec.summary.polled += 1
+        view = self._diff(tracked, result, update, rec)
+        cost = batch_cost(self.rules.pricing, view.provider, view.model, view.tokens)
+        update.values.update(
+            cost_usd=None if cost is None else float(cost),
+            tracked_at=tracked.tracked_at or now,
+            last_polled_at=now,
+            poll_failures=0,
+            last_error=None,
+            **self._schedule(now, view.status),
+        )
+        self._pricing(tracked, view, cost, now, update, rec)
+        self._reconcile_cancel(tracked, view, now, update, rec)
+        verdict = evaluate(self.rules.policies, Facts(view, cost, now))
+        self._matched(tracked, verdict, update, rec)
+        tracked.view = view
+        return Work(tracked, update, verdict)
+
+    def _diff(
+        self, tracked: Tracked, batch: BatchObject, update: RowUpdate, rec: Recorder
+    ) -> BatchView:
+        """Store the wire fields; record status and count changes against what was known."""
+        old, new = tracked.view, view_of(tracked.view.provider, batch)
+        update.values.update(wire_columns(batch))
+        if new.status != old.status:
+            unknown = is_unknown_status(new.status)
+            rec.add(
+                tracked,
+                "status_changed",
+                from_status=old.status,
+                to_status=new.status,
+                level="warning" if unknown else "info",
+                **({"unknown": True} if unknown else {}),
+            )
+        if new.counts is not None and new.counts != old.counts:
+            before = None if old.counts is None else asdict(old.counts)
+            rec.add(
+                tracked,
+                "counts_changed",
+                from_status=old.status,
+                to_status=new.status,
+                before=before,
+                after=asdict(new.counts),
+            )
+        return new
+
+    def _poll_failed(
+        self,
+        tracked: Tracked,
+        error: ProviderError,
+        now: datetime,
+        update: RowUpdate,
+        rec: Recorder,
+    ) -> None:
+        message = str(error)
+        update.values.update(
+            poll_failures=tracked.poll_failures + 1,
+            last_error=message,
+            last_polled_at=now,
+            **self._schedule(now, tracked.view.status),
+        )
+        if message != tracked.last_error:  # one event per streak of the same failure
+            rec.add(
+                tracked,
+                "poll_failed",
+                to_status=tracked.view.status,
+                level="warning",
+                error=message,
+                http_status=error.status,
+                temporary=error.temporary,
+            )
+        else:
+            rec.summary.poll_failed += 1
+
+    def _pricing(
+        self,
+        tracked: Tracked,
+        view: BatchView,
+        cost: Decimal | None,
+        now: datetime,
+        update: RowUpdate,
+        rec: Recorder,
+    ) -> None:
+        if cost is None and view.tokens is not None and tracked.pricing_missing_at is None:
+            rec.add(
+                tracked, "pricing_missing", to_status=view.status, level="warning", model=view.model
+            )
+            update.values["pricing_missing_at"] = now
+
+    def _reconcile_cancel(
+        self, tracked: Tracked, view: BatchView, now: datetime, update: RowUpdate, rec: Recorder
+    ) -> None:
+        """A cancel whose outcome was not recorded (a crash, a timeout) settles from the
+        provider's own state: cancelling or cancelled means it took effect."""
+        unsettled = (
+            tracked.cancel_requested_at is not None and tracked.cancel_outcome != "succeeded"
+        )
+        if unsettled and view.status in (CANCELLING, "cancelled"):
+            rec.add(
+                tracked,
+                "cancel_succeeded",
+                policy=tracked.cancel_policy,
+                to_status=view.status,
+                reconciled=True,
+            )
+            update.values.update(cancel_outcome="succeeded", cancel_finished_at=now)
+            tracked.cancel_outcome = "succeeded"
+
+    def _matched(
+        self, tracked: Tracked, verdict: Verdict | None, update: RowUpdate, rec: Recorder
+    ) -> None:
+        name = verdict.policy if verdict else None
+        update.values["matched_policy"] = name
+        if verdict is not None and name != tracked.matched_policy:
+            rec.add(
+                tracked,
+                "policy_matched",
+                policy=name,
+                to_status=tracked.view.status,
+                action=verdict.action,
+                dry_run=self.rules.dry_run,
+                observed=dict(verdict.observed),
+            )
+
+    def _candidate(self, item: Work) -> Candidate:
+        tracked, verdict = item.tracked, item.verdict
+        assert verdict is not None
+        return Candidate(
+            *tracked.key,
+            status=tracked.view.status,
+            policy=verdict.policy,
+            cancel_outcome=tracked.cancel_outcome,
+            cancel_attempts=tracked.cancel_attempts,
+        )
+
+    def _request_cancel(self, item: Work, now: datetime, rec: Recorder) -> None:
+        tracked, verdict = item.tracked, item.verdict
+        assert verdict is not None
+        attempt = tracked.cancel_attempts + 1
+        rec.add(
+            tracked,
+            "cancel_requested",
+            policy=verdict.policy,
+            from_status=tracked.view.status,
+            attempt=attempt,
+        )
+        item.update.values.update(
+            cancel_policy=verdict.policy,
+            cancel_requested_at=now,
+            cancel_attempts=attempt,
+            cancel_outcome=None,
+        )
+
+    async def _send_cancels(self, sending: list[Work], now: datetime, summary: TickSummary) -> None:
+        rec = Recorder(self.clock, summary)
+        answers = await asyncio.gather(*(self._cancel_one(w.tracked) for w in sending))
+        updates = []
+        for item, answer in zip(sending, answers, strict=True):
+            update = RowUpdate(*item.tracked.key)
+            await self._settle(item, answer, now, update, rec)
+            updates.append(update)
+        await self.store.apply(updates, rec.events)
+
+    async def _cancel_one(self, tracked: Tracked) -> BatchObject | ProviderError:
+        try:
+            return await self.clients[tracked.view.provider].cancel(tracked.view.batch_id)
+        except ProviderError as exc:
+            return exc
+        except Exception as exc:  # never let one cancel's bug lose the others' outcomes
+            log.exception("cancel_crashed", batch_id=tracked.view.batch_id)
+            return PermanentError(f"internal error: {type(exc).__name__}")
+
+    async def _settle(
+        self,
+        item: Work,
+        answer: BatchObject | ProviderError,
+        now: datetime,
+        update: RowUpdate,
+        rec: Recorder,
+    ) -> None:
+        tracked = item.tracked
+        policy = tracked.cancel_policy if item.verdict is None else item.verdict.policy
+        if isinstance(answer, BatchObject):
+            rec.add(
+                tracked,
+                "cancel_succeeded",
+                policy=policy,
+                from_status=tracked.view.status,
+                to_status=answer.status,
+            )
+            update.values.update(cancel_outcome="succeeded", cancel_finished_at=now)
+            self._absorb(tracked, answer, now, update, rec)
+            return
+        refused = isinstance(answer, CancelRefused)
+        rec.add(
+            tracked,
+            "cancel_failed",
+            policy=policy,
+            from_status=tracked.view.status,
+            level="warning",
+            error=str(answer),
+            http_status=answer.status,
+            reason="already_terminal" if refused else "request_failed",
+        )
+        update.values.update(
+            cancel_outcome="refused" if refused else "failed", cancel_finished_at=now
+        )
+        if refused:  # the provider says it is finished: learn its state now, not next tick
+            await self._refresh(tracked, now, update, rec)
+
+    async def _refresh(
+        self, tracked: Tracked, now: datetime, update: RowUpdate, rec: Recorder
+    ) -> None:
+        result = await self._fetch(tracked)
+        if isinstance(result, BatchObject):
+            self._absorb(tracked, result, now, update, rec)
+
+    def _absorb(
+        self, tracked: Tracked, batch: BatchObject, now: datetime, update: RowUpdate, rec: Recorder
+    ) -> None:
+        view = self._diff(tracked, batch, update, rec)
+        cost = batch_cost(self.rules.pricing, view.provider, view.model, view.tokens)
+        update.values.update(
+            cost_usd=None if cost is None else float(cost), **self._schedule(now, view.status)
+        )
+        tracked.view = replace(view)

@@ -1,0 +1,224 @@
+"""The only code that speaks HTTP: an aiohttp client per OpenAI-compatible provider
+(get, cancel, list), with timeouts, bounded jittered retries that honour
+Retry-After, and errors split into temporary and permanent. Keys never leave here."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
+
+import aiohttp
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from watchdog.models import BatchObject, BatchPage, validate_batch_id
+
+SNIPPET = 200
+MAX_SERVER_DELAY = 30.0  # a longer Retry-After is left to the next tick
+USER_AGENT = "batch-watchdog/0.1"
+Model = TypeVar("Model", bound=BaseModel)
+
+
+class ProviderError(Exception):
+    """A failed call; ``status`` is the HTTP status when there was one."""
+
+    temporary = False
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class TemporaryError(ProviderError):
+    """Worth retrying after a delay: network trouble, timeouts, 408, 429, 5xx."""
+
+    temporary = True
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
+
+
+class PermanentError(ProviderError):
+    """Retrying will not help: 4xx, or a body that is not what the API promises."""
+
+
+class NotFound(PermanentError):
+    """404: the provider does not know this batch (any more)."""
+
+
+class CancelRefused(PermanentError):
+    """400/409 on a cancel: the batch is already terminal. Refresh; never retry."""
+
+
+def retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(float(value) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - now).total_seconds(), 0.0)
+
+
+def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """OpenAI-SDK style: 0.5 s doubling to 8 s, minus up to 25 % jitter."""
+    return float(min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * rng()))
+
+
+class ProviderClient:
+    """One provider's Batch API over one long-lived aiohttp session."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: str,
+        api_key: SecretStr | None,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        concurrency: int = 16,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._concurrency = concurrency
+        self._sleep = sleep
+        self._session: aiohttp.ClientSession | None = None
+        self._slots: asyncio.Semaphore | None = None
+
+    def __repr__(self) -> str:
+        return f"ProviderClient({self.name!r}, base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> ProviderClient:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            connector=aiohttp.TCPConnector(limit=self._concurrency, ttl_dns_cache=300),
+            raise_for_status=False,
+        )
+        self._slots = asyncio.Semaphore(self._concurrency)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def get(self, batch_id: str) -> BatchObject:
+        """``GET /batches/{id}``."""
+        body = await self._call("GET", self._batch_url(batch_id))
+        return self._batch(body, batch_id)
+
+    async def cancel(self, batch_id: str) -> BatchObject:
+        """``POST /batches/{id}/cancel``; CancelRefused when the batch is already terminal."""
+        try:
+            body = await self._call("POST", self._batch_url(batch_id) + "/cancel")
+        except PermanentError as exc:
+            if exc.status in (400, 409):
+                raise CancelRefused(str(exc), status=exc.status) from None
+            raise
+        return self._batch(body, batch_id)
+
+    async def list(self, *, limit: int = 100, after: str | None = None) -> BatchPage:
+        """One page of ``GET /batches`` (newest first, cursor = last id)."""
+        params = {"limit": str(max(1, min(limit, 100)))}
+        if after is not None:
+            params["after"] = validate_batch_id(after)
+        body = await self._call("GET", f"{self.base_url}/batches", params)
+        return self._parse(BatchPage, body)
+
+    def _batch_url(self, batch_id: str) -> str:
+        return f"{self.base_url}/batches/{validate_batch_id(batch_id)}"
+
+    def _batch(self, body: bytes, batch_id: str) -> BatchObject:
+        batch = self._parse(BatchObject, body)
+        if batch.id != batch_id:
+            raise PermanentError(f"answer is for batch {batch.id[:130]!r}, not {batch_id!r}")
+        return batch
+
+    def _parse(self, model: type[Model], body: bytes) -> Model:
+        try:
+            return model.model_validate_json(body)
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in error["loc"]) or "body"
+            if error["type"] == "json_invalid":
+                raise PermanentError(f"answer is not JSON: {self._snippet(body)}") from None
+            raise PermanentError(f"invalid answer: {where}: {error['msg']}") from None
+
+    async def _call(self, method: str, url: str, params: Mapping[str, str] | None = None) -> bytes:
+        attempt = 0
+        while True:
+            try:
+                return await self._once(method, url, params)
+            except TemporaryError as exc:
+                delay = exc.retry_after if exc.retry_after is not None else backoff(attempt)
+                if attempt >= self._max_retries or delay > MAX_SERVER_DELAY:
+                    raise
+                attempt += 1
+                await self._sleep(delay)
+
+    async def _once(self, method: str, url: str, params: Mapping[str, str] | None) -> bytes:
+        if self._session is None or self._slots is None:
+            raise RuntimeError(f"{self!r} used outside 'async with'")
+        try:
+            async with self._slots, self._session.request(method, url, params=params) as resp:
+                body = await resp.read()
+                status, headers = resp.status, resp.headers
+        except TimeoutError:
+            raise TemporaryError(f"no answer within {self._timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise TemporaryError(f"connection failed: {self._scrub(type(exc).__name__)}") from None
+        if status < 300:
+            return body
+        message = f"HTTP {status}: {self._snippet(body)}"
+        if status in (408, 429) or status >= 500:
+            wait = retry_after(headers, datetime.now(UTC))
+            raise TemporaryError(message, status=status, retry_after=wait)
+        if status == 404:
+            raise NotFound(message, status=status)
+        raise PermanentError(message, status=status)
+
+    def _snippet(self, body: bytes) -> str:
+        """The error's message, or the body's start: short, one line, key-free."""
+        text = body[: SNIPPET * 4].decode("utf-8", "replace")
+        try:
+            data = json.loads(body)
+            error = data.get("error") if isinstance(data, dict) else None
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                text = error["message"]
+        except ValueError:
+            pass
+        text = self._scrub(" ".join(text.split()))
+        return (text[:SNIPPET] + ("…" if len(text) > SNIPPET else "")) or "(empty body)"
+
+    def _scrub(self, text: str) -> str:
+        key = self._api_key.get_secret_value() if self._api_key else ""
+        return text.replace(key, "[redacted]") if key else text

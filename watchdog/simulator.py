@@ -1,0 +1,263 @@
+"""A built-in OpenAI-compatible Batch API whose batches progress with the clock:
+requests complete and fail at set rates, usage accumulates, cancelling turns into
+cancelled after a delay, unfinished batches expire at ``expires_at``. For the demo,
+tests and benchmarks; ``/_sim/*`` routes let a test count calls and script faults."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class SimBatch:
+    """One simulated batch; its wire state is a pure function of the clock."""
+
+    id: str
+    created_at: float
+    model: str | None = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    endpoint: str = "/v1/chat/completions"
+    metadata: dict[str, str] | None = None
+    window: float = 86400.0
+    total: int = 1000
+    rate: float = 10.0  # requests per second once in progress
+    failure_rate: float = 0.0
+    validating_for: float = 0.0
+    finalizing_for: float = 2.0
+    input_tokens: int = 1000  # per completed request
+    cached_tokens: int = 0
+    output_tokens: int = 500
+    reasoning_tokens: int = 0
+    cancel_delay: float = 5.0
+    with_usage: bool = True
+    cancel_at: float | None = None
+
+    @property
+    def run_start(self) -> float:
+        return self.created_at + self.validating_for
+
+    @property
+    def expires_at(self) -> float:
+        return self.created_at + self.window
+
+    def processed(self, t: float) -> int:
+        if self.rate <= 0:
+            return 0
+        return min(self.total, math.floor(self.rate * max(0.0, t - self.run_start)))
+
+    def status(self, t: float) -> tuple[str, float]:
+        """The status at time t and the moment it was entered."""
+        if self.cancel_at is not None:
+            done = self.cancel_at + self.cancel_delay
+            return ("cancelled", done) if t >= done else ("cancelling", self.cancel_at)
+        if t < self.run_start:
+            return "validating", self.created_at
+        if self.processed(min(t, self.expires_at)) < self.total:
+            return (
+                ("expired", self.expires_at)
+                if t >= self.expires_at
+                else ("in_progress", self.run_start)
+            )
+        done = self.run_start + self.total / self.rate
+        if t < done + self.finalizing_for:
+            return "finalizing", done
+        return "completed", done + self.finalizing_for
+
+    def wire(self, t: float) -> dict[str, Any]:
+        status, since = self.status(t)
+        stop = t if self.cancel_at is None else min(t, self.cancel_at)
+        processed = self.processed(min(stop, self.expires_at))
+        failed = math.floor(processed * self.failure_rate)
+        completed = processed - failed
+        stamps = {
+            f"{s}_at": None
+            for s in (
+                "in_progress",
+                "finalizing",
+                "completed",
+                "failed",
+                "expired",
+                "cancelling",
+                "cancelled",
+            )
+        }
+        if status != "validating" and t >= self.run_start:
+            stamps["in_progress_at"] = int(self.run_start)
+        if self.cancel_at is not None:
+            stamps["cancelling_at"] = int(self.cancel_at)
+        if status != "validating":
+            stamps[f"{status}_at"] = int(since)
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "input_file_id": f"file-{self.id}",
+            "completion_window": "24h",
+            "status": status,
+            "created_at": int(self.created_at),
+            "expires_at": int(self.expires_at),
+            **stamps,
+            "output_file_id": f"file-out-{self.id}" if status == "completed" else None,
+            "error_file_id": "",
+            "errors": None,
+            "request_counts": {"total": self.total, "completed": completed, "failed": failed},
+            "metadata": self.metadata,
+            "model": self.model,
+            "usage": self._usage(completed) if self.with_usage else None,
+        }
+
+    def _usage(self, completed: int) -> dict[str, Any]:
+        inp, out = completed * self.input_tokens, completed * self.output_tokens
+        return {
+            "input_tokens": inp,
+            "input_tokens_details": {"cached_tokens": completed * self.cached_tokens},
+            "output_tokens": out,
+            "output_tokens_details": {"reasoning_tokens": completed * self.reasoning_tokens},
+            "total_tokens": inp + out,
+        }
+
+
+@dataclass(slots=True)
+class Fault:
+    """A scripted answer for the next ``times`` matching requests."""
+
+    method: str
+    path: str  # a prefix of the request path, after the base
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = '{"error": {"message": "injected fault", "type": "server_error"}}'
+    times: int = 1
+
+
+class Simulator:
+    """The simulated provider's state; ``app()`` serves it under ``/v1``."""
+
+    SIM_FIELDS = frozenset(SimBatch.__dataclass_fields__) - {"id", "created_at", "cancel_at"}
+
+    def __init__(self, *, clock: Clock = time.time, api_key: str | None = None) -> None:
+        self.clock = clock
+        self.api_key = api_key
+        self.batches: dict[str, SimBatch] = {}
+        self.faults: list[Fault] = []
+        self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._ids = itertools.count(1)
+
+    def add(self, batch_id: str | None = None, *, age: float = 0.0, **params: Any) -> SimBatch:
+        """Create a batch that was submitted ``age`` seconds ago."""
+        batch_id = batch_id or f"batch_sim{next(self._ids):06d}"
+        batch = SimBatch(id=batch_id, created_at=self.clock() - age, **params)
+        self.batches[batch_id] = batch
+        return batch
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._faults_and_auth])
+        app.router.add_post("/v1/batches", self._create)
+        app.router.add_get("/v1/batches", self._list)
+        app.router.add_get("/v1/batches/{id}", self._get)
+        app.router.add_post("/v1/batches/{id}/cancel", self._cancel)
+        app.router.add_get("/_sim/calls", self._calls)
+        app.router.add_post("/_sim/faults", self._add_fault)
+        return app
+
+    @web.middleware
+    async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/_sim/"):
+            fault = self._take_fault(request)
+            if fault is not None:
+                return web.Response(
+                    status=fault.status,
+                    text=fault.body,
+                    headers=fault.headers,
+                    content_type="application/json",
+                )
+            if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+                return _error(401, "Incorrect API key provided.", "invalid_request_error")
+        result: web.StreamResponse = await handler(request)
+        return result
+
+    def _take_fault(self, request: web.Request) -> Fault | None:
+        path = request.path.removeprefix("/v1")
+        for fault in self.faults:
+            if fault.method == request.method and path.startswith(fault.path) and fault.times > 0:
+                fault.times -= 1
+                return fault
+        return None
+
+    async def _create(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        sim = body.get("x_simulation") or {}
+        unknown = set(sim) - self.SIM_FIELDS - {"age"}
+        if unknown:
+            return _error(
+                400, f"unknown x_simulation keys: {sorted(unknown)}", "invalid_request_error"
+            )
+        batch = self.add(
+            metadata=body.get("metadata"), model=body.get("model", SimBatch.model), **sim
+        )
+        return web.json_response(batch.wire(self.clock()))
+
+    async def _get(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "No batch found with that id.", "invalid_request_error")
+        self.calls[batch.id]["get"] += 1
+        return web.json_response(batch.wire(self.clock()))
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        batch = self.batches.get(request.match_info["id"])
+        if batch is None:
+            return _error(404, "No batch found with that id.", "invalid_request_error")
+        self.calls[batch.id]["cancel"] += 1
+        now = self.clock()
+        status, _ = batch.status(now)
+        if status in ("completed", "failed", "expired", "cancelled"):
+            return _error(
+                409, f"Cannot cancel a batch with status '{status}'.", "invalid_request_error"
+            )
+        if batch.cancel_at is None:
+            batch.cancel_at = now
+        return web.json_response(batch.wire(now))
+
+    async def _list(self, request: web.Request) -> web.Response:
+        try:
+            limit = min(max(int(request.query.get("limit", "20")), 1), 100)
+        except ValueError:
+            return _error(400, "limit must be an integer", "invalid_request_error")
+        ordered = sorted(self.batches.values(), key=lambda b: (-b.created_at, b.id))
+        after = request.query.get("after")
+        if after is not None:
+            ids = [b.id for b in ordered]
+            ordered = ordered[ids.index(after) + 1 :] if after in ids else []
+        page = ordered[:limit]
+        now = self.clock()
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [b.wire(now) for b in page],
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+                "has_more": len(ordered) > limit,
+            }
+        )
+
+    async def _calls(self, request: web.Request) -> web.Response:
+        return web.json_response({k: dict(v) for k, v in self.calls.items()})
+
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        self.faults.append(Fault(**await request.json()))
+        return web.json_response({"faults": len(self.faults)})
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
