@@ -1,0 +1,151 @@
+"""Shared fixtures: an injectable clock, the simulator on a real aiohttp server, a
+migrated SQLite file per test, and a harness that runs real ticks against both."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from watchdog.engine import Engine, Rules, TickSummary
+from watchdog.providers import ProviderClient
+from watchdog.settings import Settings
+from watchdog.simulator import Simulator
+from watchdog.store import Store, create_engine, upgrade
+
+# A fresh fake key per run: tests grep every output channel for it.
+API_KEY = "sk-test-" + secrets.token_hex(16)
+DATA = Path(__file__).parent / "data" / "batches"
+T0 = 1_764_320_400.0  # 2025-11-28 09:00:00 UTC
+
+
+def payload(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((DATA / name).read_text())
+    return data
+
+
+class Clock:
+    """Time that moves only when a test says so."""
+
+    def __init__(self, start: float = T0) -> None:
+        self.t = start
+
+    def time(self) -> float:
+        return self.t
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.t, UTC)
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@dataclass
+class Sim:
+    simulator: Simulator
+    url: str
+
+    def calls(self, batch_id: str, kind: str) -> int:
+        return self.simulator.calls.get(batch_id, {}).get(kind, 0)
+
+
+@pytest.fixture
+async def sim(clock: Clock, aiohttp_server: Any) -> Sim:
+    simulator = Simulator(clock=clock.time, api_key=API_KEY)
+    server = await aiohttp_server(simulator.app())
+    return Sim(simulator, str(server.make_url("/v1")))
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'watchdog.db'}"
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[Store]:
+    engine = create_engine(db_url)
+    await upgrade(engine)
+    yield Store(engine)
+    await engine.dispose()
+
+
+LLAMA_PRICE = {"model": "meta-llama/*", "input": 0.03, "output": 0.05}
+
+
+@dataclass
+class Harness:
+    """Real ticks: the engine, the simulator over HTTP and a SQLite file."""
+
+    sim: Sim
+    store: Store
+    clock: Clock
+    client: ProviderClient
+    settings: Settings | None = None
+    engine: Engine | None = None
+    summaries: list[TickSummary] = field(default_factory=list)
+
+    def configure(self, *, policies: list[dict[str, Any]], pricing: list[dict[str, Any]] | None = None,
+                  dry_run: bool = False, poll_interval: str = "60s", **extra: Any) -> None:
+        self.settings = Settings(
+            providers={"sim": {"base_url": self.sim.url}},
+            pricing=[LLAMA_PRICE] if pricing is None else pricing,
+            policies=policies,
+            dry_run=dry_run,
+            poll_interval=poll_interval,
+            **extra,
+        )
+        self.engine = Engine(
+            store=self.store,
+            clients={"sim": self.client},
+            rules=Rules(tuple(self.settings.policies), tuple(self.settings.pricing),
+                        self.settings.dry_run, self.settings.max_cancels_per_tick),
+            poll_interval=self.settings.poll_interval,
+            owner="test",
+            clock=self.clock.now,
+        )
+
+    async def track(self, *batch_ids: str) -> None:
+        for batch_id in batch_ids:
+            await self.store.track("sim", batch_id, {}, self.clock.now())
+
+    async def tick(self, advance: float = 0.0) -> TickSummary:
+        self.clock.advance(advance)
+        assert self.engine is not None, "configure() first"
+        summary = await self.engine.tick()
+        self.summaries.append(summary)
+        return summary
+
+    async def row(self, batch_id: str) -> dict[str, Any]:
+        rows = [r for r in await self.store.list_batches() if r["batch_id"] == batch_id]
+        assert rows, f"{batch_id} not tracked"
+        return rows[0]
+
+    async def kinds(self, batch_id: str) -> list[str]:
+        return [e["kind"] for e in await self.store.list_events(batch_id)]
+
+
+async def _no_sleep(_seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+async def harness(sim: Sim, store: Store, clock: Clock) -> AsyncIterator[Harness]:
+    client = ProviderClient("sim", base_url=sim.url, api_key=SecretStr(API_KEY), timeout=5)
+    async with client:
+        yield Harness(sim, store, clock, client)
+
+
+def hours(n: float) -> timedelta:
+    return timedelta(hours=n)

@@ -1,0 +1,99 @@
+"""The wire model reads real provider payloads; batch ids are validated before URLs."""
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from tests.conftest import payload
+from watchdog.models import (
+    BatchObject,
+    BatchPage,
+    InvalidBatchId,
+    is_unknown_status,
+    validate_batch_id,
+    view_of,
+)
+
+
+def test_reasoning_payload_with_legacy_keys() -> None:
+    """OpenAI's completed batch: cached and reasoning are parts; legacy keys are ignored."""
+    batch = BatchObject.model_validate(payload("openai_completed_reasoning.json"))
+    assert batch.usage is not None
+    assert (batch.usage.input_tokens, batch.usage.cached_tokens) == (31_493_594, 24_045_184)
+    assert (batch.usage.output_tokens, batch.usage.reasoning_tokens) == (19_786_241, 18_373_824)
+    assert batch.error_file_id is None  # "" means absent
+    assert batch.output_file_id == "file-Out123"
+
+
+def test_failed_validation_keeps_errors_and_null_counts() -> None:
+    """A batch that failed validation has errors and no counts, usage or model."""
+    batch = BatchObject.model_validate(payload("openai_failed_validation.json"))
+    assert batch.errors is not None and batch.errors.data[0].code == "token_limit_exceeded"
+    assert batch.request_counts is None and batch.usage is None and batch.model is None
+    view = view_of("openai", batch)
+    assert view.counts is None and view.tokens is None
+    assert view.created_at == datetime(2025, 1, 4, 14, 13, 20, tzinfo=UTC)
+
+
+def test_deepinfra_cancelling_payload() -> None:
+    """DeepInfra's shape parses and normalises, metadata included."""
+    view = view_of("deepinfra", BatchObject.model_validate(payload("deepinfra_cancelling.json")))
+    assert view.status == "cancelling"
+    assert view.counts is not None and view.counts.finished == 1224
+    assert view.metadata == {"team": "research", "job": "eval-nightly"}
+
+
+def test_validating_without_usage_or_metadata() -> None:
+    """Missing usage and null metadata are fine; counts 0/0/0 are kept."""
+    view = view_of("openai", BatchObject.model_validate(payload("openai_validating_no_usage.json")))
+    assert view.tokens is None and view.metadata is None
+    assert view.counts is not None and view.counts.total == 0
+
+
+def test_unknown_status_is_kept_verbatim() -> None:
+    """A status we have never seen is kept as it came, and flagged unknown."""
+    data = payload("openai_validating_no_usage.json") | {"status": "queued_for_gpu"}
+    batch = BatchObject.model_validate(data)
+    assert batch.status == "queued_for_gpu"
+    assert is_unknown_status(batch.status) and not is_unknown_status("cancelling")
+
+
+def test_list_page() -> None:
+    """The list envelope parses, empty or not."""
+    page = BatchPage.model_validate(payload("openai_list_page.json"))
+    assert page.data == [] and page.has_more is False
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"request_counts": {"total": 5, "completed": -1, "failed": 0}}, "greater than or equal"),
+        ({"usage": {"input_tokens": 10, "output_tokens": 1,
+                    "input_tokens_details": {"cached_tokens": 11}}}, "cached_tokens exceeds"),
+        ({"usage": {"input_tokens": "many", "output_tokens": 1}}, "valid integer"),
+        ({"status": None}, "valid string"),
+    ],
+)
+def test_malformed_answers_are_refused(change: dict[str, object], message: str) -> None:
+    """A malformed answer raises (and becomes poll_failed), it is never half-read."""
+    with pytest.raises(ValidationError, match=message):
+        BatchObject.model_validate(payload("openai_validating_no_usage.json") | change)
+
+
+@pytest.mark.parametrize(
+    "batch_id", ["batch_abc123", "a", "x" * 128, "batch_01JD2Q7V3M8K2Y1R6X9T4W5E0A", "a.b:c-d_e",
+                 "..."]
+)
+def test_valid_batch_ids(batch_id: str) -> None:
+    """Provider-style ids pass unchanged."""
+    assert validate_batch_id(batch_id) == batch_id
+
+
+@pytest.mark.parametrize(
+    "batch_id", ["", ".", "..", "../files/x", "a b", "x" * 129, "a/b", "a?b", "a%2f", "é", "a\nb"]
+)
+def test_invalid_batch_ids(batch_id: str) -> None:
+    """Anything that could change the URL is refused with a reason."""
+    with pytest.raises(InvalidBatchId, match="invalid batch id"):
+        validate_batch_id(batch_id)

@@ -1,0 +1,146 @@
+"""Config loading: YAML plus WATCHDOG_* overrides; every mistake is one line naming
+the file, the policy and the field."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from watchdog.settings import ConfigError, config_path, load_settings
+
+GOOD = """
+database_url: sqlite+aiosqlite:///w.db
+poll_interval: 90s
+providers:
+  deepinfra:
+    base_url: https://api.deepinfra.com/v1/openai
+    api_key_env: DEEPINFRA_TOKEN
+pricing:
+  - model: "meta-llama/*"
+    provider: deepinfra
+    input: 0.03
+    cached_input: 0.015
+    output: 0.05
+policies:
+  - name: cost-cap
+    match: {provider: deepinfra, model: "meta-llama/*", metadata: {team: research}}
+    when: {cost_usd_above: 10}
+    action: cancel
+  - name: expiring-slow
+    when: {expires_within: 1h, progress_below: 0.5}
+    action: cancel
+  - name: failing
+    when: {failure_ratio_above: 0.2, min_requests: 50}
+    action: alert
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "watchdog.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_design_example_loads(tmp_path: Path) -> None:
+    """The contract's example config loads as written."""
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.poll_interval == timedelta(seconds=90)
+    assert [p.name for p in settings.policies] == ["cost-cap", "expiring-slow", "failing"]
+    assert settings.policies[1].when.expires_within == timedelta(hours=1)
+    assert settings.pricing[0].cached_rate == settings.pricing[0].cached_input
+
+
+def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """WATCHDOG_* variables win over the file, nested keys with __, the rest merges."""
+    monkeypatch.setenv("WATCHDOG_POLL_INTERVAL", "5m")
+    monkeypatch.setenv("WATCHDOG_DRY_RUN", "true")
+    monkeypatch.setenv("WATCHDOG_PROVIDERS__DEEPINFRA__TIMEOUT", "10s")
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.poll_interval == timedelta(minutes=5) and settings.dry_run
+    provider = settings.providers["deepinfra"]
+    assert provider.timeout == timedelta(seconds=10)
+    assert provider.base_url == "https://api.deepinfra.com/v1/openai"
+
+
+BAD = [
+    ("policies:\n  - name: x\n    when: {cost_usd_abov: 3}\n    action: cancel\n",
+     "policy 'x': when.cost_usd_abov: unknown key; valid keys: age_above, cost_usd_above"),
+    ("policies:\n  - name: x\n    when: {age_above: soon}\n    action: cancel\n",
+     "policy 'x': when.age_above: invalid duration 'soon'"),
+    ("poll_interval: 5 minutes\n", "poll_interval: invalid duration"),
+    ("policies:\n  - name: x\n    when: {age_above: 1h}\n    action: delete\n",
+     "policy 'x': action: must be 'cancel' or 'alert'"),
+    ("policies:\n  - name: x\n    match: {model: 'llama[' }\n    when: {age_above: 1h}\n"
+     "    action: cancel\n", "policy 'x': match.model: bad glob"),
+    ("policies:\n  - {name: x, when: {age_above: 1h}, action: cancel}\n"
+     "  - {name: x, when: {age_above: 2h}, action: cancel}\n", "duplicate policy name 'x'"),
+    ("policies:\n  - {name: x, match: {provider: nope}, when: {age_above: 1h}, action: cancel}\n",
+     "policy 'x': match.provider: unknown provider 'nope'; known: (none configured)"),
+    ("pricing:\n  - {model: a, provider: nope, input: 1, output: 1}\n",
+     "pricing[0].provider: unknown provider 'nope'"),
+    ("providers:\n  p: {base_url: ftp://x}\n", "providers.p.base_url"),
+    ("providers:\n  p: {base_url: https://x, api_kye_env: K}\n",
+     "providers.p.api_kye_env: unknown key; valid keys: api_key_env, api_key_file, base_url"),
+    ("policies:\n  - {when: {age_above: 1h}, action: cancel}\n", "policies[0]: name: Field required"),
+    ("polling: 5s\n", "polling: unknown key"),
+    ("policies: [\n", "invalid YAML at line 2"),
+    ("- a\n- b\n", "the top level must be a mapping"),
+    ("policies:\n  - {name: x, when: {}, action: cancel}\n", "policy 'x': when: needs at least one"),
+    ("poll_interval: 0s\n", "poll_interval: must be at least 1s"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD)
+def test_config_errors_are_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    """Each mistake names the file, the policy and the field, on one line."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    line = str(caught.value)
+    assert "\n" not in line
+    assert line.startswith(f"{path}: ")
+    assert message in line
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    """A missing file is not silently an empty config."""
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml")
+
+
+def test_config_path_order() -> None:
+    """--config, else $WATCHDOG_CONFIG, else config/watchdog.yaml."""
+    assert str(config_path("a.yaml", {"WATCHDOG_CONFIG": "b.yaml"})) == "a.yaml"
+    assert str(config_path(None, {"WATCHDOG_CONFIG": "b.yaml"})) == "b.yaml"
+    assert str(config_path(None, {})) == "config/watchdog.yaml"
+
+
+def test_key_comes_from_the_named_variable(tmp_path: Path) -> None:
+    """A provider's key is read from its variable; a missing one is a config error."""
+    provider = load_settings(write(tmp_path, GOOD)).providers["deepinfra"]
+    key = provider.read_key("deepinfra", {"DEEPINFRA_TOKEN": "sk-abc\n"})
+    assert key is not None and key.get_secret_value() == "sk-abc"
+    assert "sk-abc" not in repr(key)
+    with pytest.raises(ConfigError, match="environment variable DEEPINFRA_TOKEN is not set"):
+        provider.read_key("deepinfra", {})
+
+
+def test_key_file(tmp_path: Path) -> None:
+    """api_key_file reads a mounted secret; a missing file is a config error."""
+    secret = tmp_path / "key"
+    secret.write_text("sk-file\n")
+    settings = load_settings(write(tmp_path, f"providers:\n  p: {{base_url: https://x, "
+                                              f"api_key_file: {secret}}}\n"))
+    key = settings.providers["p"].read_key("p", {})
+    assert key is not None and key.get_secret_value() == "sk-file"
+    secret.unlink()
+    with pytest.raises(ConfigError, match="cannot read api_key_file"):
+        settings.providers["p"].read_key("p", {})
+
+
+def test_shipped_configs_load() -> None:
+    """Every YAML under config/ is valid."""
+    for path in sorted(Path(__file__).parent.parent.joinpath("config").glob("*.yaml")):
+        load_settings(path)
