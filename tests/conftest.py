@@ -96,8 +96,15 @@ class Harness:
     engine: Engine | None = None
     summaries: list[TickSummary] = field(default_factory=list)
 
-    def configure(self, *, policies: list[dict[str, Any]], pricing: list[dict[str, Any]] | None = None,
-                  dry_run: bool = False, poll_interval: str = "60s", **extra: Any) -> None:
+    def configure(
+        self,
+        *,
+        policies: list[dict[str, Any]],
+        pricing: list[dict[str, Any]] | None = None,
+        dry_run: bool = False,
+        poll_interval: str = "60s",
+        **extra: Any,
+    ) -> None:
         self.settings = Settings(
             providers={"sim": {"base_url": self.sim.url}},
             pricing=[LLAMA_PRICE] if pricing is None else pricing,
@@ -109,8 +116,12 @@ class Harness:
         self.engine = Engine(
             store=self.store,
             clients={"sim": self.client},
-            rules=Rules(tuple(self.settings.policies), tuple(self.settings.pricing),
-                        self.settings.dry_run, self.settings.max_cancels_per_tick),
+            rules=Rules(
+                tuple(self.settings.policies),
+                tuple(self.settings.pricing),
+                self.settings.dry_run,
+                self.settings.max_cancels_per_tick,
+            ),
             poll_interval=self.settings.poll_interval,
             owner="test",
             clock=self.clock.now,
@@ -142,7 +153,9 @@ async def _no_sleep(_seconds: float) -> None:
 
 @pytest.fixture
 async def harness(sim: Sim, store: Store, clock: Clock) -> AsyncIterator[Harness]:
-    client = ProviderClient("sim", base_url=sim.url, api_key=SecretStr(API_KEY), timeout=5)
+    client = ProviderClient(
+        "sim", base_url=sim.url, api_key=SecretStr(API_KEY), timeout=5, sleep=_no_sleep
+    )
     async with client:
         yield Harness(sim, store, clock, client)
 

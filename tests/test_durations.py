@@ -9,8 +9,18 @@ from watchdog.durations import format_duration, parse_duration
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("90s", 90), ("15m", 900), ("2h", 7200), ("1d", 86400), (45, 45), ("30", 30),
-     (" 5m ", 300), ("1.5h", 5400), (0, 0), (2.5, 2.5)],
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("2h", 7200),
+        ("1d", 86400),
+        (45, 45),
+        ("30", 30),
+        (" 5m ", 300),
+        ("1.5h", 5400),
+        (0, 0),
+        (2.5, 2.5),
+    ],
 )
 def test_parses_each_form(text: object, seconds: float) -> None:
     """Each documented form parses to the right number of seconds."""

@@ -69,8 +69,16 @@ def test_list_page() -> None:
     ("change", "message"),
     [
         ({"request_counts": {"total": 5, "completed": -1, "failed": 0}}, "greater than or equal"),
-        ({"usage": {"input_tokens": 10, "output_tokens": 1,
-                    "input_tokens_details": {"cached_tokens": 11}}}, "cached_tokens exceeds"),
+        (
+            {
+                "usage": {
+                    "input_tokens": 10,
+                    "output_tokens": 1,
+                    "input_tokens_details": {"cached_tokens": 11},
+                }
+            },
+            "cached_tokens exceeds",
+        ),
         ({"usage": {"input_tokens": "many", "output_tokens": 1}}, "valid integer"),
         ({"status": None}, "valid string"),
     ],
@@ -82,8 +90,8 @@ def test_malformed_answers_are_refused(change: dict[str, object], message: str) 
 
 
 @pytest.mark.parametrize(
-    "batch_id", ["batch_abc123", "a", "x" * 128, "batch_01JD2Q7V3M8K2Y1R6X9T4W5E0A", "a.b:c-d_e",
-                 "..."]
+    "batch_id",
+    ["batch_abc123", "a", "x" * 128, "batch_01JD2Q7V3M8K2Y1R6X9T4W5E0A", "a.b:c-d_e", "..."],
 )
 def test_valid_batch_ids(batch_id: str) -> None:
     """Provider-style ids pass unchanged."""

@@ -16,9 +16,15 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def view(**fields: Any) -> BatchView:
-    base: dict[str, Any] = {"provider": "deepinfra", "batch_id": "b", "status": "in_progress",
-                            "model": "meta-llama/x", "created_at": NOW - timedelta(hours=1),
-                            "expires_at": NOW + timedelta(hours=23), "counts": Counts(100, 10, 0)}
+    base: dict[str, Any] = {
+        "provider": "deepinfra",
+        "batch_id": "b",
+        "status": "in_progress",
+        "model": "meta-llama/x",
+        "created_at": NOW - timedelta(hours=1),
+        "expires_at": NOW + timedelta(hours=23),
+        "counts": Counts(100, 10, 0),
+    }
     return BatchView(**(base | fields))
 
 
@@ -44,18 +50,34 @@ def holds(when: dict[str, Any], cost: str | None = None, **fields: Any) -> bool:
         ({"age_above": "30m"}, None, {}, True),
         ({"age_above": "2h"}, None, {}, False),
         ({"age_above": "2h"}, None, {"created_at": None}, False),
-        ({"expires_within": "1h", "progress_below": 0.5}, None,
-         {"expires_at": NOW + timedelta(minutes=40), "counts": Counts(100, 30, 0)}, True),
-        ({"expires_within": "1h", "progress_below": 0.5}, None,
-         {"expires_at": NOW + timedelta(minutes=40), "counts": Counts(100, 90, 0)}, False),
+        (
+            {"expires_within": "1h", "progress_below": 0.5},
+            None,
+            {"expires_at": NOW + timedelta(minutes=40), "counts": Counts(100, 30, 0)},
+            True,
+        ),
+        (
+            {"expires_within": "1h", "progress_below": 0.5},
+            None,
+            {"expires_at": NOW + timedelta(minutes=40), "counts": Counts(100, 90, 0)},
+            False,
+        ),
         ({"expires_within": "1h"}, None, {"expires_at": NOW + timedelta(hours=2)}, False),
         ({"expires_within": "1h"}, None, {"expires_at": None}, False),
         ({"progress_below": 0.5}, None, {"counts": Counts(0, 0, 0)}, False),
         ({"progress_below": 0.5}, None, {"counts": None}, False),
-        ({"failure_ratio_above": 0.2, "min_requests": 50}, None, {"counts": Counts(200, 80, 40)},
-         True),
-        ({"failure_ratio_above": 0.2, "min_requests": 50}, None, {"counts": Counts(200, 4, 4)},
-         False),
+        (
+            {"failure_ratio_above": 0.2, "min_requests": 50},
+            None,
+            {"counts": Counts(200, 80, 40)},
+            True,
+        ),
+        (
+            {"failure_ratio_above": 0.2, "min_requests": 50},
+            None,
+            {"counts": Counts(200, 4, 4)},
+            False,
+        ),
         ({"failure_ratio_above": 0.2}, None, {"counts": Counts(200, 8, 2)}, False),  # exactly .2
         ({"failure_ratio_above": 0.2}, None, {"counts": Counts(200, 7, 3)}, True),
         ({"failure_ratio_above": 0.2}, None, {"counts": Counts(200, 5, 4)}, False),  # 9 < 10
@@ -63,14 +85,16 @@ def holds(when: dict[str, Any], cost: str | None = None, **fields: Any) -> bool:
         ({"status_in": ["finalizing"]}, None, {}, False),
     ],
 )
-def test_condition_table(when: dict[str, Any], cost: str | None, fields: dict[str, Any],
-                         expected: bool) -> None:
+def test_condition_table(
+    when: dict[str, Any], cost: str | None, fields: dict[str, Any], expected: bool
+) -> None:
     """Each condition holds exactly where the contract says."""
     assert holds(when, cost, **fields) is expected
 
 
-@pytest.mark.parametrize("status", ["completed", "cancelling", "cancelled", "failed", "expired",
-                                    "queued_for_gpu", None])
+@pytest.mark.parametrize(
+    "status", ["completed", "cancelling", "cancelled", "failed", "expired", "queued_for_gpu", None]
+)
 def test_only_active_batches_by_default(status: str | None) -> None:
     """Without status_in, terminal, cancelling and unknown statuses are never judged."""
     assert not holds({"age_above": "1s"}, status=status)
@@ -78,8 +102,11 @@ def test_only_active_batches_by_default(status: str | None) -> None:
 
 def test_status_in_opens_other_statuses() -> None:
     """status_in can point a policy (say an alert) at terminal batches."""
-    assert holds({"status_in": ["completed"], "failure_ratio_above": 0.5}, status="completed",
-                 counts=Counts(10, 0, 10))
+    assert holds(
+        {"status_in": ["completed"], "failure_ratio_above": 0.5},
+        status="completed",
+        counts=Counts(10, 0, 10),
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,9 @@ from watchdog.models import Counts, Tokens
 from watchdog.pricing import Price, batch_cost, cost_usd, find_price, projected_cost
 
 LLAMA = Price(model="meta-llama/*", input=Decimal("0.03"), output=Decimal("0.05"))
-CACHED = Price(model="gpt-*", input=Decimal("0.50"), cached_input=Decimal("0.25"),
-               output=Decimal("2.00"))
+CACHED = Price(
+    model="gpt-*", input=Decimal("0.50"), cached_input=Decimal("0.25"), output=Decimal("2.00")
+)
 
 
 @pytest.mark.parametrize(
@@ -46,8 +47,7 @@ def test_first_matching_row_wins_and_provider_narrows() -> None:
 
 @pytest.mark.parametrize(
     ("model", "tokens"),
-    [("unpriced/model", Tokens(1, 0, 1, 0)), (None, Tokens(1, 0, 1, 0)),
-     ("meta-llama/x", None)],
+    [("unpriced/model", Tokens(1, 0, 1, 0)), (None, Tokens(1, 0, 1, 0)), ("meta-llama/x", None)],
 )
 def test_unknown_cost_is_none_not_zero(model: str | None, tokens: Tokens | None) -> None:
     """No price or no usage: the cost is unknown (None)."""
@@ -66,8 +66,9 @@ def test_unknown_cost_is_none_not_zero(model: str | None, tokens: Tokens | None)
         ("2", Counts(100, 100, 0), 10, "2"),
     ],
 )
-def test_projection(cost: str | None, counts: Counts | None, min_requests: int,
-                    expected: str | None) -> None:
+def test_projection(
+    cost: str | None, counts: Counts | None, min_requests: int, expected: str | None
+) -> None:
     """Cost per finished request times total, once min_requests have finished."""
     result = projected_cost(None if cost is None else Decimal(cost), counts, min_requests)
     assert result == (None if expected is None else Decimal(expected))

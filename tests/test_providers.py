@@ -166,6 +166,7 @@ async def test_html_200_is_a_bad_answer(sim: Sim) -> None:
 
 async def test_answer_for_another_batch_is_refused(aiohttp_server: Any) -> None:
     """A body describing a different batch is never recorded under this one."""
+
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"id": "batch_other", "status": "completed", "created_at": 1})
 
@@ -179,6 +180,7 @@ async def test_answer_for_another_batch_is_refused(aiohttp_server: Any) -> None:
 
 async def test_error_bodies_are_truncated_and_scrubbed(aiohttp_server: Any) -> None:
     """A huge error body is cut to one short line, and an echoed key is masked."""
+
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=400, text=f"bad key {API_KEY} " + "x" * 5000)
 
@@ -195,6 +197,7 @@ async def test_error_bodies_are_truncated_and_scrubbed(aiohttp_server: Any) -> N
 
 async def test_slow_server_times_out_as_temporary(aiohttp_server: Any) -> None:
     """No answer within the timeout is a temporary error (and is retried)."""
+
     async def handler(request: web.Request) -> web.Response:
         await asyncio.sleep(5)
         return web.json_response({})
@@ -248,8 +251,9 @@ def test_retry_after_forms(headers: dict[str, str], expected: float | None) -> N
     assert retry_after(headers, NOW) == expected
 
 
-@pytest.mark.parametrize(("attempt", "low", "high"), [(0, 0.375, 0.5), (1, 0.75, 1.0),
-                                                      (4, 6.0, 8.0), (10, 6.0, 8.0)])
+@pytest.mark.parametrize(
+    ("attempt", "low", "high"), [(0, 0.375, 0.5), (1, 0.75, 1.0), (4, 6.0, 8.0), (10, 6.0, 8.0)]
+)
 def test_backoff_is_jittered_and_capped(attempt: int, low: float, high: float) -> None:
     """0.5 s doubling, capped at 8 s, with up to 25 % jitter."""
     assert backoff(attempt, lambda: 0.0) == high

@@ -65,29 +65,53 @@ def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 BAD = [
-    ("policies:\n  - name: x\n    when: {cost_usd_abov: 3}\n    action: cancel\n",
-     "policy 'x': when.cost_usd_abov: unknown key; valid keys: age_above, cost_usd_above"),
-    ("policies:\n  - name: x\n    when: {age_above: soon}\n    action: cancel\n",
-     "policy 'x': when.age_above: invalid duration 'soon'"),
+    (
+        "policies:\n  - name: x\n    when: {cost_usd_abov: 3}\n    action: cancel\n",
+        "policy 'x': when.cost_usd_abov: unknown key; valid keys: age_above, cost_usd_above",
+    ),
+    (
+        "policies:\n  - name: x\n    when: {age_above: soon}\n    action: cancel\n",
+        "policy 'x': when.age_above: invalid duration 'soon'",
+    ),
     ("poll_interval: 5 minutes\n", "poll_interval: invalid duration"),
-    ("policies:\n  - name: x\n    when: {age_above: 1h}\n    action: delete\n",
-     "policy 'x': action: must be 'cancel' or 'alert'"),
-    ("policies:\n  - name: x\n    match: {model: 'llama[' }\n    when: {age_above: 1h}\n"
-     "    action: cancel\n", "policy 'x': match.model: bad glob"),
-    ("policies:\n  - {name: x, when: {age_above: 1h}, action: cancel}\n"
-     "  - {name: x, when: {age_above: 2h}, action: cancel}\n", "duplicate policy name 'x'"),
-    ("policies:\n  - {name: x, match: {provider: nope}, when: {age_above: 1h}, action: cancel}\n",
-     "policy 'x': match.provider: unknown provider 'nope'; known: (none configured)"),
-    ("pricing:\n  - {model: a, provider: nope, input: 1, output: 1}\n",
-     "pricing[0].provider: unknown provider 'nope'"),
+    (
+        "policies:\n  - name: x\n    when: {age_above: 1h}\n    action: delete\n",
+        "policy 'x': action: must be 'cancel' or 'alert'",
+    ),
+    (
+        "policies:\n  - name: x\n    match: {model: 'llama[' }\n    when: {age_above: 1h}\n"
+        "    action: cancel\n",
+        "policy 'x': match.model: bad glob",
+    ),
+    (
+        "policies:\n  - {name: x, when: {age_above: 1h}, action: cancel}\n"
+        "  - {name: x, when: {age_above: 2h}, action: cancel}\n",
+        "duplicate policy name 'x'",
+    ),
+    (
+        "policies:\n  - {name: x, match: {provider: nope}, when: {age_above: 1h}, action: cancel}\n",
+        "policy 'x': match.provider: unknown provider 'nope'; known: (none configured)",
+    ),
+    (
+        "pricing:\n  - {model: a, provider: nope, input: 1, output: 1}\n",
+        "pricing[0].provider: unknown provider 'nope'",
+    ),
     ("providers:\n  p: {base_url: ftp://x}\n", "providers.p.base_url"),
-    ("providers:\n  p: {base_url: https://x, api_kye_env: K}\n",
-     "providers.p.api_kye_env: unknown key; valid keys: api_key_env, api_key_file, base_url"),
-    ("policies:\n  - {when: {age_above: 1h}, action: cancel}\n", "policies[0]: name: Field required"),
+    (
+        "providers:\n  p: {base_url: https://x, api_kye_env: K}\n",
+        "providers.p.api_kye_env: unknown key; valid keys: api_key_env, api_key_file, base_url",
+    ),
+    (
+        "policies:\n  - {when: {age_above: 1h}, action: cancel}\n",
+        "policies[0]: name: Field required",
+    ),
     ("polling: 5s\n", "polling: unknown key"),
     ("policies: [\n", "invalid YAML at line 2"),
     ("- a\n- b\n", "the top level must be a mapping"),
-    ("policies:\n  - {name: x, when: {}, action: cancel}\n", "policy 'x': when: needs at least one"),
+    (
+        "policies:\n  - {name: x, when: {}, action: cancel}\n",
+        "policy 'x': when: needs at least one",
+    ),
     ("poll_interval: 0s\n", "poll_interval: must be at least 1s"),
 ]
 
@@ -131,8 +155,9 @@ def test_key_file(tmp_path: Path) -> None:
     """api_key_file reads a mounted secret; a missing file is a config error."""
     secret = tmp_path / "key"
     secret.write_text("sk-file\n")
-    settings = load_settings(write(tmp_path, f"providers:\n  p: {{base_url: https://x, "
-                                              f"api_key_file: {secret}}}\n"))
+    settings = load_settings(
+        write(tmp_path, f"providers:\n  p: {{base_url: https://x, api_key_file: {secret}}}\n")
+    )
     key = settings.providers["p"].read_key("p", {})
     assert key is not None and key.get_secret_value() == "sk-file"
     secret.unlink()

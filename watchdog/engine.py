@@ -207,7 +207,7 @@ class Engine:
         self._pricing(tracked, view, cost, now, update, rec)
         self._reconcile_cancel(tracked, view, now, update, rec)
         verdict = evaluate(self.rules.policies, Facts(view, cost, now))
-        self._matched(tracked, verdict, update, rec)
+        self._matched(tracked, view, verdict, update, rec)
         tracked.view = view
         return Work(tracked, update, verdict)
 
@@ -302,7 +302,12 @@ class Engine:
             tracked.cancel_outcome = "succeeded"
 
     def _matched(
-        self, tracked: Tracked, verdict: Verdict | None, update: RowUpdate, rec: Recorder
+        self,
+        tracked: Tracked,
+        view: BatchView,
+        verdict: Verdict | None,
+        update: RowUpdate,
+        rec: Recorder,
     ) -> None:
         name = verdict.policy if verdict else None
         update.values["matched_policy"] = name
@@ -311,7 +316,7 @@ class Engine:
                 tracked,
                 "policy_matched",
                 policy=name,
-                to_status=tracked.view.status,
+                to_status=view.status,
                 action=verdict.action,
                 dry_run=self.rules.dry_run,
                 observed=dict(verdict.observed),

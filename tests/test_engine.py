@@ -1,0 +1,420 @@
+"""Whole ticks against the simulator over HTTP and a real SQLite file, time injected:
+the acceptance cases of the core issue."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.conftest import Harness
+from watchdog.simulator import Fault
+
+COST_CAP = [
+    {
+        "name": "cost-cap",
+        "match": {"model": "meta-llama/*"},
+        "when": {"cost_usd_above": 5},
+        "action": "cancel",
+    }
+]
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+def frozen(h: Harness, batch_id: str, **params: Any) -> None:
+    """A batch whose counts no longer move (rate 0), with usage set per completed request."""
+    defaults: dict[str, Any] = {"model": LLAMA, "total": 1000, "rate": 0.0}
+    h.sim.simulator.add(batch_id, **(defaults | params))
+
+
+def progressed(h: Harness, batch_id: str, done: int, total: int, **params: Any) -> None:
+    """A batch created long enough ago to have ``done`` requests processed, now stalled."""
+    batch = h.sim.simulator.add(
+        batch_id, model=params.pop("model", LLAMA), total=total, rate=1.0, age=done, **params
+    )
+    batch.rate = done / (h.clock.time() - batch.run_start)
+
+
+async def test_cost_cap_cancels_the_expensive_batch_only(harness: Harness) -> None:
+    """$0.03/$0.05 per 1M: 50M in + 100M out ($6.50) is cancelled, $0.40 is not."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    progressed(h, "batch_small", 1000, 2000, input_tokens=5_000, output_tokens=5_000)
+    await h.track("batch_big", "batch_small")
+    summary = await h.tick()
+    assert summary.cancel_succeeded == 1
+    assert h.sim.calls("batch_big", "cancel") == 1
+    assert h.sim.calls("batch_small", "cancel") == 0
+    big, small = await h.row("batch_big"), await h.row("batch_small")
+    assert big["cost_usd"] == 6.5 and big["cancel_policy"] == "cost-cap"
+    assert big["status"] == "cancelling"
+    assert small["cost_usd"] == 0.4 and small["cancel_policy"] is None
+
+
+async def test_cached_and_reasoning_tokens_cost_exactly(harness: Harness) -> None:
+    """$0.50 in, $0.25 cached, $2.00 out: 4M in (3M cached), 1M out (0.8M reasoning) = $3.25."""
+    h = harness
+    h.configure(
+        policies=COST_CAP,
+        pricing=[{"model": "gpt-*", "input": 0.5, "cached_input": 0.25, "output": 2.0}],
+    )
+    progressed(
+        h,
+        "batch_gpt",
+        1000,
+        2000,
+        model="gpt-5",
+        input_tokens=4000,
+        cached_tokens=3000,
+        output_tokens=1000,
+        reasoning_tokens=800,
+    )
+    await h.track("batch_gpt")
+    await h.tick()
+    assert (await h.row("batch_gpt"))["cost_usd"] == 3.25
+
+
+async def test_expiring_slow_batch(harness: Harness) -> None:
+    """expires_within 1h + progress_below 0.5: 40 min left at 30 % is cancelled, at 90 % not."""
+    h = harness
+    h.configure(
+        policies=[
+            {
+                "name": "expiring-slow",
+                "action": "cancel",
+                "when": {"expires_within": "1h", "progress_below": 0.5},
+            }
+        ]
+    )
+    for name, done in (("batch_slow", 300), ("batch_nearly", 900)):
+        batch = h.sim.simulator.add(name, model=LLAMA, total=1000, rate=0.0, age=86400 - 2400)
+        batch.rate = done / (h.clock.time() - batch.run_start)
+    await h.track("batch_slow", "batch_nearly")
+    await h.tick()
+    assert h.sim.calls("batch_slow", "cancel") == 1
+    assert h.sim.calls("batch_nearly", "cancel") == 0
+
+
+async def test_failure_ratio_with_min_requests(harness: Harness) -> None:
+    """failure_ratio_above 0.2 + min_requests 50: 80/40 is cancelled, 4/4 is spared."""
+    h = harness
+    h.configure(
+        policies=[
+            {
+                "name": "failing",
+                "action": "cancel",
+                "when": {"failure_ratio_above": 0.2, "min_requests": 50},
+            }
+        ]
+    )
+    progressed(h, "batch_bad", 120, 1000, failure_rate=1 / 3)
+    progressed(h, "batch_few", 8, 1000, failure_rate=0.5)
+    await h.track("batch_bad", "batch_few")
+    await h.tick()
+    bad = await h.row("batch_bad")
+    assert (bad["request_completed"], bad["request_failed"]) == (80, 40)
+    assert h.sim.calls("batch_bad", "cancel") == 1
+    assert h.sim.calls("batch_few", "cancel") == 0
+
+
+async def test_never_cancelled_and_never_break_a_tick(harness: Harness) -> None:
+    """Completed, cancelling, unknown-status and bare batches are tracked, never cancelled."""
+    h = harness
+    anything = [
+        {
+            "name": "everything",
+            "action": "cancel",
+            "when": {
+                "age_above": "0s",
+                "status_in": [
+                    "validating",
+                    "in_progress",
+                    "finalizing",
+                    "completed",
+                    "cancelling",
+                    "queued_for_gpu",
+                ],
+            },
+        }
+    ]
+    h.configure(policies=anything, pricing=[])
+    h.sim.simulator.add("batch_done", age=90_000, total=10, rate=10)
+    h.sim.simulator.add("batch_cancelling", age=10, total=10, rate=0).cancel_at = h.clock.time()
+    h.sim.simulator.add("batch_bare", age=10, model=None, with_usage=False, total=10, rate=0)
+    await h.track("batch_done", "batch_cancelling", "batch_bare")
+    summary = await h.tick()
+    assert summary.polled == 3 and summary.poll_failed == 0
+    # Only the bare batch (in progress) may be cancelled; the other two are held.
+    assert h.sim.calls("batch_done", "cancel") == 0
+    assert h.sim.calls("batch_cancelling", "cancel") == 0
+    assert summary.cancel_held == 2
+    bare = await h.row("batch_bare")
+    assert bare["cost_usd"] is None and bare["model"] is None
+
+
+async def test_unknown_status_is_recorded_once_and_never_cancelled(harness: Harness) -> None:
+    """A status we have never seen: status_changed once, no cancel, polling goes on."""
+    h = harness
+    h.configure(
+        policies=[
+            {
+                "name": "any",
+                "action": "cancel",
+                "when": {"age_above": "0s", "status_in": ["queued_for_gpu"]},
+            }
+        ]
+    )
+    h.sim.simulator.faults.append(
+        Fault(
+            "GET",
+            "/batches/batch_odd",
+            200,
+            times=2,
+            body=('{"id": "batch_odd", "status": "queued_for_gpu", "created_at": 1764320000}'),
+        )
+    )
+    await h.track("batch_odd")
+    await h.tick()
+    await h.tick(advance=60)
+    assert h.sim.calls("batch_odd", "cancel") == 0
+    assert (await h.kinds("batch_odd")) == ["tracked", "status_changed", "policy_matched"]
+    assert (await h.row("batch_odd"))["status"] == "queued_for_gpu"
+
+
+async def test_one_503_or_429_still_judges_in_the_same_tick(harness: Harness) -> None:
+    """A transient failure is retried inside the tick: the batch is judged and cancelled."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    for name in ("batch_503", "batch_429"):
+        progressed(h, name, 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    h.sim.simulator.faults += [
+        Fault("GET", "/batches/batch_503", 503),
+        Fault("GET", "/batches/batch_429", 429, headers={"Retry-After": "1"}),
+    ]
+    await h.track("batch_503", "batch_429")
+    summary = await h.tick()
+    assert summary.poll_failed == 0 and summary.cancel_succeeded == 2
+    assert h.sim.calls("batch_503", "get") == 1  # the fault answered the first GET
+
+
+async def test_two_ticks_cancel_nothing_twice(harness: Harness) -> None:
+    """Running again cancels nothing again; events tell the story in order."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    await h.track("batch_big")
+    await h.tick()
+    await h.tick(advance=60)
+    await h.tick(advance=60)
+    assert h.sim.calls("batch_big", "cancel") == 1
+    events = await h.store.list_events("batch_big")
+    story = [(e["kind"], e["from_status"], e["to_status"], e["policy"]) for e in events]
+    assert story == [
+        ("tracked", None, None, None),
+        ("status_changed", None, "in_progress", None),
+        ("counts_changed", None, "in_progress", None),
+        ("policy_matched", None, "in_progress", "cost-cap"),
+        ("cancel_requested", "in_progress", None, "cost-cap"),
+        ("cancel_succeeded", "in_progress", "cancelling", "cost-cap"),
+        ("status_changed", "in_progress", "cancelling", None),
+        ("status_changed", "cancelling", "cancelled", None),
+    ]
+    assert (await h.row("batch_big"))["next_poll_at"] is None  # terminal: never polled again
+
+
+async def test_dry_run_records_but_never_cancels(harness: Harness) -> None:
+    """dry_run: policy_matched is recorded, no cancel is sent, the hold is counted."""
+    h = harness
+    h.configure(policies=COST_CAP, dry_run=True)
+    progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    await h.track("batch_big")
+    summary = await h.tick()
+    await h.tick(advance=60)
+    assert h.sim.calls("batch_big", "cancel") == 0
+    assert summary.cancel_held == 1
+    kinds = await h.kinds("batch_big")
+    assert kinds.count("policy_matched") == 1 and "cancel_requested" not in kinds
+    matched = [e for e in await h.store.list_events("batch_big") if e["kind"] == "policy_matched"]
+    assert matched[0]["detail"]["dry_run"] is True
+
+
+async def test_cancel_refused_refreshes_and_does_not_retry(harness: Harness) -> None:
+    """The batch finished between poll and cancel: 409, cancel_failed (already terminal),
+    the batch refreshed at once, and no cancel is ever sent again."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    h.sim.simulator.add("batch_big", model=LLAMA, age=90_000, total=10, rate=10)
+    stale = h.sim.simulator.batches["batch_big"].wire(h.clock.time()) | {
+        "status": "in_progress",
+        "usage": {"input_tokens": 50_000_000, "output_tokens": 100_000_000},
+    }
+    import json
+
+    h.sim.simulator.faults.append(Fault("GET", "/batches/batch_big", 200, body=json.dumps(stale)))
+    await h.track("batch_big")
+    await h.tick()
+    await h.tick(advance=60)
+    failed = [e for e in await h.store.list_events("batch_big") if e["kind"] == "cancel_failed"]
+    assert len(failed) == 1 and failed[0]["detail"]["reason"] == "already_terminal"
+    assert failed[0]["detail"]["http_status"] == 409
+    assert h.sim.calls("batch_big", "cancel") == 1
+    assert h.sim.calls("batch_big", "get") == 1  # the refresh; the first poll was scripted
+    row = await h.row("batch_big")
+    assert (row["cancel_outcome"], row["status"]) == ("refused", "completed")
+
+
+async def test_failed_cancel_is_retried_a_bounded_number_of_times(harness: Harness) -> None:
+    """A cancel that keeps failing is retried on later ticks, three attempts at most."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    h.sim.simulator.faults.append(Fault("POST", "/batches/batch_big/cancel", 500, times=100))
+    await h.track("batch_big")
+    for _ in range(5):
+        await h.tick(advance=60)
+    assert (await h.kinds("batch_big")).count("cancel_requested") == 3
+    assert (await h.row("batch_big"))["cancel_attempts"] == 3
+
+
+async def test_crash_after_cancel_requested_reconciles(harness: Harness) -> None:
+    """cancel_requested with no outcome (a crash) settles from the provider's state."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    await h.track("batch_big")
+    await h.store.apply([], [])
+    # What a crash right after sending leaves behind: requested, no outcome; provider cancelling.
+    from watchdog.store import RowUpdate
+
+    await h.store.apply(
+        [
+            RowUpdate(
+                "sim",
+                "batch_big",
+                {
+                    "cancel_policy": "cost-cap",
+                    "cancel_requested_at": h.clock.now(),
+                    "cancel_attempts": 1,
+                    "status": "in_progress",
+                },
+            )
+        ],
+        [],
+    )
+    h.sim.simulator.batches["batch_big"].cancel_at = h.clock.time()
+    await h.tick(advance=1)
+    assert h.sim.calls("batch_big", "cancel") == 0
+    succeeded = [
+        e for e in await h.store.list_events("batch_big") if e["kind"] == "cancel_succeeded"
+    ]
+    assert succeeded[0]["detail"] == {"reconciled": True}
+
+
+async def test_404_records_poll_failed_and_keeps_the_batch(harness: Harness) -> None:
+    """An unknown batch: poll_failed once per streak; it stays tracked."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    await h.track("batch_gone")
+    await h.tick()
+    await h.tick(advance=60)
+    assert (await h.kinds("batch_gone")) == ["tracked", "poll_failed"]
+    row = await h.row("batch_gone")
+    assert row["poll_failures"] == 2 and "404" in row["last_error"]
+    assert row["next_poll_at"] is not None
+
+
+async def test_bad_answer_does_not_break_the_tick(harness: Harness) -> None:
+    """Garbage for one batch is that batch's poll_failed; the others are judged as usual."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    h.sim.simulator.add("batch_junk")
+    h.sim.simulator.faults.append(
+        Fault("GET", "/batches/batch_junk", 200, body='{"id": "batch_junk", "status": 7}')
+    )
+    await h.track("batch_big", "batch_junk")
+    summary = await h.tick()
+    assert summary.poll_failed == 1 and summary.cancel_succeeded == 1
+    failed = [e for e in await h.store.list_events("batch_junk") if e["kind"] == "poll_failed"]
+    assert "invalid answer: status" in failed[0]["detail"]["error"]
+
+
+async def test_row_inserted_by_another_program_is_filled_in(harness: Harness) -> None:
+    """A bare (provider, batch_id) row is picked up, polled and filled in."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    h.sim.simulator.add("batch_ext", total=10, rate=0)
+    async with h.store.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO batches (provider, batch_id) VALUES ('sim', 'batch_ext')"
+        )
+    await h.tick()
+    row = await h.row("batch_ext")
+    assert row["status"] == "in_progress" and row["tracked_at"] is not None
+    assert row["request_total"] == 10
+
+
+async def test_bad_id_or_provider_in_the_table_never_reaches_the_network(harness: Harness) -> None:
+    """A row another program wrote with a bad id or provider fails its poll, sends nothing."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    async with h.store.engine.begin() as conn:
+        await conn.exec_driver_sql(
+            "INSERT INTO batches (provider, batch_id) VALUES "
+            "('sim', '../files/x'), ('nope', 'batch_1')"
+        )
+    summary = await h.tick()
+    assert summary.poll_failed == 2 and h.sim.simulator.calls == {}
+    errors = {r["batch_id"]: r["last_error"] for r in await h.store.list_batches()}
+    assert "invalid batch id" in errors["../files/x"]
+    assert "provider 'nope' is not configured" in errors["batch_1"]
+
+
+async def test_pricing_missing_is_logged_once(harness: Harness) -> None:
+    """A model with usage but no price: unknown cost, one pricing_missing event."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    h.sim.simulator.add("batch_x", model="acme/unpriced", total=100, rate=1)
+    await h.track("batch_x")
+    await h.tick(advance=5)
+    await h.tick(advance=60)
+    assert (await h.kinds("batch_x")).count("pricing_missing") == 1
+    assert (await h.row("batch_x"))["cost_usd"] is None
+
+
+async def test_max_cancels_per_tick(harness: Harness) -> None:
+    """No more than max_cancels_per_tick cancels go out in one tick; the rest wait."""
+    h = harness
+    h.configure(policies=COST_CAP, max_cancels_per_tick=2)
+    names = [f"batch_{i}" for i in range(5)]
+    for name in names:
+        progressed(h, name, 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    await h.track(*names)
+    first = await h.tick()
+    assert first.cancel_succeeded == 2 and first.cancel_held == 3
+    assert sum(h.sim.calls(n, "cancel") for n in names) == 2
+
+
+async def test_logs_carry_event_names_and_context(harness: Harness) -> None:
+    """Log lines use the event kinds and bind batch_id, provider, policy and statuses."""
+    from structlog.testing import capture_logs
+
+    h = harness
+    h.configure(policies=COST_CAP)
+    progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    await h.track("batch_big")
+    with capture_logs() as logs:
+        await h.tick()
+    cancel = next(e for e in logs if e["event"] == "cancel_succeeded")
+    assert (
+        cancel
+        | {
+            "batch_id": "batch_big",
+            "provider": "sim",
+            "policy": "cost-cap",
+            "from_status": "in_progress",
+            "to_status": "cancelling",
+        }
+        == cancel
+    )
+    summary = [e for e in logs if e["event"] == "tick_completed"]
+    assert len(summary) == 1 and summary[0]["cancel_succeeded"] == 1
