@@ -89,7 +89,8 @@ BAD = [
         "duplicate policy name 'x'",
     ),
     (
-        "policies:\n  - {name: x, match: {provider: nope}, when: {age_above: 1h}, action: cancel}\n",
+        "policies:\n  - {name: x, match: {provider: nope}, when: {age_above: 1h},"
+        " action: cancel}\n",
         "policy 'x': match.provider: unknown provider 'nope'; known: (none configured)",
     ),
     (

@@ -219,13 +219,14 @@ class Engine:
         update.values.update(wire_columns(batch))
         if new.status != old.status:
             unknown = is_unknown_status(new.status)
+            detail: dict[str, Any] = {"unknown_status": True} if unknown else {}
             rec.add(
                 tracked,
                 "status_changed",
                 from_status=old.status,
                 to_status=new.status,
                 level="warning" if unknown else "info",
-                **({"unknown": True} if unknown else {}),
+                **detail,
             )
         if new.counts is not None and new.counts != old.counts:
             before = None if old.counts is None else asdict(old.counts)

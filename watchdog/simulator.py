@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 
 Clock = Callable[[], float]
+DEFAULT_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
 
 @dataclass(slots=True)
@@ -25,7 +26,7 @@ class SimBatch:
 
     id: str
     created_at: float
-    model: str | None = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    model: str | None = DEFAULT_MODEL
     endpoint: str = "/v1/chat/completions"
     metadata: dict[str, str] | None = None
     window: float = 86400.0
@@ -79,7 +80,7 @@ class SimBatch:
         processed = self.processed(min(stop, self.expires_at))
         failed = math.floor(processed * self.failure_rate)
         completed = processed - failed
-        stamps = {
+        stamps: dict[str, int | None] = {
             f"{s}_at": None
             for s in (
                 "in_progress",
@@ -202,7 +203,7 @@ class Simulator:
                 400, f"unknown x_simulation keys: {sorted(unknown)}", "invalid_request_error"
             )
         batch = self.add(
-            metadata=body.get("metadata"), model=body.get("model", SimBatch.model), **sim
+            metadata=body.get("metadata"), model=body.get("model", DEFAULT_MODEL), **sim
         )
         return web.json_response(batch.wire(self.clock()))
 

@@ -165,7 +165,7 @@ def wire_columns(batch: BatchObject) -> dict[str, Any]:
     return values
 
 
-def _view(row: Mapping[str, Any]) -> BatchView:
+def _view(row: Mapping[Any, Any]) -> BatchView:
     counts = tokens = None
     if row["request_total"] is not None:
         counts = Counts(row["request_total"], row["request_completed"], row["request_failed"])
@@ -186,7 +186,7 @@ def _view(row: Mapping[str, Any]) -> BatchView:
     )
 
 
-def _tracked(row: Mapping[str, Any]) -> Tracked:
+def _tracked(row: Mapping[Any, Any]) -> Tracked:
     return Tracked(
         view=_view(row),
         cost_usd=row["cost_usd"],

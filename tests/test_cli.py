@@ -1,0 +1,287 @@
+"""The command line as users run it: real subprocesses, a simulator on a real port,
+a SQLite file. Exit codes, one-line errors, and the key in no output at all."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEY, Sim
+from watchdog.simulator import Fault
+
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class Cli:
+    """Runs ``python -m watchdog`` with a config file and collects every output."""
+
+    def __init__(self, tmp_path: Path, sim: Sim) -> None:
+        self.tmp = tmp_path
+        self.sim = sim
+        self.db = tmp_path / "watchdog.db"
+        self.config = tmp_path / "watchdog.yaml"
+        self.outputs: list[str] = []
+        self.write_config()
+
+    def write_config(self, extra: str = "") -> None:
+        self.config.write_text(f"""
+database_url: sqlite+aiosqlite:///{self.db}
+poll_interval: 60s
+providers:
+  sim:
+    base_url: {self.sim.url}
+    api_key_env: SIM_TOKEN
+pricing:
+  - {{model: "meta-llama/*", input: 0.03, output: 0.05}}
+policies:
+  - name: cost-cap
+    match: {{model: "meta-llama/*"}}
+    when: {{cost_usd_above: 5}}
+    action: cancel
+{extra}""")
+
+    async def __call__(
+        self, *args: str, env: dict[str, str] | None = None, config: bool = True
+    ) -> Result:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+        full_env = base | {"SIM_TOKEN": API_KEY} | (env or {})
+        argv = [*args, "--config", str(self.config)] if config else list(args)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "watchdog",
+            *argv,
+            env=full_env,
+            cwd=self.tmp,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        result = Result(proc.returncode or 0, out.decode(), err.decode())
+        self.outputs += [result.out, result.err]
+        return result
+
+    def add_expensive(self, batch_id: str) -> None:
+        batch = self.sim.simulator.add(
+            batch_id,
+            model=LLAMA,
+            total=2000,
+            rate=1.0,
+            age=1000,
+            input_tokens=50_000,
+            output_tokens=100_000,
+        )
+        batch.rate = 1000 / (self.sim.simulator.clock() - batch.run_start)
+
+
+@pytest.fixture
+def cli(tmp_path: Path, sim: Sim) -> Cli:
+    return Cli(tmp_path, sim)
+
+
+async def test_check_config_prints_the_policies(cli: Cli) -> None:
+    """check-config exits 0 and shows what it understood."""
+    result = await cli("check-config")
+    assert result.code == 0, result.err
+    assert "cost-cap: cancel when model=meta-llama/*, cost_usd_above=5" in result.out
+    assert "sim: " in result.out and "key from $SIM_TOKEN" in result.out
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run", "--once"], ["list"]])
+async def test_bad_config_exits_78_with_one_line(cli: Cli, command: list[str]) -> None:
+    """A config error never starts anything: exit 78, one line naming file, policy, field."""
+    cli.write_config("  - {name: broken, when: {cost_usd_abov: 1}, action: cancel}\n")
+    result = await cli(*command)
+    assert result.code == 78
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+    assert f"{cli.config}: policy 'broken': when.cost_usd_abov: unknown key" in result.err
+    assert not cli.db.exists()
+
+
+async def test_missing_key_variable_is_a_config_error(cli: Cli) -> None:
+    """run without the provider's key variable exits 78 naming the variable."""
+    result = await cli("run", "--once", env={"SIM_TOKEN": ""})
+    assert result.code == 78 and "environment variable SIM_TOKEN is not set" in result.err
+
+
+@pytest.mark.parametrize("batch_id", ["../files/x", "a b", "", ".", ".."])
+async def test_track_refuses_bad_ids(cli: Cli, batch_id: str) -> None:
+    """A bad id exits 2 with one line; nothing is stored and nothing is sent."""
+    result = await cli("track", batch_id, "--provider", "sim")
+    assert result.code == 2 and "invalid batch id" in result.err
+    assert result.err.count("\n") == 1
+    assert cli.sim.simulator.calls == {}
+    assert not cli.db.exists()
+
+
+async def test_track_refuses_unknown_provider(cli: Cli) -> None:
+    """An unknown provider exits 2 and lists the known ones."""
+    result = await cli("track", "batch_1", "--provider", "openai")
+    assert result.code == 2
+    assert "unknown provider 'openai'; known: sim" in result.err
+
+
+async def test_usage_errors_exit_2(cli: Cli) -> None:
+    """argparse mistakes exit 2."""
+    assert (await cli("frobnicate", config=False)).code == 2
+    assert (await cli("track", "x")).code == 2  # --provider missing
+
+
+async def test_track_run_list_events_end_to_end(cli: Cli) -> None:
+    """track → run --once cancels the expensive batch → run again cancels nothing more;
+    list and events give the documented JSON; the key appears in no output."""
+    cli.add_expensive("batch_big")
+    cli.sim.simulator.add("batch_small", model=LLAMA, total=100, rate=0)
+    for batch_id in ("batch_big", "batch_small"):
+        result = await cli("track", batch_id, "--provider", "sim", "--label", "team=ml")
+        assert result.code == 0 and f"tracking sim/{batch_id}" in result.out
+    assert (await cli("track", "batch_big", "--provider", "sim")).out.startswith("already")
+    assert (await cli("run", "--once")).code == 0
+    assert (await cli("run", "--once")).code == 0
+    assert cli.sim.calls("batch_big", "cancel") == 1
+    assert cli.sim.calls("batch_small", "cancel") == 0
+
+    listed = json.loads((await cli("list", "--json")).out)
+    big = next(b for b in listed if b["id"] == "batch_big")
+    assert {
+        "id",
+        "provider",
+        "status",
+        "model",
+        "cost_usd",
+        "request_counts",
+        "expires_at",
+        "cancel_policy",
+    } <= big.keys()
+    assert big["cancel_policy"] == "cost-cap" and big["cost_usd"] == 6.5
+    assert big["request_counts"] == {"total": 2000, "completed": 1000, "failed": 0}
+    assert big["labels"] == {"team": "ml"}
+    filtered = json.loads((await cli("list", "--status", "cancelling", "--json")).out)
+    assert [b["id"] for b in filtered] == ["batch_big"]
+
+    events = json.loads((await cli("events", "batch_big", "--json")).out)
+    assert all(
+        set(e)
+        == {"at", "batch_id", "provider", "kind", "from_status", "to_status", "policy", "detail"}
+        for e in events
+    )
+    kinds = [e["kind"] for e in events]
+    assert kinds[:2] == ["tracked", "status_changed"]
+    assert {"policy_matched", "cancel_requested", "cancel_succeeded"} <= set(kinds)
+    assert events[kinds.index("policy_matched")]["policy"] == "cost-cap"
+    table = (await cli("list")).out
+    assert "batch_big" in table and "cost-cap" in table and "$6.5000" in table
+    assert "cancel_succeeded" in (await cli("events")).out
+    assert_no_key(cli)
+
+
+async def test_transient_failures_still_cancel_in_one_run(cli: Cli) -> None:
+    """One 503 and one 429 (Retry-After: 1) on polls: both batches are judged and cancelled."""
+    for name in ("batch_503", "batch_429"):
+        cli.add_expensive(name)
+        await cli("track", name, "--provider", "sim")
+    cli.sim.simulator.faults += [
+        Fault("GET", "/batches/batch_503", 503),
+        Fault("GET", "/batches/batch_429", 429, headers={"Retry-After": "1"}),
+    ]
+    assert (await cli("run", "--once")).code == 0
+    assert cli.sim.calls("batch_503", "cancel") == 1
+    assert cli.sim.calls("batch_429", "cancel") == 1
+
+
+async def test_dry_run_flag_sends_no_cancel(cli: Cli) -> None:
+    """run --once --dry-run records policy_matched and sends nothing."""
+    cli.add_expensive("batch_big")
+    await cli("track", "batch_big", "--provider", "sim")
+    result = await cli("run", "--once", "--dry-run")
+    assert result.code == 0 and "dry_run_enabled" in result.err
+    assert cli.sim.calls("batch_big", "cancel") == 0
+    kinds = [e["kind"] for e in json.loads((await cli("events", "--json")).out)]
+    assert "policy_matched" in kinds and "cancel_requested" not in kinds
+
+
+async def test_key_echoed_by_a_provider_is_masked_everywhere(cli: Cli) -> None:
+    """Even a provider that echoes the key back leaves no trace of it."""
+    cli.sim.simulator.faults.append(
+        Fault(
+            "GET",
+            "/batches/batch_1",
+            400,
+            times=5,
+            body=f'{{"error": {{"message": "bad key {API_KEY}"}}}}',
+        )
+    )
+    await cli("track", "batch_1", "--provider", "sim")
+    assert (await cli("run", "--once")).code == 0
+    events = (await cli("events", "--json")).out
+    assert "[redacted]" in events
+    assert_no_key(cli)
+
+
+async def test_untrack(cli: Cli) -> None:
+    """untrack removes the batch and keeps its history; an unknown id exits 1."""
+    await cli("track", "batch_1", "--provider", "sim")
+    result = await cli("untrack", "batch_1")
+    assert result.code == 0 and "stopped tracking sim/batch_1" in result.out
+    assert json.loads((await cli("list", "--json")).out) == []
+    kinds = [e["kind"] for e in json.loads((await cli("events", "batch_1", "--json")).out)]
+    assert kinds == ["tracked", "untracked"]
+    assert (await cli("untrack", "batch_1")).code == 1
+
+
+async def test_migrate(cli: Cli) -> None:
+    """migrate brings a new database to head and says so."""
+    result = await cli("migrate")
+    assert result.code == 0 and "database schema at 0001 (head 0001)" in result.out
+
+
+async def test_console_script_is_installed() -> None:
+    """The batch-watchdog console script runs (the same main as python -m watchdog)."""
+    script = Path(sys.executable).parent / "batch-watchdog"
+    proc = await asyncio.create_subprocess_exec(
+        str(script), "--help", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and b"check-config" in out
+
+
+async def test_demo_runs_and_cancels(tmp_path: Path) -> None:
+    """The demo serves its simulator, runs the daemon and cancels within seconds."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watchdog",
+        "demo",
+        "--duration",
+        "6",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    text = out.decode()
+    assert "batch_late_backfill" in text and "expiring-slow" in text
+    assert "batch_flaky_extraction" in text and "failing" in text
+    assert b"cancel_succeeded" in err
+
+
+def assert_no_key(cli: Cli) -> None:
+    """The API key is in no output of any command, and not in the database file."""
+    for text in cli.outputs:
+        assert API_KEY not in text
+    for path in cli.tmp.glob("watchdog.db*"):
+        assert API_KEY.encode() not in path.read_bytes()

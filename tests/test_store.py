@@ -1,0 +1,128 @@
+"""The store and its migrations on a real SQLite file: schema at head, models and
+migrations agree, tracking, leases and the external-insert contract."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
+
+from watchdog.store import Store, _alembic_config, create_engine, schema_revision, upgrade
+from watchdog.tables import metadata
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+LEASE = timedelta(minutes=5)
+
+
+async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
+    """Migrations go to head, back to base and to head again."""
+    from alembic import command
+
+    engine = create_engine(db_url)
+    config = _alembic_config()
+
+    def run(connection: Connection, target: str, up: bool) -> None:
+        config.attributes["connection"] = connection
+        (command.upgrade if up else command.downgrade)(config, target)
+
+    try:
+        await upgrade(engine)
+        assert await schema_revision(engine) == ("0001", "0001")
+        async with engine.begin() as conn:
+            await conn.run_sync(run, "base", False)
+        assert (await schema_revision(engine))[0] is None
+        async with engine.begin() as conn:
+            await conn.run_sync(run, "head", True)
+        assert await schema_revision(engine) == ("0001", "0001")
+    finally:
+        await engine.dispose()
+
+
+async def test_models_and_migrations_agree(store: Store) -> None:
+    """An autogenerate diff between tables.py and the migrated database is empty."""
+
+    def diff(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+    async with store.engine.connect() as conn:
+        assert await conn.run_sync(diff) == []
+
+
+async def test_new_sqlite_file_is_private(tmp_path: object) -> None:
+    """A database file the daemon creates is readable by its owner only (0600)."""
+    import os
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "sub" / "new.db"
+    engine = create_engine(f"sqlite+aiosqlite:///{path}")
+    await upgrade(engine)
+    await engine.dispose()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+async def test_track_is_idempotent_and_recorded(store: Store) -> None:
+    """Tracking twice adds one row and one 'tracked' event, with labels kept."""
+    assert await store.track("p", "b1", {"team": "ml"}, NOW)
+    assert not await store.track("p", "b1", {}, NOW)
+    rows = await store.list_batches()
+    assert [(r["batch_id"], r["labels"]) for r in rows] == [("b1", {"team": "ml"})]
+    assert [e["kind"] for e in await store.list_events("b1")] == ["tracked"]
+
+
+async def test_untrack_keeps_history(store: Store) -> None:
+    """Untracking removes the row, keeps its events and adds 'untracked'."""
+    await store.track("p", "b1", {}, NOW)
+    await store.track("q", "b1", {}, NOW)
+    assert await store.untrack("b1", "p", NOW) == ["p"]
+    assert [r["provider"] for r in await store.list_batches()] == ["q"]
+    kinds = [(e["provider"], e["kind"]) for e in await store.list_events("b1")]
+    assert kinds == [("p", "tracked"), ("q", "tracked"), ("p", "untracked")]
+    assert await store.untrack("b1", None, NOW) == ["q"]
+    assert await store.untrack("b1", None, NOW) == []
+
+
+async def test_claim_leases_each_due_batch_once(store: Store) -> None:
+    """A claimed batch is not claimed again until its lease expires or is released."""
+    for i in range(5):
+        await store.track("p", f"b{i}", {}, NOW)
+    first = await store.claim_due(NOW, "me", LEASE, 3)
+    second = await store.claim_due(NOW, "other", LEASE, 10)
+    assert len(first) == 3 and len(second) == 2
+    assert {t.key for t in first}.isdisjoint({t.key for t in second})
+    assert await store.claim_due(NOW, "third", LEASE, 10) == []
+    later = await store.claim_due(NOW + LEASE + timedelta(seconds=1), "third", LEASE, 10)
+    assert len(later) == 5
+    await store.release("third")
+    assert len(await store.claim_due(NOW + LEASE * 2, "x", LEASE, 10)) == 5
+
+
+async def test_claim_skips_not_yet_due_and_terminal(store: Store) -> None:
+    """Only rows whose next_poll_at has come and whose status is not terminal are due."""
+    from watchdog.store import RowUpdate
+
+    for name in ("due", "later", "done"):
+        await store.track("p", name, {}, NOW)
+    await store.apply(
+        [
+            RowUpdate("p", "later", {"next_poll_at": NOW + timedelta(minutes=1)}),
+            RowUpdate("p", "done", {"status": "completed"}),
+        ],
+        [],
+    )
+    assert [t.view.batch_id for t in await store.claim_due(NOW, "me", LEASE, 10)] == ["due"]
+
+
+async def test_times_round_trip_as_aware_utc(store: Store) -> None:
+    """SQLite would drop offsets; the store gives back aware UTC datetimes."""
+    from zoneinfo import ZoneInfo
+
+    from watchdog.store import RowUpdate
+
+    await store.track("p", "b", {}, NOW)
+    berlin = datetime(2026, 11, 28, 13, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    await store.apply([RowUpdate("p", "b", {"expires_at": berlin})], [])
+    row = (await store.list_batches())[0]
+    assert row["expires_at"] == NOW and row["expires_at"].tzinfo == UTC
