@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import tempfile
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ from watchdog.settings import ConfigError, load_settings
 from watchdog.simulator import Simulator
 
 log = structlog.get_logger("watchdog.demo")
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
 
@@ -88,9 +88,14 @@ async def serve_simulator(host: str, port: int, scenario: str) -> None:
         await runner.cleanup()
 
 
+def demo_config() -> Path:
+    """config/demo.yaml, as shipped inside the package."""
+    return Path(str(files("watchdog.config").joinpath("demo.yaml")))
+
+
 def run_demo(config: str | None, duration: float) -> list[dict[str, Any]]:
     """Run the demo; the final state of the batches, for the CLI to print."""
-    return asyncio.run(_demo(Path(config) if config else DEMO_CONFIG, duration))
+    return asyncio.run(_demo(Path(config) if config else demo_config(), duration))
 
 
 async def _demo(config: Path, duration: float) -> list[dict[str, Any]]:

@@ -4,7 +4,6 @@ migrations in ``migrations/`` create it; this module only declares it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import (
     JSON,

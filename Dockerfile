@@ -1,0 +1,30 @@
+# syntax=docker/dockerfile:1
+# batch-watchdog: a small image with the daemon in its own virtual environment.
+ARG PYTHON_VERSION=3.11
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY watchdog/ watchdog/
+COPY migrations/ migrations/
+COPY config/ config/
+RUN pip install --no-cache-dir ".[postgres]"
+
+FROM python:${PYTHON_VERSION}-slim-bookworm
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    WATCHDOG_CONFIG=/etc/batch-watchdog/watchdog.yaml \
+    WATCHDOG_DATABASE_URL=sqlite+aiosqlite:////var/lib/batch-watchdog/watchdog.db
+COPY --from=build /opt/venv /opt/venv
+RUN mkdir -p /var/lib/batch-watchdog /etc/batch-watchdog \
+    && chown 10001:10001 /var/lib/batch-watchdog
+VOLUME ["/var/lib/batch-watchdog"]
+WORKDIR /var/lib/batch-watchdog
+USER 10001:10001
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["batch-watchdog"]
+CMD ["run"]

@@ -1,0 +1,1 @@
+"""Example configs, shipped inside the package as ``watchdog.config`` (see pyproject.toml)."""
