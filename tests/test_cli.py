@@ -242,6 +242,43 @@ async def test_untrack(cli: Cli) -> None:
     assert (await cli("untrack", "batch_1")).code == 1
 
 
+async def test_daemon_ticks_until_sigterm_then_exits_0(cli: Cli) -> None:
+    """run (no --once) ticks on its interval, and SIGTERM ends it cleanly with exit 0."""
+    import signal
+
+    cli.config.write_text(cli.config.read_text().replace("poll_interval: 60s", "poll_interval: 1s"))
+    cli.add_expensive("batch_big")
+    await cli("track", "batch_big", "--provider", "sim")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "watchdog",
+        "run",
+        "--config",
+        str(cli.config),
+        cwd=cli.tmp,
+        env=env | {"SIM_TOKEN": API_KEY},
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    ticks = 0
+    lines: list[bytes] = []
+    while ticks < 2:
+        line = await asyncio.wait_for(proc.stderr.readline(), timeout=20)
+        assert line, b"".join(lines).decode()
+        lines.append(line)
+        ticks += b'"tick_completed"' in line
+    proc.send_signal(signal.SIGTERM)
+    rest = await asyncio.wait_for(proc.stderr.read(), timeout=20)
+    assert await proc.wait() == 0
+    assert b"daemon_stopped" in rest
+    assert cli.sim.calls("batch_big", "cancel") == 1
+    assert cli.sim.calls("batch_big", "get") >= 2
+    cli.outputs.append((b"".join(lines) + rest).decode())
+    assert_no_key(cli)
+
+
 async def test_migrate(cli: Cli) -> None:
     """migrate brings a new database to head and says so."""
     result = await cli("migrate")

@@ -418,3 +418,42 @@ async def test_logs_carry_event_names_and_context(harness: Harness) -> None:
     )
     summary = [e for e in logs if e["event"] == "tick_completed"]
     assert len(summary) == 1 and summary[0]["cancel_succeeded"] == 1
+
+
+async def test_batch_without_usage_counts_or_model(harness: Harness) -> None:
+    """A bare answer (no usage, request_counts or model) is tracked, judged, never cancelled."""
+    h = harness
+    h.configure(
+        policies=[
+            {"name": "cost", "action": "cancel", "when": {"cost_usd_above": 0}},
+            {"name": "proj", "action": "cancel", "when": {"projected_cost_usd_above": 0}},
+            {"name": "ratio", "action": "cancel", "when": {"failure_ratio_above": 0}},
+            {"name": "slow", "action": "cancel", "when": {"progress_below": 1}},
+            {
+                "name": "model",
+                "action": "cancel",
+                "match": {"model": "*"},
+                "when": {"age_above": 0},
+            },
+        ]
+    )
+    h.sim.simulator.faults.append(
+        Fault(
+            "GET",
+            "/batches/batch_bare",
+            200,
+            times=2,
+            body=(
+                '{"id": "batch_bare", "status": "in_progress", "created_at": 1764320000,'
+                ' "expires_at": null, "usage": null, "request_counts": null, "model": null}'
+            ),
+        )
+    )
+    await h.track("batch_bare")
+    first = await h.tick()
+    second = await h.tick(advance=60)
+    assert first.polled == second.polled == 1
+    assert first.cancel_requested == second.cancel_requested == 0
+    assert (await h.kinds("batch_bare")) == ["tracked", "status_changed"]
+    row = await h.row("batch_bare")
+    assert row["cost_usd"] is None and row["request_total"] is None

@@ -42,7 +42,11 @@ class TickLoop:
         seconds = self._interval.total_seconds()
         scheduler = AsyncIOScheduler(
             timezone=UTC,
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": int(seconds)},
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": max(1, int(seconds)),
+            },
         )
         scheduler.add_job(
             self._guarded, "interval", seconds=seconds, id="tick", next_run_time=datetime.now(UTC)

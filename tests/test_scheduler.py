@@ -1,0 +1,46 @@
+"""The tick loop's wiring: ticks come on the interval, a failing tick is logged and the
+next one still comes, and stopping waits for the tick in flight instead of killing it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from structlog.testing import capture_logs
+
+from watchdog.scheduler import TickLoop
+
+
+async def test_ticks_repeat_and_survive_a_failure() -> None:
+    """A tick that raises is logged as tick_failed; the loop keeps its cadence."""
+    calls: list[int] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise RuntimeError("database is down")
+        if len(calls) == 3:
+            stop.set()
+
+    loop = TickLoop(tick, timedelta(seconds=0.05))
+    with capture_logs() as logs:
+        await asyncio.wait_for(loop.run(stop), timeout=10)
+    assert len(calls) >= 3
+    failed = [e for e in logs if e["event"] == "tick_failed"]
+    assert len(failed) == 1 and "database is down" in failed[0]["error"]
+    assert loop.failures == 0 and loop.last_tick_finished is not None
+
+
+async def test_stop_drains_the_tick_in_flight() -> None:
+    """Stopping mid-tick lets the tick finish (its cancels get recorded), then returns."""
+    stop = asyncio.Event()
+    finished = asyncio.Event()
+
+    async def tick() -> None:
+        stop.set()
+        await asyncio.sleep(0.2)
+        finished.set()
+
+    await asyncio.wait_for(TickLoop(tick, timedelta(seconds=60)).run(stop), timeout=10)
+    assert finished.is_set()
