@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -173,9 +173,12 @@ class Engine:
             return PermanentError(f"provider {provider!r} is not configured")
         try:
             validate_batch_id(batch_id)
+        except InvalidBatchId as exc:
+            return PermanentError(str(exc))
+        try:
             return await client.get(batch_id)
-        except (ProviderError, InvalidBatchId) as exc:
-            return exc if isinstance(exc, ProviderError) else PermanentError(str(exc))
+        except ProviderError as exc:
+            return exc
         except Exception as exc:  # a bug must not cost the other batches their tick
             log.exception("poll_crashed", batch_id=batch_id, provider=provider)
             return PermanentError(f"internal error: {type(exc).__name__}")
@@ -345,6 +348,7 @@ class Engine:
             from_status=tracked.view.status,
             attempt=attempt,
         )
+        tracked.cancel_policy = verdict.policy
         item.update.values.update(
             cancel_policy=verdict.policy,
             cancel_requested_at=now,
@@ -380,7 +384,7 @@ class Engine:
         rec: Recorder,
     ) -> None:
         tracked = item.tracked
-        policy = tracked.cancel_policy if item.verdict is None else item.verdict.policy
+        policy = tracked.cancel_policy
         if isinstance(answer, BatchObject):
             rec.add(
                 tracked,
@@ -424,4 +428,4 @@ class Engine:
         update.values.update(
             cost_usd=None if cost is None else float(cost), **self._schedule(now, view.status)
         )
-        tracked.view = replace(view)
+        tracked.view = view
