@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from tests.databases import fresh_postgres
 from watchdog.engine import Engine, Rules, TickSummary
 from watchdog.providers import ProviderClient
 from watchdog.settings import Settings
@@ -68,9 +69,19 @@ async def sim(clock: Clock, aiohttp_server: Any) -> Sim:
     return Sim(simulator, str(server.make_url("/v1")))
 
 
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'watchdog.db'}"
+async def database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'watchdog.db'}"
+        return
+    async with fresh_postgres(kind) as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "psycopg"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The store, engine and CLI suites run on both backends through this one fixture."""
+    async for url in database(request.param, tmp_path):
+        yield url
 
 
 @pytest.fixture

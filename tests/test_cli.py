@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, Sim
+from tests.databases import dump, has_schema
 from watchdog.simulator import Fault
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -28,17 +29,17 @@ class Result:
 class Cli:
     """Runs ``python -m watchdog`` with a config file and collects every output."""
 
-    def __init__(self, tmp_path: Path, sim: Sim) -> None:
+    def __init__(self, tmp_path: Path, sim: Sim, db_url: str) -> None:
         self.tmp = tmp_path
         self.sim = sim
-        self.db = tmp_path / "watchdog.db"
+        self.db_url = db_url
         self.config = tmp_path / "watchdog.yaml"
         self.outputs: list[str] = []
         self.write_config()
 
     def write_config(self, extra: str = "") -> None:
         self.config.write_text(f"""
-database_url: sqlite+aiosqlite:///{self.db}
+database_url: {self.db_url}
 poll_interval: 60s
 providers:
   sim:
@@ -88,8 +89,12 @@ policies:
 
 
 @pytest.fixture
-def cli(tmp_path: Path, sim: Sim) -> Cli:
-    return Cli(tmp_path, sim)
+async def cli(tmp_path: Path, sim: Sim, db_url: str) -> Cli:
+    """The CLI on SQLite and on PostgreSQL (which, unlike SQLite, is migrated explicitly)."""
+    runner = Cli(tmp_path, sim, db_url)
+    if not db_url.startswith("sqlite"):
+        assert (await runner("migrate")).code == 0
+    return runner
 
 
 async def test_check_config_prints_the_policies(cli: Cli) -> None:
@@ -108,7 +113,7 @@ async def test_bad_config_exits_78_with_one_line(cli: Cli, command: list[str]) -
     assert result.code == 78
     assert result.err.count("\n") == 1 and "Traceback" not in result.err
     assert f"{cli.config}: policy 'broken': when.cost_usd_abov: unknown key" in result.err
-    assert not cli.db.exists()
+    assert await untouched(cli)
 
 
 async def test_missing_key_variable_is_a_config_error(cli: Cli) -> None:
@@ -124,7 +129,7 @@ async def test_track_refuses_bad_ids(cli: Cli, batch_id: str) -> None:
     assert result.code == 2 and "invalid batch id" in result.err
     assert result.err.count("\n") == 1
     assert cli.sim.simulator.calls == {}
-    assert not cli.db.exists()
+    assert await untouched(cli)
 
 
 async def test_track_refuses_unknown_provider(cli: Cli) -> None:
@@ -185,7 +190,7 @@ async def test_track_run_list_events_end_to_end(cli: Cli) -> None:
     table = (await cli("list")).out
     assert "batch_big" in table and "cost-cap" in table and "$6.5000" in table
     assert "cancel_succeeded" in (await cli("events")).out
-    assert_no_key(cli)
+    await assert_no_key(cli)
 
 
 async def test_transient_failures_still_cancel_in_one_run(cli: Cli) -> None:
@@ -228,7 +233,7 @@ async def test_key_echoed_by_a_provider_is_masked_everywhere(cli: Cli) -> None:
     assert (await cli("run", "--once")).code == 0
     events = (await cli("events", "--json")).out
     assert "[redacted]" in events
-    assert_no_key(cli)
+    await assert_no_key(cli)
 
 
 async def test_untrack(cli: Cli) -> None:
@@ -276,7 +281,7 @@ async def test_daemon_ticks_until_sigterm_then_exits_0(cli: Cli) -> None:
     assert cli.sim.calls("batch_big", "cancel") == 1
     assert cli.sim.calls("batch_big", "get") >= 2
     cli.outputs.append((b"".join(lines) + rest).decode())
-    assert_no_key(cli)
+    await assert_no_key(cli)
 
 
 async def test_migrate(cli: Cli) -> None:
@@ -316,9 +321,16 @@ async def test_demo_runs_and_cancels(tmp_path: Path) -> None:
     assert b"cancel_succeeded" in err
 
 
-def assert_no_key(cli: Cli) -> None:
-    """The API key is in no output of any command, and not in the database file."""
+async def untouched(cli: Cli) -> bool:
+    """Nothing was written: no SQLite file at all, or (PostgreSQL) empty tables."""
+    if cli.db_url.startswith("sqlite"):
+        return not await has_schema(cli.db_url)
+    return await dump(cli.db_url) == b"[]"
+
+
+async def assert_no_key(cli: Cli) -> None:
+    """The API key is in no output of any command, and nowhere in the database."""
     for text in cli.outputs:
         assert API_KEY not in text
-    for path in cli.tmp.glob("watchdog.db*"):
-        assert API_KEY.encode() not in path.read_bytes()
+    content = await dump(cli.db_url)
+    assert content and API_KEY.encode() not in content

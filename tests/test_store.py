@@ -3,16 +3,29 @@ migrations agree, tracking, leases and the external-insert contract."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
+from tests.conftest import database
 from watchdog.store import Store, _alembic_config, create_engine, schema_revision, upgrade
 from watchdog.tables import metadata
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "psycopg", "asyncpg"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The store's own tests also prove the asyncpg driver."""
+    async for url in database(request.param, tmp_path):
+        yield url
+
+
 LEASE = timedelta(minutes=5)
 
 
