@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY, Sim
+from tests.daemons import Daemon
 from tests.databases import dump, has_schema
 from watchdog.simulator import Fault
 
@@ -282,6 +283,23 @@ async def test_daemon_ticks_until_sigterm_then_exits_0(cli: Cli) -> None:
     assert cli.sim.calls("batch_big", "get") >= 2
     cli.outputs.append((b"".join(lines) + rest).decode())
     await assert_no_key(cli)
+
+
+async def test_second_daemon_on_one_sqlite_file_is_refused(tmp_path: Path, sim: Sim) -> None:
+    """SQLite supports one daemon per file: a second one exits 1 with a clear line.
+    (Several on PostgreSQL: tests/test_scaleout.py.)"""
+    cli = Cli(tmp_path, sim, f"sqlite+aiosqlite:///{tmp_path / 'watchdog.db'}")
+    first = await Daemon.start(cli.config)
+    try:
+        await first.wait_for(lambda: len(first.ticks()) >= 1)
+        second = await cli("run", "--once")
+        assert second.code == 1
+        assert "another batch-watchdog is running on" in second.err
+        assert "use PostgreSQL to run several" in second.err
+        assert second.err.count("\n") == 1
+    finally:
+        assert await first.stop() == 0
+    assert (await cli("run", "--once")).code == 0  # the lock went with the first daemon
 
 
 async def test_migrate(cli: Cli) -> None:

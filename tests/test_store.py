@@ -139,3 +139,21 @@ async def test_times_round_trip_as_aware_utc(store: Store) -> None:
     await store.apply([RowUpdate("p", "b", {"expires_at": berlin})], [])
     row = (await store.list_batches())[0]
     assert row["expires_at"] == NOW and row["expires_at"].tzinfo == UTC
+
+
+async def test_lost_lease_fences_the_write(store: Store) -> None:
+    """A replica whose lease ran out (and was taken over) writes nothing, events included."""
+    from watchdog.store import Event, RowUpdate
+
+    await store.track("p", "b1", {}, NOW)
+    assert len(await store.claim_due(NOW, "slow", LEASE, 10)) == 1
+    later = NOW + LEASE + timedelta(seconds=1)
+    assert len(await store.claim_due(later, "fast", LEASE, 10)) == 1
+    late = [RowUpdate("p", "b1", {"status": "cancelling", "cancel_policy": "x"})]
+    event = Event(later, "p", "b1", "cancel_requested", policy="x")
+    assert await store.apply(late, [event], owner="slow") == set()
+    row = (await store.list_batches())[0]
+    assert row["status"] is None and row["cancel_policy"] is None
+    assert [e["kind"] for e in await store.list_events("b1")] == ["tracked"]
+    fresh = [RowUpdate("p", "b1", {"status": "in_progress"})]
+    assert await store.apply(fresh, [], owner="fast") == {("p", "b1")}

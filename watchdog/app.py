@@ -22,7 +22,7 @@ from watchdog.models import validate_batch_id
 from watchdog.providers import ProviderClient
 from watchdog.scheduler import TickLoop
 from watchdog.settings import Settings
-from watchdog.store import Store, create_engine, schema_revision, upgrade
+from watchdog.store import Store, create_engine, instance_lock, schema_revision, upgrade
 
 log = structlog.get_logger("watchdog.app")
 
@@ -113,21 +113,23 @@ async def open_daemon(
     settings: Settings, *, dry_run: bool = False, environ: Mapping[str, str] | None = None
 ) -> AsyncIterator[Daemon]:
     environ = os.environ if environ is None else environ
-    async with open_clients(settings, environ) as clients, open_store(settings) as store:
-        owner = owner_id()
-        if is_sqlite(settings.database_url):
-            await store.release(None)  # one instance per SQLite file: old leases are ours
-        engine = Engine(
-            store=store,
-            clients=clients,
-            rules=rules_of(settings, dry_run=dry_run),
-            poll_interval=settings.poll_interval,
-            owner=owner,
-        )
-        try:
-            yield Daemon(settings, store, engine)
-        finally:
-            await store.release(owner)
+    with instance_lock(settings.database_url):
+        async with open_clients(settings, environ) as clients, open_store(settings) as store:
+            owner = owner_id()
+            if is_sqlite(settings.database_url):
+                await store.release(None)  # the file is locked to us: old leases were ours
+            engine = Engine(
+                store=store,
+                clients=clients,
+                rules=rules_of(settings, dry_run=dry_run),
+                poll_interval=settings.poll_interval,
+                owner=owner,
+                lease=settings.lease_duration,
+            )
+            try:
+                yield Daemon(settings, store, engine)
+            finally:
+                await store.release(owner)
 
 
 def _announce(daemon: Daemon) -> None:

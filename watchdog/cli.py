@@ -16,6 +16,7 @@ from watchdog import app, logs
 from watchdog.durations import format_duration
 from watchdog.policies import describe
 from watchdog.settings import ConfigError, Settings, config_path, load_settings
+from watchdog.store import AlreadyRunning
 
 EX_OK, EX_ERROR, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -292,6 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except app.UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EX_USAGE
+    except (AlreadyRunning, app.SchemaError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_ERROR
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one readable line, never a traceback, for any failure

@@ -161,10 +161,24 @@ class Engine:
         sending = [by_key[(c.provider, c.batch_id)] for c in decided.cancel]
         for item in sending:
             self._request_cancel(item, now, rec)
-        # Everything seen and cancel_requested are stored before any cancel goes out.
-        await self.store.apply([w.update for w in work], rec.events)
+        # Everything seen and cancel_requested are stored before any cancel goes out, and
+        # only for rows this replica still holds: a lost lease means another one has them.
+        written = await self.store.apply([w.update for w in work], rec.events, owner=self.owner)
+        self._report_lost(work, written)
+        sending = [w for w in sending if w.tracked.key in written]
         if sending:
             await self._send_cancels(sending, now, summary)
+
+    def _report_lost(self, work: list[Work], written: set[tuple[str, str]]) -> None:
+        for item in work:
+            if item.tracked.key not in written:
+                provider, batch_id = item.tracked.key
+                log.warning(
+                    "lease_lost",
+                    batch_id=batch_id,
+                    provider=provider,
+                    note="results dropped; the batch is another replica's now",
+                )
 
     async def _fetch(self, tracked: Tracked) -> BatchObject | ProviderError:
         provider, batch_id = tracked.key

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     poll_interval: Duration = timedelta(seconds=60)
     dry_run: bool = False
     max_cancels_per_tick: int = Field(default=20, ge=0, description="cap on cancels in one tick")
+    lease_duration: Duration = Field(
+        default=timedelta(minutes=5),
+        description="how long a claimed batch stays a replica's; a dead one's come back after it",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
@@ -96,6 +100,8 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.poll_interval < timedelta(seconds=1):
             raise ValueError("poll_interval: must be at least 1s")
+        if self.lease_duration < timedelta(seconds=1):
+            raise ValueError("lease_duration: must be at least 1s")
         for name in self.providers:
             if not _valid_name(name):
                 raise ValueError(f"providers: bad provider name {name!r}")

@@ -5,6 +5,7 @@ tests and benchmarks; ``/_sim/*`` routes let a test count calls and script fault
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -151,6 +152,8 @@ class Simulator:
         self.batches: dict[str, SimBatch] = {}
         self.faults: list[Fault] = []
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.log: list[tuple[float, str, str]] = []  # (time, "get" | "cancel", batch id)
+        self.latency = 0.0  # seconds each GET of a batch takes to answer
         self._ids = itertools.count(1)
 
     def add(self, batch_id: str | None = None, *, age: float = 0.0, **params: Any) -> SimBatch:
@@ -211,14 +214,16 @@ class Simulator:
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "No batch found with that id.", "invalid_request_error")
-        self.calls[batch.id]["get"] += 1
+        self._count(batch.id, "get")
+        if self.latency:
+            await asyncio.sleep(self.latency)
         return web.json_response(batch.wire(self.clock()))
 
     async def _cancel(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "No batch found with that id.", "invalid_request_error")
-        self.calls[batch.id]["cancel"] += 1
+        self._count(batch.id, "cancel")
         now = self.clock()
         status, _ = batch.status(now)
         if status in ("completed", "failed", "expired", "cancelled"):
@@ -250,6 +255,10 @@ class Simulator:
                 "has_more": len(ordered) > limit,
             }
         )
+
+    def _count(self, batch_id: str, kind: str) -> None:
+        self.calls[batch_id][kind] += 1
+        self.log.append((time.time(), kind, batch_id))
 
     async def _calls(self, request: web.Request) -> web.Response:
         return web.json_response({k: dict(v) for k, v in self.calls.items()})

@@ -3,8 +3,10 @@ tracking, claiming due batches under a lease, and writing rows and events togeth
 
 from __future__ import annotations
 
+import fcntl
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from importlib.resources import files
@@ -90,6 +92,34 @@ def create_engine(url: str) -> AsyncEngine:
     event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     event.listen(engine.sync_engine, "begin", _sqlite_begin)
     return engine
+
+
+class AlreadyRunning(Exception):
+    """Another daemon holds this SQLite file."""
+
+
+@contextmanager
+def instance_lock(url: str) -> Iterator[None]:
+    """One daemon per SQLite file: an exclusive lock on ``<file>.lock`` for the daemon's
+    lifetime (released by the kernel if the process dies). PostgreSQL needs none."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        yield
+        return
+    path = Path(f"{parsed.database}.lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AlreadyRunning(
+                f"another batch-watchdog is running on {parsed.database}: SQLite supports one "
+                "daemon per file (use PostgreSQL to run several)"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def _create_private_file(path: Path) -> None:
@@ -274,15 +304,29 @@ class Store:
             rows = (await conn.execute(claim)).mappings().all()
         return [_tracked(row) for row in rows]
 
-    async def apply(self, updates: Sequence[RowUpdate], events: Iterable[Event]) -> None:
-        """Write row changes and their events in one transaction."""
+    async def apply(
+        self, updates: Sequence[RowUpdate], events: Iterable[Event], *, owner: str | None = None
+    ) -> set[tuple[str, str]]:
+        """Write row changes and their events in one transaction. With ``owner``, a row is
+        written only while this owner still holds its lease (a fence against a replica
+        whose lease ran out); events of rows not written are dropped. Returns the keys written.
+        """
         c = batches.c
+        written: set[tuple[str, str]] = set()
         async with self.engine.begin() as conn:
             for change in updates:
-                if change.values:
-                    key = (c.provider == change.provider) & (c.batch_id == change.batch_id)
-                    await conn.execute(update(batches).where(key).values(**change.values))
-            await self._insert_events(conn, list(events))
+                if not change.values:
+                    continue
+                where = (c.provider == change.provider) & (c.batch_id == change.batch_id)
+                if owner is not None:
+                    where &= c.lease_owner == owner
+                result = await conn.execute(update(batches).where(where).values(**change.values))
+                if result.rowcount:
+                    written.add((change.provider, change.batch_id))
+            lost = {(u.provider, u.batch_id) for u in updates if u.values} - written
+            kept = [e for e in events if (e.provider, e.batch_id) not in lost]
+            await self._insert_events(conn, kept)
+        return written
 
     async def _insert_events(self, conn: AsyncConnection, events: list[Event]) -> None:
         if events:

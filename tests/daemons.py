@@ -1,0 +1,94 @@
+"""Daemon processes for tests: ``batch-watchdog run`` as a real subprocess whose JSON
+log lines are read as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import API_KEY
+
+
+def write_config(path: Path, *, db_url: str, sim_url: str, extra: str = "") -> Path:
+    path.write_text(f"""
+database_url: {db_url}
+poll_interval: 2s
+max_cancels_per_tick: 1000
+log_format: json
+providers:
+  sim:
+    base_url: {sim_url}
+    api_key_env: SIM_TOKEN
+pricing:
+  - {{model: "meta-llama/*", input: 0.03, output: 0.05}}
+policies:
+  - name: cost-cap
+    when: {{cost_usd_above: 5}}
+    action: cancel
+{extra}""")
+    return path
+
+
+class Daemon:
+    """One ``run`` process; ``events`` holds its parsed log lines."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.events: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, config: Path, *args: str) -> Daemon:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "watchdog",
+            "run",
+            "--config",
+            str(config),
+            *args,
+            env=env | {"SIM_TOKEN": API_KEY},
+            cwd=config.parent,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            text = line.decode()
+            self.raw.append(text)
+            with contextlib.suppress(ValueError):
+                self.events.append(json.loads(text))
+
+    def ticks(self) -> list[dict[str, Any]]:
+        return [e for e in self.events if e.get("event") == "tick_completed"]
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                if self.proc.returncode is not None:
+                    raise AssertionError("daemon exited:\n" + "".join(self.raw[-20:]))
+                await asyncio.sleep(0.05)
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+    async def kill(self) -> None:
+        self.proc.kill()
+        await self.proc.wait()
+        await self._reader

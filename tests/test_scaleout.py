@@ -1,0 +1,189 @@
+"""Several daemons on one PostgreSQL split the work with row leases: every violator is
+cancelled exactly once, nothing is polled twice in a round, a killed replica's batches
+come back, and terminated connections heal without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from tests.daemons import Daemon, write_config
+from tests.databases import PG_URL, fresh_postgres
+from watchdog.simulator import Simulator
+from watchdog.store import Store, create_engine, upgrade
+
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+INTERVAL = 2.0
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    async with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+async def pg_store(pg_url: str) -> AsyncIterator[Store]:
+    engine = create_engine(pg_url)
+    await upgrade(engine)
+    yield Store(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def real_sim(aiohttp_server: Any) -> tuple[Simulator, str]:
+    sim = Simulator(api_key=None)
+    server = await aiohttp_server(sim.app())
+    return sim, str(server.make_url("/v1"))
+
+
+async def populate(store: Store, sim: Simulator, total: int, violators: int) -> list[str]:
+    """``total`` active batches; the first ``violators`` already cost over $5."""
+    ids = []
+    for i in range(total):
+        expensive = i < violators
+        batch = sim.add(
+            f"batch_{i:05d}",
+            model=LLAMA,
+            total=2000,
+            rate=1.0,
+            age=1000,
+            input_tokens=50_000 if expensive else 10,
+            output_tokens=100_000 if expensive else 10,
+        )
+        batch.rate = 1000 / (sim.clock() - batch.run_start)
+        ids.append(batch.id)
+    async with store.engine.begin() as conn:
+        await conn.execute(
+            text("INSERT INTO batches (provider, batch_id) VALUES ('sim', :id)"),
+            [{"id": i} for i in ids],
+        )
+    return ids
+
+
+def gets_by_batch(sim: Simulator, since: float = 0.0) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = defaultdict(list)
+    for at, kind, batch_id in sim.log:
+        if kind == "get" and at >= since:
+            times[batch_id].append(at)
+    return times
+
+
+async def test_three_replicas_cancel_each_violator_once(
+    tmp_path: Path, pg_url: str, pg_store: Store, real_sim: tuple[Simulator, str]
+) -> None:
+    """3 daemons, 1,000 batches, 100 over the cap: 100 cancels, one each, none else;
+    no batch polled twice within a round."""
+    sim, url = real_sim
+    ids = await populate(pg_store, sim, 1000, 100)
+    config = write_config(tmp_path / "w.yaml", db_url=pg_url, sim_url=url)
+    daemons = [await Daemon.start(config) for _ in range(3)]
+    try:
+        for daemon in daemons:
+            await daemon.wait_for(lambda d=daemon: len(d.ticks()) >= 3, timeout=60)
+    finally:
+        codes = [await d.stop() for d in daemons]
+    assert codes == [0, 0, 0]
+    cancels = {i: sim.calls.get(i, {}).get("cancel", 0) for i in ids}
+    assert all(cancels[i] == 1 for i in ids[:100]), [i for i in ids[:100] if cancels[i] != 1]
+    assert not any(cancels[i] for i in ids[100:])
+    claimed = [sum(t["claimed"] for t in d.ticks()) for d in daemons]
+    assert sum(1 for c in claimed if c) >= 2, claimed  # the work was shared
+    for batch_id, times in gets_by_batch(sim).items():
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(g > INTERVAL / 2 for g in gaps), (batch_id, gaps)
+
+
+async def test_killed_replica_batches_are_taken_over(
+    tmp_path: Path, pg_url: str, pg_store: Store, real_sim: tuple[Simulator, str]
+) -> None:
+    """A replica SIGKILLed mid-tick leaves its leases to expire; the others poll its
+    batches within the lease plus one interval."""
+    sim, url = real_sim
+    await populate(pg_store, sim, 200, 0)
+    lease = 3.0
+    config = write_config(
+        tmp_path / "w.yaml", db_url=pg_url, sim_url=url, extra=f"lease_duration: {lease}s\n"
+    )
+    text_ = config.read_text().replace(
+        "api_key_env: SIM_TOKEN", "api_key_env: SIM_TOKEN\n    concurrency: 4"
+    )
+    config.write_text(text_)
+    sim.latency = 0.5  # a slow provider: the first replica's tick takes ~25 s
+    first = await Daemon.start(config)
+    await first.wait_for(lambda: len(sim.log) >= 4, timeout=60)
+    others = [await Daemon.start(config) for _ in range(2)]
+    for daemon in others:
+        await daemon.wait_for(lambda d=daemon: len(d.ticks()) >= 1, timeout=60)
+    held = await leased_to(pg_store, first.proc.pid)
+    assert len(held) > 150  # it claimed nearly everything and is still working on it
+    await first.kill()
+    killed_at = time.time()
+    sim.latency = 0.0
+    deadline = lease + INTERVAL + 2.0  # + a tick's own work
+    try:
+        await others[0].wait_for(
+            lambda: held <= set(gets_by_batch(sim, killed_at)), timeout=deadline + 10
+        )
+    finally:
+        for daemon in others:
+            assert await daemon.stop() == 0
+    polled = gets_by_batch(sim, killed_at)
+    late = max(min(polled[b]) for b in held) - killed_at
+    assert late <= deadline, late
+
+
+async def leased_to(store: Store, pid: int | None) -> set[str]:
+    rows = await store.list_batches()
+    return {r["batch_id"] for r in rows if (r["lease_owner"] or "").endswith(f":{pid}")}
+
+
+async def test_terminated_connections_heal_without_restart(
+    tmp_path: Path, pg_url: str, pg_store: Store, real_sim: tuple[Simulator, str]
+) -> None:
+    """pg_terminate_backend on every connection of the daemon: it logs, recovers and goes
+    on polling, without a restart."""
+    sim, url = real_sim
+    await populate(pg_store, sim, 20, 0)
+    config = write_config(tmp_path / "w.yaml", db_url=pg_url, sim_url=url)
+    config.write_text(config.read_text().replace("poll_interval: 2s", "poll_interval: 1s"))
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= 2, timeout=60)
+        name = make_url(pg_url).database
+        for _ in range(3):  # kill them a few times, including mid-tick
+            await terminate_backends(name)
+            await asyncio.sleep(0.4)
+        before = len(daemon.ticks())
+        await daemon.wait_for(
+            lambda: sum(t["polled"] for t in daemon.ticks()[before:]) >= 20, timeout=60
+        )
+        assert daemon.proc.returncode is None
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def terminate_backends(database: str | None) -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+    finally:
+        await admin.dispose()
