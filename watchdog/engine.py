@@ -131,13 +131,13 @@ class Engine:
 
     async def tick(self) -> TickSummary:
         """Poll every due batch once, judge, act; log one summary line."""
-        started, now = time.perf_counter(), self.clock()
+        started = time.perf_counter()
         summary = TickSummary()
         while True:
-            claimed = await self.store.claim_due(now, self.owner, self.lease, self.chunk)
+            claimed = await self.store.claim_due(self.clock(), self.owner, self.lease, self.chunk)
             summary.claimed += len(claimed)
             if claimed:
-                await self._process(claimed, now, summary)
+                await self._process(claimed, summary)
             if len(claimed) < self.chunk:
                 break
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -146,9 +146,12 @@ class Engine:
         )
         return summary
 
-    async def _process(self, claimed: list[Tracked], now: datetime, summary: TickSummary) -> None:
+    async def _process(self, claimed: list[Tracked], summary: TickSummary) -> None:
         rec = Recorder(self.clock, summary)
         results = await asyncio.gather(*(self._fetch(t) for t in claimed))
+        # Judge and reschedule from when the answers arrived: a long tick must not leave
+        # batches due again early.
+        now = self.clock()
         work = [self._observe(t, r, now, rec) for t, r in zip(claimed, results, strict=True)]
         candidates = [
             self._candidate(w) for w in work if w.verdict and w.verdict.action == "cancel"
