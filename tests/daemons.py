@@ -22,6 +22,7 @@ database_url: {db_url}
 poll_interval: 2s
 max_cancels_per_tick: 1000
 log_format: json
+http: {{port: 0}}
 providers:
   sim:
     base_url: {sim_url}

@@ -42,6 +42,7 @@ class Cli:
         self.config.write_text(f"""
 database_url: {self.db_url}
 poll_interval: 60s
+http: {{port: 0}}
 providers:
   sim:
     base_url: {self.sim.url}

@@ -3,13 +3,12 @@ tick engine — and runs the commands on them. No printing here: cli.py prints."
 
 from __future__ import annotations
 
-import asyncio
 import os
-import signal
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -18,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from watchdog import logs
 from watchdog.engine import Engine, Rules, TickSummary, utcnow
+from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
 from watchdog.providers import ProviderClient
-from watchdog.scheduler import TickLoop
+from watchdog.service import Service
 from watchdog.settings import Settings
 from watchdog.store import Store, create_engine, instance_lock, schema_revision, upgrade
 
@@ -110,7 +110,11 @@ class Daemon:
 
 @asynccontextmanager
 async def open_daemon(
-    settings: Settings, *, dry_run: bool = False, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    *,
+    dry_run: bool = False,
+    environ: Mapping[str, str] | None = None,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[Daemon]:
     environ = os.environ if environ is None else environ
     with instance_lock(settings.database_url):
@@ -125,6 +129,7 @@ async def open_daemon(
                 poll_interval=settings.poll_interval,
                 owner=owner,
                 lease=settings.lease_duration,
+                metrics=metrics,
             )
             try:
                 yield Daemon(settings, store, engine)
@@ -147,17 +152,24 @@ def _announce(daemon: Daemon) -> None:
         )
 
 
-async def run(settings: Settings, *, once: bool, dry_run: bool) -> TickSummary | None:
-    """The daemon: one tick with ``once``, else ticks until SIGTERM or SIGINT."""
-    async with open_daemon(settings, dry_run=dry_run) as daemon:
+async def run(
+    settings: Settings, *, once: bool, dry_run: bool, config: Path | None = None
+) -> TickSummary | None:
+    """The daemon: one tick with ``once``, else a service until SIGTERM or SIGINT."""
+    metrics = Metrics()
+    async with open_daemon(settings, dry_run=dry_run, metrics=metrics) as daemon:
         _announce(daemon)
         if once:
             return await daemon.engine.tick()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await TickLoop(daemon.engine.tick, settings.poll_interval).run(stop)
+        service = Service(
+            settings=settings,
+            store=daemon.store,
+            engine=daemon.engine,
+            metrics=metrics,
+            config=config,
+            make_rules=lambda fresh: rules_of(fresh, dry_run=dry_run),
+        )
+        await service.run()
         log.info("daemon_stopped")
     return None
 

@@ -225,7 +225,8 @@ def command(args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    asyncio.run(app.run(settings, once=args.once, dry_run=args.dry_run))
+    path = config_path(args.config, os.environ)
+    asyncio.run(app.run(settings, once=args.once, dry_run=args.dry_run, config=path))
     return EX_OK
 
 

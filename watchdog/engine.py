@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from watchdog.decisions import Candidate, plan
+from watchdog.metrics import Metrics
 from watchdog.models import (
     CANCELLING,
     TERMINAL,
@@ -119,6 +120,7 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         chunk: int = 500,
         lease: timedelta = timedelta(minutes=5),
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -128,9 +130,18 @@ class Engine:
         self.clock = clock
         self.chunk = chunk
         self.lease = lease
+        self.metrics = metrics or Metrics()
+        self.last_summary: TickSummary | None = None
+        self._next_rules: Rules | None = None
+
+    def replace_rules(self, rules: Rules) -> None:
+        """New policies and pricing, from the next tick on (never halfway through one)."""
+        self._next_rules = rules
 
     async def tick(self) -> TickSummary:
         """Poll every due batch once, judge, act; log one summary line."""
+        if self._next_rules is not None:
+            self.rules, self._next_rules = self._next_rules, None
         started = time.perf_counter()
         summary = TickSummary()
         while True:
@@ -144,6 +155,7 @@ class Engine:
         log.info(
             "tick_completed", duration_ms=elapsed_ms, dry_run=self.rules.dry_run, **asdict(summary)
         )
+        self.last_summary = summary
         return summary
 
     async def _process(self, claimed: list[Tracked], summary: TickSummary) -> None:
@@ -214,6 +226,7 @@ class Engine:
             self._poll_failed(tracked, result, now, update, rec)
             return Work(tracked, update)
         rec.summary.polled += 1
+        self.metrics.polls.labels(tracked.view.provider, "ok").inc()
         view = self._diff(tracked, result, update, rec)
         cost = batch_cost(self.rules.pricing, view.provider, view.model, view.tokens)
         update.values.update(
@@ -269,6 +282,7 @@ class Engine:
         rec: Recorder,
     ) -> None:
         message = str(error)
+        self.metrics.polls.labels(tracked.view.provider, "failed").inc()
         update.values.update(
             poll_failures=tracked.poll_failures + 1,
             last_error=message,
@@ -402,6 +416,10 @@ class Engine:
     ) -> None:
         tracked = item.tracked
         policy = tracked.cancel_policy
+        outcome = "succeeded" if isinstance(answer, BatchObject) else "failed"
+        if isinstance(answer, CancelRefused):
+            outcome = "refused"
+        self.metrics.cancels.labels(tracked.view.provider, policy or "", outcome).inc()
         if isinstance(answer, BatchObject):
             rec.add(
                 tracked,
@@ -413,7 +431,7 @@ class Engine:
             update.values.update(cancel_outcome="succeeded", cancel_finished_at=now)
             self._absorb(tracked, answer, now, update, rec)
             return
-        refused = isinstance(answer, CancelRefused)
+        refused = outcome == "refused"
         rec.add(
             tracked,
             "cancel_failed",

@@ -1,5 +1,6 @@
 """APScheduler wiring: one interval job runs the tick (coalesced, one at a time); a
-failed tick is logged and the next one comes on time; shutdown drains, never cancels."""
+failed tick is logged and the next one comes on time; shutdown drains, never cancels.
+It also keeps the loop's liveness, which /healthz and the systemd watchdog read."""
 
 from __future__ import annotations
 
@@ -14,29 +15,60 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 log = structlog.get_logger("watchdog.scheduler")
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 class TickLoop:
     """Runs ``tick`` every ``interval`` until ``stop`` is set."""
 
-    def __init__(self, tick: Callable[[], Awaitable[Any]], interval: timedelta) -> None:
+    def __init__(
+        self,
+        tick: Callable[[], Awaitable[Any]],
+        interval: timedelta,
+        *,
+        on_tick: Callable[[bool, float], None] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self._tick = tick
         self._interval = interval
+        self._on_tick = on_tick
+        self._clock = clock
         self._inflight: asyncio.Task[Any] | None = None
+        self.started_at = clock()
+        self.last_tick_started: datetime | None = None
         self.last_tick_finished: datetime | None = None
         self.failures = 0
 
+    def alive(self, now: datetime) -> bool:
+        """A tick finished, or is running, within three intervals (or we just started)."""
+        window = self._interval * 3
+        if self._inflight is not None and self.last_tick_started is not None:
+            return now - self.last_tick_started <= window
+        last = self.last_tick_finished or self.started_at
+        return now - last <= window
+
     async def _guarded(self) -> None:
         self._inflight = asyncio.current_task()
+        self.last_tick_started = self._clock()
+        ok = True
         try:
             await self._tick()
             self.failures = 0
         except Exception as exc:  # the database or a bug: log it, keep the cadence
+            ok = False
             self.failures += 1
             log.error(
-                "tick_failed", error=f"{type(exc).__name__}: {exc}"[:500], consecutive=self.failures
+                "tick_failed",
+                error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500],
+                consecutive=self.failures,
             )
         finally:
-            self.last_tick_finished = datetime.now(UTC)
+            self.last_tick_finished = self._clock()
             self._inflight = None
+        if self._on_tick is not None:
+            elapsed = (self.last_tick_finished - self.last_tick_started).total_seconds()
+            self._on_tick(ok, elapsed)
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 30.0) -> None:
         seconds = self._interval.total_seconds()
@@ -49,7 +81,7 @@ class TickLoop:
             },
         )
         scheduler.add_job(
-            self._guarded, "interval", seconds=seconds, id="tick", next_run_time=datetime.now(UTC)
+            self._guarded, "interval", seconds=seconds, id="tick", next_run_time=utcnow()
         )
         scheduler.start()
         try:

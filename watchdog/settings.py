@@ -63,6 +63,14 @@ class ProviderSettings(_Strict):
         return None
 
 
+class HttpSettings(_Strict):
+    """The /healthz, /readyz and /metrics server."""
+
+    enabled: bool = True
+    host: str = Field(default="127.0.0.1", description="loopback unless you mean otherwise")
+    port: int = Field(default=9464, ge=0, le=65535, description="0: any free port (tests)")
+
+
 class Settings(BaseSettings):
     """Everything the daemon is told, after the YAML file and the environment."""
 
@@ -78,6 +86,10 @@ class Settings(BaseSettings):
         default=timedelta(minutes=5),
         description="how long a claimed batch stays a replica's; a dead one's come back after it",
     )
+    shutdown_timeout: Duration = Field(
+        default=timedelta(seconds=30), description="how long SIGTERM waits for a tick in flight"
+    )
+    http: HttpSettings = Field(default_factory=HttpSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)

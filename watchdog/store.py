@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, insert, or_, select, tuple_, update
+from sqlalchemy import Connection, event, func, insert, or_, select, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -362,7 +362,21 @@ class Store:
         async with self.engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(query)).mappings()]
 
-    async def tracked_providers(self) -> set[str]:
+    async def stats(self) -> list[tuple[str, str | None, int, float | None]]:
+        """(provider, status, count, known cost) for the metrics gauges."""
+        c = batches.c
+        query = select(c.provider, c.status, func.count(), func.sum(c.cost_usd)).group_by(
+            c.provider, c.status
+        )
         async with self.engine.connect() as conn:
-            rows = await conn.execute(select(batches.c.provider).distinct())
-            return {row[0] for row in rows}
+            return [(p, s, int(n), cost) for p, s, n, cost in await conn.execute(query)]
+
+    async def ready(self) -> str | None:
+        """None when the database answers and the schema is at head, else why not."""
+        try:
+            current, head = await schema_revision(self.engine)
+        except Exception as exc:  # any driver's way of saying the database is not there
+            return "database unreachable: " + " ".join(str(exc).split())[:200]
+        if current != head:
+            return f"schema at {current or 'nothing'}, head is {head}"
+        return None

@@ -1,0 +1,65 @@
+"""Prometheus metrics (names ``watchdog_*``), on a registry of our own. The engine
+counts into it; the gauges of tracked batches are refreshed from the store per scrape."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    """Every metric the daemon exports. Never labelled by batch id."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ticks = Counter(
+            "watchdog_ticks", "Ticks run (failed ones included).", ["outcome"], registry=r
+        )
+        self.tick_duration = Histogram(
+            "watchdog_tick_duration_seconds",
+            "How long a tick took.",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+        )
+        self.polls = Counter(
+            "watchdog_polls", "Batch polls by outcome.", ["provider", "outcome"], registry=r
+        )
+        self.cancels = Counter(
+            "watchdog_cancels",
+            "Cancel requests by outcome.",
+            ["provider", "policy", "outcome"],
+            registry=r,
+        )
+        self.tracked = Gauge(
+            "watchdog_tracked_batches",
+            "Tracked batches by status.",
+            ["provider", "status"],
+            registry=r,
+        )
+        self.cost = Gauge(
+            "watchdog_tracked_cost_usd",
+            "Known cost of the tracked batches.",
+            ["provider"],
+            registry=r,
+        )
+        self.last_tick = Gauge(
+            "watchdog_last_tick_timestamp_seconds",
+            "When the last tick finished (Unix time).",
+            registry=r,
+        )
+
+    def set_tracked(self, rows: Iterable[tuple[str, str | None, int, float | None]]) -> None:
+        """(provider, status, count, cost) rows replace the gauges' previous values."""
+        self.tracked.clear()
+        self.cost.clear()
+        costs: dict[str, float] = {}
+        for provider, status, count, cost in rows:
+            self.tracked.labels(provider, status or "unpolled").set(count)
+            costs[provider] = costs.get(provider, 0.0) + (cost or 0.0)
+        for provider, total in costs.items():
+            self.cost.labels(provider).set(total)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

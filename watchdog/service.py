@@ -1,0 +1,124 @@
+"""The daemon as a service: the tick loop, the HTTP server, systemd notifications and
+the signals (SIGTERM/SIGINT stop after the tick in flight, SIGHUP reloads policies)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from watchdog.engine import Engine, Rules, TickSummary
+from watchdog.health import HealthServer
+from watchdog.metrics import Metrics
+from watchdog.scheduler import TickLoop, utcnow
+from watchdog.settings import ConfigError, Settings, load_settings
+from watchdog.store import Store
+from watchdog.systemd import Notifier
+
+log = structlog.get_logger("watchdog.service")
+
+
+def status_line(summary: TickSummary | None) -> str:
+    if summary is None:
+        return "STATUS=starting"
+    return (
+        f"STATUS=last tick: {summary.polled} polled, {summary.poll_failed} failed, "
+        f"{summary.cancel_succeeded} cancelled, {summary.cancel_held} held"
+    )
+
+
+class Service:
+    """Everything ``run`` keeps alive beside the engine."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: Store,
+        engine: Engine,
+        metrics: Metrics,
+        config: Path | None,
+        make_rules: Callable[[Settings], Rules],
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.metrics = metrics
+        self.config = config
+        self.make_rules = make_rules
+        self.notifier = notifier or Notifier()
+        self.stop = asyncio.Event()
+        self.ticks = TickLoop(engine.tick, settings.poll_interval, on_tick=self._ticked)
+        self.health = HealthServer(
+            alive=self.ticks.alive, ready=store.ready, metrics=metrics, refresh=self._refresh
+        )
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._shutdown, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._shutdown, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        if self.settings.http.enabled:
+            await self.health.start(self.settings.http.host, self.settings.http.port)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        self.notifier.notify("READY=1", status_line(None))
+        try:
+            timeout = self.settings.shutdown_timeout.total_seconds()
+            await self.ticks.run(self.stop, drain_timeout=timeout)
+        finally:
+            heartbeat.cancel()
+            await self.health.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def _shutdown(self, name: str) -> None:
+        log.info("shutdown_requested", signal=name)
+        self.notifier.notify("STOPPING=1")
+        self.stop.set()
+
+    def reload(self) -> None:
+        """Re-read policies and pricing; a broken file keeps the old ones."""
+        self.notifier.notify("RELOADING=1")
+        try:
+            if self.config is None:
+                raise ConfigError("no config file to reload")
+            fresh = load_settings(self.config)
+        except ConfigError as exc:
+            log.error("config_reload_failed", error=str(exc), kept="previous policies")
+        else:
+            self.engine.replace_rules(self.make_rules(fresh))
+            log.info(
+                "config_reloaded", policies=[p.name for p in fresh.policies], dry_run=fresh.dry_run
+            )
+            if fresh.providers != self.settings.providers or (
+                fresh.database_url != self.settings.database_url
+            ):
+                log.warning("restart_needed", reason="providers or database_url changed")
+        finally:
+            self.notifier.notify("READY=1")
+
+    def _ticked(self, ok: bool, seconds: float) -> None:
+        self.metrics.ticks.labels("ok" if ok else "failed").inc()
+        self.metrics.tick_duration.observe(seconds)
+        self.metrics.last_tick.set_to_current_time()
+        self.notifier.notify(status_line(self.engine.last_summary))
+
+    async def _refresh(self) -> None:
+        self.metrics.set_tracked(await self.store.stats())
+
+    async def _heartbeat(self) -> None:
+        """WATCHDOG=1 at half of WATCHDOG_USEC, but only while the tick loop is alive:
+        a stuck daemon stops pinging and systemd restarts it."""
+        period = self.notifier.watchdog_period
+        if period is None:
+            return
+        while True:
+            await asyncio.sleep(period)
+            if self.ticks.alive(utcnow()):
+                self.notifier.notify("WATCHDOG=1")
+            else:
+                log.warning("watchdog_ping_withheld", reason="no tick within three intervals")
