@@ -11,20 +11,25 @@ COPY pyproject.toml README.md ./
 COPY watchdog/ watchdog/
 COPY migrations/ migrations/
 COPY config/ config/
-RUN pip install --no-cache-dir ".[postgres]"
+RUN pip install --no-cache-dir "/src[postgres]"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     WATCHDOG_CONFIG=/etc/batch-watchdog/watchdog.yaml \
-    WATCHDOG_DATABASE_URL=sqlite+aiosqlite:////var/lib/batch-watchdog/watchdog.db
+    WATCHDOG_DATABASE_URL=sqlite+aiosqlite:////var/lib/batch-watchdog/watchdog.db \
+    WATCHDOG_HTTP__HOST=0.0.0.0 \
+    WATCHDOG_HTTP__PORT=9464
 COPY --from=build /opt/venv /opt/venv
 RUN mkdir -p /var/lib/batch-watchdog /etc/batch-watchdog \
     && chown 10001:10001 /var/lib/batch-watchdog
 VOLUME ["/var/lib/batch-watchdog"]
 WORKDIR /var/lib/batch-watchdog
 USER 10001:10001
+EXPOSE 9464
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status != 200)"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["batch-watchdog"]
 CMD ["run"]

@@ -47,17 +47,24 @@ class Daemon:
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
-    async def start(cls, config: Path, *args: str) -> Daemon:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    async def start(
+        cls,
+        config: Path,
+        *,
+        command: str = "run",
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Daemon:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "watchdog",
-            "run",
+            command,
             "--config",
             str(config),
-            *args,
-            env=env | {"SIM_TOKEN": API_KEY},
+            *(args or []),
+            env=base | {"SIM_TOKEN": API_KEY} | (env or {}),
             cwd=config.parent,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -88,6 +95,15 @@ class Daemon:
         code = await asyncio.wait_for(self.proc.wait(), timeout)
         await self._reader
         return code
+
+    async def finish(self, timeout: float = 60.0) -> int:
+        """Wait for a command that ends by itself (migrate, track)."""
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        await self._reader
+        return code
+
+    def hup(self) -> None:
+        self.proc.send_signal(signal.SIGHUP)
 
     async def kill(self) -> None:
         self.proc.kill()

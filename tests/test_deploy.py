@@ -1,0 +1,142 @@
+"""The deployment files are checked by the tools operators trust: systemd-analyze,
+hadolint, kubernetes-validate and kustomize — plus what those tools cannot know."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from watchdog.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "kubernetes"
+UNIT = ROOT / "deploy" / "systemd" / "batch-watchdog.service"
+BIN = Path(sys.executable).parent
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
+    if path is None:
+        pytest.skip(f"{name} is not installed on this machine")
+    return path
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def installed_unit(tmp_path: Path) -> Path:
+    """The unit as installed: verify needs ExecStart's binary to exist, so point it at ours."""
+    unit = tmp_path / UNIT.name
+    script = str(BIN / "batch-watchdog")
+    unit.write_text(UNIT.read_text().replace("/opt/batch-watchdog/bin/batch-watchdog", script))
+    return unit
+
+
+def test_systemd_unit_verifies_clean(tmp_path: Path) -> None:
+    """systemd-analyze verify prints nothing at all for the unit."""
+    result = run(tool("systemd-analyze"), "verify", str(installed_unit(tmp_path)))
+    assert result.returncode == 0 and result.stdout + result.stderr == ""
+
+
+def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
+    """The unit's exposure stays low (systemd-analyze security, 0-100 scale, below 2.0)."""
+    result = run(
+        tool("systemd-analyze"),
+        "security",
+        "--offline=true",
+        "--threshold=20",
+        str(installed_unit(tmp_path)),
+    )
+    assert result.returncode == 0, result.stdout[-500:]
+
+
+def test_systemd_unit_has_what_the_daemon_relies_on() -> None:
+    """Type=notify with a watchdog, no restart on config errors, the hardening asked for."""
+    text = UNIT.read_text()
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "DynamicUser=yes",
+        "StateDirectory=batch-watchdog",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
+        assert line in text, line
+
+
+def test_dockerfile_lints_clean() -> None:
+    """hadolint, at its default rules, reports nothing."""
+    result = run(tool("hadolint"), "Dockerfile")
+    assert result.returncode == 0 and result.stdout == "", result.stdout
+
+
+def test_dockerfile_shape() -> None:
+    """Multi-stage, a numeric non-root user, a health check, exec-form entrypoint, no ADD."""
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    instructions = [
+        line.split()[0]
+        for line in lines
+        if line and not line.startswith("#") and line.split()[0].isupper()
+    ]
+    assert instructions.count("FROM") == 2 and "ADD" not in instructions
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM")) :]
+    assert "USER 10001:10001" in final
+    assert any(line.startswith("HEALTHCHECK") for line in final)
+    assert 'ENTRYPOINT ["batch-watchdog"]' in final
+
+
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_validates(manifest: Path) -> None:
+    """Every manifest passes kubernetes-validate --strict (typos in fields fail)."""
+    result = run(tool("kubernetes-validate"), "--strict", str(manifest))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kustomize_builds_and_validates(tmp_path: Path) -> None:
+    """kubectl kustomize builds the directory, and what it builds validates."""
+    built = run(tool("kubectl"), "kustomize", str(K8S))
+    assert built.returncode == 0, built.stderr
+    out = tmp_path / "built.yaml"
+    out.write_text(built.stdout)
+    result = run(tool("kubernetes-validate"), "--strict", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def docs(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def test_configmap_holds_a_valid_config(tmp_path: Path) -> None:
+    """The policies shipped in the ConfigMap load with the daemon's own loader."""
+    data = docs("configmap.yaml")[0]["data"]["watchdog.yaml"]
+    path = tmp_path / "watchdog.yaml"
+    path.write_text(data)
+    settings = load_settings(path)
+    assert settings.http.host == "0.0.0.0" and settings.dry_run
+
+
+def test_deployment_probes_security_and_grace() -> None:
+    """Probes on /healthz and /readyz, locked-down pods, and time to drain on SIGTERM."""
+    spec = docs("deployment.yaml")[0]["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    sec = container["securityContext"]
+    assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
+    assert sec["capabilities"]["drop"] == ["ALL"] and spec["securityContext"]["runAsNonRoot"]
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    shutdown = Settings().shutdown_timeout.total_seconds()
+    assert spec["terminationGracePeriodSeconds"] > shutdown

@@ -1,0 +1,167 @@
+"""The daemon as operators run it (real subprocesses): systemd notifications, the
+HTTP endpoints, SIGHUP reloads, SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import aiohttp
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.conftest import Sim
+from tests.daemons import Daemon, write_config
+from tests.databases import PG_URL, fresh_postgres
+
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        self.lines: list[str] = []
+
+    def count(self, line: str) -> int:
+        return self.lines.count(line)
+
+    async def until(self, line: str, times: int = 1, timeout: float = 30) -> None:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while self.count(line) < times:
+                data = await loop.sock_recv(self.sock, 4096)
+                self.lines += data.decode().splitlines()
+
+
+@pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
+async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, sim: Sim, abstract: bool) -> None:
+    """READY=1 once up, WATCHDOG=1 repeatedly (half of WATCHDOG_USEC), STATUS= lines,
+    STOPPING=1 on SIGTERM, exit 0."""
+    address = f"@watchdog-test-{id(tmp_path)}" if abstract else str(tmp_path / "notify")
+    notify = NotifySocket(address)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=sim.url)
+    env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}
+    try:
+        daemon = await Daemon.start(config, env=env)
+        try:
+            await notify.until("READY=1")
+            assert notify.count("WATCHDOG=1") == 0  # pings only once ready
+            await notify.until("WATCHDOG=1", times=4)
+            assert any(line.startswith("STATUS=last tick:") for line in notify.lines)
+        finally:
+            code = await daemon.stop()
+        await notify.until("STOPPING=1", timeout=5)
+        assert code == 0
+        assert notify.lines.index("STOPPING=1") > notify.lines.index("READY=1")
+    finally:
+        notify.sock.close()
+
+
+async def endpoint(port: int, path: str) -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        return response.status, await response.text()
+
+
+def http_port(daemon: Daemon) -> int:
+    return int(next(e["port"] for e in daemon.events if e.get("event") == "http_listening"))
+
+
+async def test_endpoints_and_readyz_when_the_database_goes(tmp_path: Path, sim: Sim) -> None:
+    """On a running daemon /healthz, /readyz and /metrics answer; /readyz turns 503 while
+    PostgreSQL refuses connections and 200 again once it is back."""
+    async with fresh_postgres() as url:
+        sim.simulator.add("batch_1", model=LLAMA, total=10, rate=0)
+        config = write_config(tmp_path / "w.yaml", db_url=url, sim_url=sim.url)
+        migrate = await Daemon.start(config, command="migrate")
+        assert await migrate.finish() == 0
+        daemon = await Daemon.start(config)
+        try:
+            await daemon.wait_for(lambda: len(daemon.ticks()) >= 1)
+            port = http_port(daemon)
+            assert await endpoint(port, "/healthz") == (200, "ok\n")
+            assert await endpoint(port, "/readyz") == (200, "ready\n")
+            status, metrics = await endpoint(port, "/metrics")
+            assert status == 200
+            for name in (
+                "watchdog_ticks_total",
+                "watchdog_tick_duration_seconds",
+                "watchdog_polls_total",
+                "watchdog_cancels_total",
+                "watchdog_tracked_batches",
+                "watchdog_tracked_cost_usd",
+            ):
+                assert name in metrics, name
+            database = make_url(url).database
+            await allow_connections(database, False)
+            status, reason = await endpoint(port, "/readyz")
+            assert status == 503 and reason.startswith("not ready: database unreachable")
+            assert (await endpoint(port, "/healthz"))[0] == 200  # alive all the same
+            await allow_connections(database, True)
+            assert await endpoint(port, "/readyz") == (200, "ready\n")
+        finally:
+            await allow_connections(make_url(url).database, True)
+            assert await daemon.stop() == 0
+
+
+async def allow_connections(database: str | None, allow: bool) -> None:
+    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {allow}'))
+            if not allow:
+                await conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :db AND pid <> pg_backend_pid()"
+                    ),
+                    {"db": database},
+                )
+    finally:
+        await admin.dispose()
+
+
+async def test_sighup_keeps_old_policies_on_a_broken_file(tmp_path: Path, sim: Sim) -> None:
+    """SIGHUP with a broken file logs why and keeps running on the old policies; a good
+    file's new policies act from the next tick."""
+    db = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=sim.url)
+    good = config.read_text()
+    config.write_text(good.replace("poll_interval: 2s", "poll_interval: 1s"))
+    batch = sim.simulator.add("batch_old", model=LLAMA, total=1000, rate=0.0, age=3600)
+    batch.rate = 0.0
+    track = await Daemon.start(config, command="track", args=["batch_old", "--provider", "sim"])
+    assert await track.finish() == 0
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= 1)
+        config.write_text("policies: [\n")
+        daemon.hup()
+        await daemon.wait_for(
+            lambda: any(e.get("event") == "config_reload_failed" for e in daemon.events)
+        )
+        failed = next(e for e in daemon.events if e.get("event") == "config_reload_failed")
+        assert "invalid YAML" in failed["error"]
+        ticks = len(daemon.ticks())
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= ticks + 1)  # still ticking
+        assert sim.calls("batch_old", "cancel") == 0
+        config.write_text(
+            good.replace("poll_interval: 2s", "poll_interval: 1s")
+            + ("  - {name: too-old, when: {age_above: 30m}, action: cancel}\n")
+        )
+        daemon.hup()
+        await daemon.wait_for(lambda: sim.calls("batch_old", "cancel") == 1)
+        reloaded = next(e for e in daemon.events if e.get("event") == "config_reloaded")
+        assert reloaded["policies"] == ["cost-cap", "too-old"]
+    finally:
+        assert await daemon.stop() == 0
