@@ -131,7 +131,7 @@ class Harness:
                 tuple(self.settings.policies),
                 tuple(self.settings.pricing),
                 self.settings.dry_run,
-                self.settings.max_cancels_per_tick,
+                self.settings.safety,
             ),
             poll_interval=self.settings.poll_interval,
             owner="test",

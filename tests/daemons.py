@@ -20,7 +20,7 @@ def write_config(path: Path, *, db_url: str, sim_url: str, extra: str = "") -> P
     path.write_text(f"""
 database_url: {db_url}
 poll_interval: 2s
-max_cancels_per_tick: 1000
+safety: {{max_cancels_per_tick: 1000, max_cancels_per_hour: 100000}}
 log_format: json
 http: {{port: 0}}
 providers:

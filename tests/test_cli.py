@@ -306,7 +306,7 @@ async def test_second_daemon_on_one_sqlite_file_is_refused(tmp_path: Path, sim: 
 async def test_migrate(cli: Cli) -> None:
     """migrate brings a new database to head and says so."""
     result = await cli("migrate")
-    assert result.code == 0 and "database schema at 0001 (head 0001)" in result.out
+    assert result.code == 0 and "database schema at 0002 (head 0002)" in result.out
 
 
 async def test_console_script_is_installed() -> None:

@@ -44,4 +44,4 @@ def test_cap_keeps_order() -> None:
     """The first max_cancels go out; the rest are held with the reason."""
     result = plan([c(str(i)) for i in range(5)], dry_run=False, max_cancels=2)
     assert [x.batch_id for x in result.cancel] == ["0", "1"]
-    assert len(result.held) == 3 and "max_cancels_per_tick (2)" in result.held[0][1]
+    assert len(result.held) == 3 and "cancel limit (2 now) reached" in result.held[0][1]

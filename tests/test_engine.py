@@ -217,7 +217,11 @@ async def test_two_ticks_cancel_nothing_twice(harness: Harness) -> None:
         ("cancel_succeeded", "in_progress", "cancelling", "cost-cap"),
         ("status_changed", "in_progress", "cancelling", None),
         ("status_changed", "cancelling", "cancelled", None),
+        ("cancel_settled", "cancelling", "cancelled", "cost-cap"),
     ]
+    settled = events[-1]["detail"]
+    assert (settled["final_cost_usd"], settled["projected_cost_usd"]) == (6.5, 13.0)
+    assert settled["saved_usd"] == 6.5
     assert (await h.row("batch_big"))["next_poll_at"] is None  # terminal: never polled again
 
 
@@ -384,7 +388,7 @@ async def test_pricing_missing_is_logged_once(harness: Harness) -> None:
 async def test_max_cancels_per_tick(harness: Harness) -> None:
     """No more than max_cancels_per_tick cancels go out in one tick; the rest wait."""
     h = harness
-    h.configure(policies=COST_CAP, max_cancels_per_tick=2)
+    h.configure(policies=COST_CAP, safety={"max_cancels_per_tick": 2, "cool_down": None})
     names = [f"batch_{i}" for i in range(5)]
     for name in names:
         progressed(h, name, 1000, 2000, input_tokens=50_000, output_tokens=100_000)

@@ -42,13 +42,13 @@ async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
 
     try:
         await upgrade(engine)
-        assert await schema_revision(engine) == ("0001", "0001")
+        assert await schema_revision(engine) == ("0002", "0002")
         async with engine.begin() as conn:
             await conn.run_sync(run, "base", False)
         assert (await schema_revision(engine))[0] is None
         async with engine.begin() as conn:
             await conn.run_sync(run, "head", True)
-        assert await schema_revision(engine) == ("0001", "0001")
+        assert await schema_revision(engine) == ("0002", "0002")
     finally:
         await engine.dispose()
 

@@ -48,7 +48,7 @@ def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
         policies=tuple(settings.policies),
         pricing=tuple(settings.pricing),
         dry_run=dry_run or settings.dry_run,
-        max_cancels_per_tick=settings.max_cancels_per_tick,
+        safety=settings.safety,
     )
 
 

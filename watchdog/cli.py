@@ -175,7 +175,9 @@ def show_config(settings: Settings, path: str) -> str:
         f"database: {settings.database_url}",
         f"poll_interval: {format_duration(settings.poll_interval)}",
         f"dry_run: {str(settings.dry_run).lower()}",
-        f"max_cancels_per_tick: {settings.max_cancels_per_tick}",
+        f"safety: at most {settings.safety.max_cancels_per_tick} cancels a tick, "
+        f"{settings.safety.max_cancels_per_hour} an hour; exempt metadata "
+        f"{settings.safety.exempt_metadata or '(none)'}",
         f"providers ({len(settings.providers)}):",
     ]
     for name, p in settings.providers.items():

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from watchdog.decisions import Candidate, plan
+from watchdog.decisions import Candidate, exemption, plan
 from watchdog.metrics import Metrics
 from watchdog.models import (
     CANCELLING,
@@ -26,9 +26,11 @@ from watchdog.models import (
     validate_batch_id,
     view_of,
 )
-from watchdog.policies import Facts, Policy, Verdict, evaluate
-from watchdog.pricing import Price, batch_cost
+from watchdog.policies import Facts, History, Policy, Verdict, evaluate
+from watchdog.pricing import Price, batch_cost, projected_cost
 from watchdog.providers import CancelRefused, PermanentError, ProviderClient, ProviderError
+from watchdog.safety import Gate, open_gate, trip
+from watchdog.settings import SafetySettings
 from watchdog.store import Event, RowUpdate, Store, Tracked, wire_columns
 
 log = structlog.get_logger("watchdog.engine")
@@ -45,7 +47,7 @@ class Rules:
     policies: Sequence[Policy]
     pricing: Sequence[Price]
     dry_run: bool = False
-    max_cancels_per_tick: int = 20
+    safety: SafetySettings = field(default_factory=SafetySettings)
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class TickSummary:
     cancel_succeeded: int = 0
     cancel_failed: int = 0
     cancel_held: int = 0
+    safety_tripped: int = 0
 
 
 @dataclass(slots=True)
@@ -104,6 +107,7 @@ class Work:
     tracked: Tracked
     update: RowUpdate
     verdict: Verdict | None = None
+    cost: Decimal | None = None
 
 
 class Engine:
@@ -121,6 +125,7 @@ class Engine:
         chunk: int = 500,
         lease: timedelta = timedelta(minutes=5),
         metrics: Metrics | None = None,
+        on_events: Callable[[list[Event]], None] | None = None,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -131,6 +136,7 @@ class Engine:
         self.chunk = chunk
         self.lease = lease
         self.metrics = metrics or Metrics()
+        self.on_events = on_events
         self.last_summary: TickSummary | None = None
         self._next_rules: Rules | None = None
 
@@ -144,11 +150,12 @@ class Engine:
             self.rules, self._next_rules = self._next_rules, None
         started = time.perf_counter()
         summary = TickSummary()
+        gate = await open_gate(self.store, self.rules.safety, self.clock())
         while True:
             claimed = await self.store.claim_due(self.clock(), self.owner, self.lease, self.chunk)
             summary.claimed += len(claimed)
             if claimed:
-                await self._process(claimed, summary)
+                gate = await self._process(claimed, summary, gate)
             if len(claimed) < self.chunk:
                 break
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
@@ -158,7 +165,8 @@ class Engine:
         self.last_summary = summary
         return summary
 
-    async def _process(self, claimed: list[Tracked], summary: TickSummary) -> None:
+    async def _process(self, claimed: list[Tracked], summary: TickSummary, gate: Gate) -> Gate:
+        """One chunk of a tick; returns what the rest of the tick may still cancel."""
         rec = Recorder(self.clock, summary)
         results = await asyncio.gather(*(self._fetch(t) for t in claimed))
         # Judge and reschedule from when the answers arrived: a long tick must not leave
@@ -166,12 +174,18 @@ class Engine:
         now = self.clock()
         work = [self._observe(t, r, now, rec) for t, r in zip(claimed, results, strict=True)]
         candidates = [
-            self._candidate(w) for w in work if w.verdict and w.verdict.action == "cancel"
+            self._candidate(w, now) for w in work if w.verdict and w.verdict.action == "cancel"
         ]
         decided = plan(
-            candidates, dry_run=self.rules.dry_run, max_cancels=self.rules.max_cancels_per_tick
+            candidates,
+            dry_run=self.rules.dry_run,
+            max_cancels=gate.allowed,
+            alert_only=gate.alert_only,
         )
         summary.cancel_held += len(decided.held)
+        gate = Gate(gate.allowed - len(decided.cancel), gate.alert_only)
+        if decided.capped:
+            gate = await self._trip(decided.cancel, decided.capped, now, summary)
         by_key = {w.tracked.key: w for w in work}
         sending = [by_key[(c.provider, c.batch_id)] for c in decided.cancel]
         for item in sending:
@@ -180,9 +194,32 @@ class Engine:
         # only for rows this replica still holds: a lost lease means another one has them.
         written = await self.store.apply([w.update for w in work], rec.events, owner=self.owner)
         self._report_lost(work, written)
+        self._announce([e for e in rec.events if (e.provider, e.batch_id) in written])
         sending = [w for w in sending if w.tracked.key in written]
         if sending:
             await self._send_cancels(sending, now, summary)
+        return gate
+
+    async def _trip(
+        self, sending: list[Candidate], capped: int, now: datetime, summary: TickSummary
+    ) -> Gate:
+        limits = self.rules.safety
+        event = await trip(
+            self.store,
+            now,
+            would_cancel=len(sending) + capped,
+            cancelled=len(sending),
+            held=capped,
+            max_cancels_per_tick=limits.max_cancels_per_tick,
+            max_cancels_per_hour=limits.max_cancels_per_hour,
+        )
+        summary.safety_tripped += 1
+        self._announce([event])
+        return Gate(0, "safety tripped: alert-only until resume")
+
+    def _announce(self, events: list[Event]) -> None:
+        if self.on_events is not None and events:
+            self.on_events(events)
 
     def _report_lost(self, work: list[Work], written: set[tuple[str, str]]) -> None:
         for item in work:
@@ -214,8 +251,11 @@ class Engine:
 
     def _schedule(self, now: datetime, status: str | None) -> dict[str, Any]:
         # A little slack so the next tick, which may fire a hair early, finds it due.
-        slack = min(self.poll_interval / 10, timedelta(seconds=5))
-        next_poll = None if status in TERMINAL else now + self.poll_interval - slack
+        interval = self.poll_interval
+        if status == CANCELLING:  # follow a cancel through more closely
+            interval = min(interval, self.rules.safety.cancel_poll_interval)
+        slack = min(interval / 10, timedelta(seconds=5))
+        next_poll = None if status in TERMINAL else now + interval - slack
         return {"next_poll_at": next_poll, "lease_owner": None, "lease_expires_at": None}
 
     def _observe(
@@ -237,12 +277,74 @@ class Engine:
             last_error=None,
             **self._schedule(now, view.status),
         )
+        progress_at = self._progress_at(tracked, view, now)
+        update.values["progress_at"] = progress_at
         self._pricing(tracked, view, cost, now, update, rec)
         self._reconcile_cancel(tracked, view, now, update, rec)
-        verdict = evaluate(self.rules.policies, Facts(view, cost, now))
-        self._matched(tracked, view, verdict, update, rec)
+        self._follow_through(tracked, view, cost, now, update, rec)
+        previous = tracked.view.counts
+        history = History(
+            finished=None if previous is None else previous.finished,
+            at=tracked.last_polled_at,
+            progress_at=progress_at,
+        )
+        evaluation = evaluate(self.rules.policies, Facts(view, cost, now, history), tracked.pending)
+        update.values["pending"] = {k: v.isoformat() for k, v in evaluation.pending.items()} or None
+        self._matched(tracked, view, evaluation.verdict, update, rec)
         tracked.view = view
-        return Work(tracked, update, verdict)
+        return Work(tracked, update, evaluation.verdict, cost)
+
+    @staticmethod
+    def _progress_at(tracked: Tracked, view: BatchView, now: datetime) -> datetime | None:
+        """When completed + failed last moved (now, if it just did)."""
+        old, new = tracked.view.counts, view.counts
+        if new is None:
+            return tracked.progress_at
+        if old is None or old.finished != new.finished or tracked.progress_at is None:
+            return now
+        return tracked.progress_at
+
+    def _follow_through(
+        self,
+        tracked: Tracked,
+        view: BatchView,
+        cost: Decimal | None,
+        now: datetime,
+        update: RowUpdate,
+        rec: Recorder,
+    ) -> None:
+        """After our cancel: flag a cancel stuck in 'cancelling', and when the batch ends,
+        record how it ended and what the cancel saved."""
+        if tracked.cancel_outcome != "succeeded":
+            return
+        if view.status == CANCELLING and tracked.cancel_stuck_at is None:
+            since = update.values.get("cancelling_at") or tracked.cancel_requested_at
+            if since is not None and now - since > self.rules.safety.cancel_stuck_after:
+                rec.add(
+                    tracked,
+                    "cancel_stuck",
+                    policy=tracked.cancel_policy,
+                    to_status=view.status,
+                    level="warning",
+                    cancelling_for_s=(now - since).total_seconds(),
+                )
+                update.values["cancel_stuck_at"] = now
+        if view.status in TERMINAL and tracked.view.status not in TERMINAL:
+            final = None if cost is None else float(cost)
+            projected = tracked.cancel_projected_usd
+            saved = None if final is None or projected is None else round(projected - final, 6)
+            rec.add(
+                tracked,
+                "cancel_settled",
+                policy=tracked.cancel_policy,
+                from_status=tracked.view.status,
+                to_status=view.status,
+                final_cost_usd=final,
+                projected_cost_usd=projected,
+                saved_usd=saved,
+                counts=None if view.counts is None else asdict(view.counts),
+                usage=None if view.tokens is None else asdict(view.tokens),
+            )
 
     def _diff(
         self, tracked: Tracked, batch: BatchObject, update: RowUpdate, rec: Recorder
@@ -357,15 +459,23 @@ class Engine:
                 observed=dict(verdict.observed),
             )
 
-    def _candidate(self, item: Work) -> Candidate:
+    def _candidate(self, item: Work, now: datetime) -> Candidate:
         tracked, verdict = item.tracked, item.verdict
         assert verdict is not None
+        exempt = exemption(
+            tracked.view.metadata,
+            self.rules.safety.exempt_metadata,
+            tracked.exempt_until,
+            tracked.exempt_reason,
+            now,
+        )
         return Candidate(
             *tracked.key,
             status=tracked.view.status,
             policy=verdict.policy,
             cancel_outcome=tracked.cancel_outcome,
             cancel_attempts=tracked.cancel_attempts,
+            exempt=exempt,
         )
 
     def _request_cancel(self, item: Work, now: datetime, rec: Recorder) -> None:
@@ -380,11 +490,13 @@ class Engine:
             attempt=attempt,
         )
         tracked.cancel_policy = verdict.policy
+        projected = projected_cost(item.cost, tracked.view.counts, 1)
         item.update.values.update(
             cancel_policy=verdict.policy,
             cancel_requested_at=now,
             cancel_attempts=attempt,
             cancel_outcome=None,
+            cancel_projected_usd=None if projected is None else float(projected),
         )
 
     async def _send_cancels(self, sending: list[Work], now: datetime, summary: TickSummary) -> None:

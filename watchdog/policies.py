@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from fnmatch import fnmatchcase
+from math import inf, sqrt
+from statistics import NormalDist
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from watchdog.durations import Duration
+from watchdog.durations import Duration, format_duration
 from watchdog.models import ACTIVE, BatchView
 from watchdog.pricing import check_glob, projected_cost
 
@@ -54,7 +56,15 @@ class When(_Strict):
     expires_within: Duration | None = None
     progress_below: float | None = Ratio
     failure_ratio_above: float | None = Ratio
+    eta_after_expiry: Literal[True] | None = None
+    stalled_for: Duration | None = None
     min_requests: int = Field(default=10, ge=1, description="finished requests needed for ratios")
+    failure_ratio_confidence: float | None = Field(
+        default=None, gt=0.5, lt=1, description="judge the Wilson lower bound, not the raw ratio"
+    )
+    finalizing_allowance: Duration = Field(
+        default=timedelta(minutes=10), description="time eta_after_expiry leaves for finalizing"
+    )
     status_in: tuple[str, ...] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
@@ -71,19 +81,34 @@ class When(_Strict):
 class Policy(_Strict):
     """A named rule: which batches, under which conditions, and what to do."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     match: Match = Match()
     when: When
     action: Literal["cancel", "alert"]
+    for_: Duration | None = Field(
+        default=None, alias="for", description="act only once the conditions held this long"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """What the previous poll saw, for conditions about progress over time."""
+
+    finished: int | None = None  # completed + failed at the previous poll
+    at: datetime | None = None  # when that poll was
+    progress_at: datetime | None = None  # when completed + failed last moved
 
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    """Everything a policy may look at: the batch, its cost so far and the time."""
+    """Everything a policy may look at: the batch, its cost so far, its history, the time."""
 
     view: BatchView
     cost: Decimal | None
     now: datetime
+    history: History = History()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +153,43 @@ def _failure_ratio(when: When, facts: Facts) -> float | None:
     counts = facts.view.counts
     if counts is None or counts.finished < when.min_requests or counts.finished == 0:
         return None
+    if when.failure_ratio_confidence is not None:
+        return wilson_lower(counts.failed, counts.finished, when.failure_ratio_confidence)
     return counts.failed / counts.finished
+
+
+def wilson_lower(failed: int, finished: int, confidence: float) -> float:
+    """The Wilson score interval's lower bound (one-sided at ``confidence``): a small
+    sample with a high raw ratio does not yet prove a high true ratio."""
+    z = NormalDist().inv_cdf(confidence)
+    p = failed / finished
+    centre = p + z * z / (2 * finished)
+    margin = z * sqrt(p * (1 - p) / finished + z * z / (4 * finished * finished))
+    return max(0.0, (centre - margin) / (1 + z * z / finished))
+
+
+def _eta_overrun(when: When, facts: Facts) -> float | None:
+    """Seconds by which the observed rate misses expires_at - finalizing_allowance
+    (> 0: it will not make it); None while there is nothing to judge by."""
+    view, history = facts.view, facts.history
+    counts, expires = view.counts, view.expires_at
+    if view.status != "in_progress" or counts is None or expires is None or counts.total <= 0:
+        return None
+    if history.finished is None or history.at is None or facts.now <= history.at:
+        return None
+    remaining = counts.total - counts.finished
+    if remaining <= 0:
+        return None
+    rate = (counts.finished - history.finished) / (facts.now - history.at).total_seconds()
+    deadline = (expires - when.finalizing_allowance - facts.now).total_seconds()
+    return inf if rate <= 0 else remaining / rate - deadline
+
+
+def _stalled(when: When, facts: Facts) -> timedelta | None:
+    since = facts.history.progress_at
+    if facts.view.status != "in_progress" or since is None:
+        return None
+    return facts.now - since
 
 
 def _projected(when: When, facts: Facts) -> Decimal | None:
@@ -142,6 +203,8 @@ CONDITIONS: dict[str, Condition] = {
     "expires_within": Condition(_time_left, _below),
     "progress_below": Condition(_progress, _below),
     "failure_ratio_above": Condition(_failure_ratio, _above),
+    "eta_after_expiry": Condition(_eta_overrun, lambda overrun, _: bool(overrun > 0)),
+    "stalled_for": Condition(_stalled, _above),
 }
 
 
@@ -150,6 +213,8 @@ def _jsonable(value: Any) -> Any:
         return float(value)
     if isinstance(value, timedelta):
         return value.total_seconds()
+    if isinstance(value, float) and value == inf:
+        return "never"
     return value
 
 
@@ -170,9 +235,37 @@ def judge(policy: Policy, facts: Facts) -> Verdict | None:
     return Verdict(policy.name, policy.action, observed)
 
 
-def evaluate(policies: Sequence[Policy], facts: Facts) -> Verdict | None:
-    """The first policy, in order, whose match and conditions hold."""
-    return next((v for v in (judge(p, facts) for p in policies) if v is not None), None)
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The verdict (if any) and the ``for:`` clocks to keep for next time."""
+
+    verdict: Verdict | None
+    pending: dict[str, datetime]
+
+
+def evaluate(
+    policies: Sequence[Policy], facts: Facts, pending: Mapping[str, datetime] | None = None
+) -> Evaluation:
+    """The first policy, in order, whose match and conditions hold — for as long as its
+    ``for:`` asks. A policy's clock starts when it first holds and stops when it does not."""
+    clocks: dict[str, datetime] = {}
+    verdict = None
+    for policy in policies:
+        found = judge(policy, facts)
+        if found is None:
+            continue
+        if policy.for_ is not None:
+            since = (pending or {}).get(policy.name, facts.now)
+            clocks[policy.name] = since
+            if facts.now - since < policy.for_:
+                continue
+            found = Verdict(
+                found.policy,
+                found.action,
+                {**found.observed, "held_for": (facts.now - since).total_seconds()},
+            )
+        verdict = verdict or found
+    return Evaluation(verdict, clocks)
 
 
 def describe(policy: Policy) -> str:
@@ -180,6 +273,10 @@ def describe(policy: Policy) -> str:
     when = policy.when.model_dump(exclude_none=True, mode="json")
     if not {"failure_ratio_above", "projected_cost_usd_above"} & when.keys():
         when.pop("min_requests", None)
+    if "eta_after_expiry" not in when:
+        when.pop("finalizing_allowance", None)
+    if policy.for_ is not None:
+        when["for"] = format_duration(policy.for_)
     match = policy.match.model_dump(exclude_none=True)
     parts: Iterable[str] = (f"{k}={v}" for k, v in {**match, **when}.items())
     return f"{policy.name}: {policy.action} when " + ", ".join(parts)

@@ -71,6 +71,45 @@ class HttpSettings(_Strict):
     port: int = Field(default=9464, ge=0, le=65535, description="0: any free port (tests)")
 
 
+class SafetySettings(_Strict):
+    """Limits that hold whatever the policies say."""
+
+    max_cancels_per_tick: int = Field(default=20, ge=0, description="cancels in one tick")
+    max_cancels_per_hour: int = Field(default=100, ge=0, description="cancels in any hour")
+    cool_down: Duration | None = Field(
+        default=timedelta(hours=1),
+        description="after a trip, alert-only this long (null: until `resume`)",
+    )
+    exempt_metadata: dict[str, str] = Field(
+        default_factory=lambda: {"watchdog": "off"},
+        description="batches whose metadata has all these pairs are never cancelled",
+    )
+    cancel_poll_interval: Duration = Field(
+        default=timedelta(seconds=15), description="poll a cancelled batch this often until done"
+    )
+    cancel_stuck_after: Duration = Field(
+        default=timedelta(minutes=15), description="cancelling longer than this: cancel_stuck"
+    )
+
+
+NotifyEvent = Literal[
+    "policy_matched", "cancel_succeeded", "cancel_failed", "cancel_stuck", "safety_tripped"
+]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = typing.get_args(NotifyEvent)
+
+
+class Webhook(_Strict):
+    """A receiver of JSON messages (Slack-compatible ``text`` plus the event)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    timeout: Duration = timedelta(seconds=10)
+
+
+class NotifySettings(_Strict):
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
 class Settings(BaseSettings):
     """Everything the daemon is told, after the YAML file and the environment."""
 
@@ -81,7 +120,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite+aiosqlite:///watchdog.db"
     poll_interval: Duration = timedelta(seconds=60)
     dry_run: bool = False
-    max_cancels_per_tick: int = Field(default=20, ge=0, description="cap on cancels in one tick")
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     lease_duration: Duration = Field(
         default=timedelta(minutes=5),
         description="how long a claimed batch stays a replica's; a dead one's come back after it",

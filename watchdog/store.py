@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
-from watchdog.tables import batch_events, batches
+from watchdog.tables import batch_events, batches, state
 
 TIMESTAMPS = (
     "created_at",
@@ -42,8 +42,8 @@ class Event:
     """One row of the audit log; ``kind`` is one of tables.EVENT_KINDS."""
 
     at: datetime
-    provider: str
-    batch_id: str
+    provider: str | None  # None for daemon-wide events (safety_tripped, safety_resumed)
+    batch_id: str | None
     kind: str
     from_status: str | None = None
     to_status: str | None = None
@@ -66,6 +66,14 @@ class Tracked:
     cancel_outcome: str | None
     pricing_missing_at: datetime | None
     tracked_at: datetime | None
+    last_polled_at: datetime | None = None
+    progress_at: datetime | None = None
+    pending: dict[str, datetime] = field(default_factory=dict)
+    exempt_until: datetime | None = None
+    exempt_reason: str | None = None
+    cancel_projected_usd: float | None = None
+    cancel_stuck_at: datetime | None = None
+    cancelling_at: datetime | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -229,6 +237,14 @@ def _tracked(row: Mapping[Any, Any]) -> Tracked:
         cancel_outcome=row["cancel_outcome"],
         pricing_missing_at=row["pricing_missing_at"],
         tracked_at=row["tracked_at"],
+        last_polled_at=row["last_polled_at"],
+        progress_at=row["progress_at"],
+        pending={k: datetime.fromisoformat(v) for k, v in (row["pending"] or {}).items()},
+        exempt_until=row["exempt_until"],
+        exempt_reason=row["exempt_reason"],
+        cancel_projected_usd=row["cancel_projected_usd"],
+        cancel_stuck_at=row["cancel_stuck_at"],
+        cancelling_at=row["cancelling_at"],
     )
 
 
@@ -361,6 +377,52 @@ class Store:
             query = query.where(batch_events.c.provider == provider)
         async with self.engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(query)).mappings()]
+
+    async def exempt(
+        self,
+        batch_id: str,
+        provider: str | None,
+        until: datetime | None,
+        reason: str | None,
+        now: datetime,
+    ) -> list[str]:
+        """Silence (``until`` set) or unsilence (None) a batch; the providers it applied to."""
+        where = batches.c.batch_id == batch_id
+        if provider is not None:
+            where &= batches.c.provider == provider
+        kind = "exempted" if until is not None else "unexempted"
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(select(batches.c.provider).where(where))).all()
+            await conn.execute(
+                update(batches).where(where).values(exempt_until=until, exempt_reason=reason)
+            )
+            detail = {"until": until.isoformat(), "reason": reason} if until else None
+            await self._insert_events(
+                conn, [Event(now, p, batch_id, kind, detail=detail) for (p,) in rows]
+            )
+        return [p for (p,) in rows]
+
+    async def get_state(self, key: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            found = await conn.execute(select(state.c.value).where(state.c.key == key))
+            value = found.scalar()
+        return None if value is None else dict(value)
+
+    async def set_state(
+        self, key: str, value: dict[str, Any] | None, now: datetime, events: Iterable[Event] = ()
+    ) -> None:
+        """Replace (or, with None, delete) a daemon-wide state entry, with its events."""
+        async with self.engine.begin() as conn:
+            await conn.execute(state.delete().where(state.c.key == key))
+            if value is not None:
+                await conn.execute(insert(state).values(key=key, value=value, updated_at=now))
+            await self._insert_events(conn, list(events))
+
+    async def count_events(self, kind: str, since: datetime) -> int:
+        c = batch_events.c
+        query = select(func.count()).where(c.kind == kind, c.at >= since)
+        async with self.engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
 
     async def stats(self) -> list[tuple[str, str | None, int, float | None]]:
         """(provider, status, count, known cost) for the metrics gauges."""

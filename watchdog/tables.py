@@ -102,6 +102,13 @@ batches = Table(
     Column("cancel_outcome", String(32)),
     Column("cancel_finished_at", UTCDateTime),
     Column("pricing_missing_at", UTCDateTime),
+    # Safety (migration 0002): `for:` clocks, progress history, silences, follow-through.
+    Column("pending", JSON),  # {policy: since} for policies whose `for:` is running
+    Column("progress_at", UTCDateTime),  # when completed+failed last moved
+    Column("exempt_until", UTCDateTime),
+    Column("exempt_reason", Text),
+    Column("cancel_projected_usd", Float),
+    Column("cancel_stuck_at", UTCDateTime),
     PrimaryKeyConstraint("provider", "batch_id"),
     Index(None, "next_poll_at"),
     Index(None, "status"),
@@ -112,8 +119,9 @@ batch_events = Table(
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True),
     Column("at", UTCDateTime, nullable=False),
-    Column("provider", String(64), nullable=False),
-    Column("batch_id", String(128), nullable=False),
+    # Null for daemon-wide events (safety_tripped, safety_resumed).
+    Column("provider", String(64)),
+    Column("batch_id", String(128)),
     Column("kind", String(32), nullable=False),
     Column("from_status", String(64)),
     Column("to_status", String(64)),
@@ -121,6 +129,14 @@ batch_events = Table(
     Column("detail", JSON),
     Index(None, "provider", "batch_id", "id"),
     Index(None, "at"),
+)
+
+state = Table(
+    "watchdog_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", JSON),
+    Column("updated_at", UTCDateTime, nullable=False),
 )
 
 EVENT_KINDS = frozenset(
@@ -135,5 +151,11 @@ EVENT_KINDS = frozenset(
         "cancel_failed",
         "poll_failed",
         "pricing_missing",
+        "exempted",
+        "unexempted",
+        "cancel_stuck",
+        "cancel_settled",
+        "safety_tripped",
+        "safety_resumed",
     }
 )

@@ -1,0 +1,69 @@
+"""Blast-radius limits: how many cancels a tick may send (per tick and per hour), and
+the trip that switches the daemon to alert-only until `resume` or the cool-down. The
+state lives in the database, so every replica honours one trip."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from watchdog.settings import SafetySettings
+from watchdog.store import Event, Store
+
+log = structlog.get_logger("watchdog.safety")
+KEY = "safety"
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Gate:
+    """What this tick may do: cancel up to ``allowed``, or nothing (``alert_only``)."""
+
+    allowed: int
+    alert_only: str | None = None
+
+
+def allowed_cancels(limits: SafetySettings, sent_last_hour: int) -> int:
+    return max(0, min(limits.max_cancels_per_tick, limits.max_cancels_per_hour - sent_last_hour))
+
+
+def cooled_down(tripped_at: datetime, cool_down: timedelta | None, now: datetime) -> bool:
+    return cool_down is not None and now >= tripped_at + cool_down
+
+
+async def open_gate(store: Store, limits: SafetySettings, now: datetime) -> Gate:
+    """The gate for a tick starting now; ends a trip whose cool-down has passed."""
+    tripped = await store.get_state(KEY)
+    if tripped is not None:
+        at = datetime.fromisoformat(tripped["tripped_at"])
+        if not cooled_down(at, limits.cool_down, now):
+            return Gate(0, f"safety tripped at {tripped['tripped_at']}: alert-only until resume")
+        await resume(store, now, by="cool_down")
+    sent = await store.count_events("cancel_requested", now - HOUR)
+    return Gate(allowed_cancels(limits, sent))
+
+
+async def trip(store: Store, now: datetime, **numbers: Any) -> Event:
+    """Switch every replica to alert-only and record why."""
+    value = {"tripped_at": now.isoformat(), **numbers}
+    event = Event(now, None, None, "safety_tripped", detail=numbers)
+    await store.set_state(KEY, value, now, [event])
+    log.error("safety_tripped", **numbers, note="alert-only until `batch-watchdog resume`")
+    return event
+
+
+async def resume(store: Store, now: datetime, *, by: str) -> bool:
+    """End a trip; False when there was none."""
+    if await store.get_state(KEY) is None:
+        return False
+    event = Event(now, None, None, "safety_resumed", detail={"by": by})
+    await store.set_state(KEY, None, now, [event])
+    log.warning("safety_resumed", by=by)
+    return True
+
+
+async def status(store: Store) -> dict[str, Any] | None:
+    return await store.get_state(KEY)
