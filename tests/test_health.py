@@ -44,8 +44,8 @@ def test_liveness_rule(finished_ago: int | None, running_for: int | None, alive:
 
 
 def server(alive: bool, problem: str | None, metrics: Metrics) -> HealthServer:
-    async def ready() -> str | None:
-        return problem
+    async def ready() -> tuple[bool, str]:
+        return problem is None, problem or ""
 
     async def refresh() -> None:
         metrics.set_tracked([("deepinfra", "in_progress", 3, 1.5), ("deepinfra", None, 1, None)])

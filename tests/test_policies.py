@@ -179,3 +179,36 @@ def test_describe_reads_like_the_config() -> None:
     """check-config shows policies as written, durations included."""
     p = policy({"expires_within": "1h", "progress_below": 0.5}, match={"provider": "deepinfra"})
     assert describe(p) == "p: cancel when provider=deepinfra, expires_within=1h, progress_below=0.5"
+
+
+@pytest.mark.parametrize(
+    ("failed", "finished", "holds_raw", "holds_wilson"),
+    [
+        (3, 10, True, False),  # 30 % of 10: could well be chance
+        (60, 200, True, True),  # 30 % of 200: the lower bound is still above 20 %
+        (25, 100, True, False),
+        (1, 100, False, False),
+    ],
+)
+def test_failure_ratio_confidence(
+    failed: int, finished: int, holds_raw: bool, holds_wilson: bool
+) -> None:
+    """With failure_ratio_confidence the Wilson lower bound is judged, so small samples
+    with a high raw ratio do not trigger."""
+    counts = Counts(1000, finished - failed, failed)
+    raw = {"failure_ratio_above": 0.2}
+    assert holds(raw, counts=counts) is holds_raw
+    assert holds(raw | {"failure_ratio_confidence": 0.95}, counts=counts) is holds_wilson
+
+
+@pytest.mark.parametrize(
+    ("failed", "finished", "confidence", "low", "high"),
+    [(60, 200, 0.95, 0.245, 0.255), (3, 10, 0.95, 0.12, 0.13), (0, 50, 0.95, 0.0, 0.0001)],
+)
+def test_wilson_lower_bound(
+    failed: int, finished: int, confidence: float, low: float, high: float
+) -> None:
+    """The one-sided Wilson lower bound, against figures worked out by hand."""
+    from watchdog.policies import wilson_lower
+
+    assert low <= wilson_lower(failed, finished, confidence) <= high

@@ -8,6 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import structlog
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from watchdog import logs
+from watchdog import logs, safety
 from watchdog.engine import Engine, Rules, TickSummary, utcnow
 from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
@@ -23,6 +24,7 @@ from watchdog.providers import ProviderClient
 from watchdog.service import Service
 from watchdog.settings import Settings
 from watchdog.store import Store, create_engine, instance_lock, schema_revision, upgrade
+from watchdog.webhooks import WebhookSender
 
 log = structlog.get_logger("watchdog.app")
 
@@ -122,19 +124,21 @@ async def open_daemon(
             owner = owner_id()
             if is_sqlite(settings.database_url):
                 await store.release(None)  # the file is locked to us: old leases were ours
-            engine = Engine(
-                store=store,
-                clients=clients,
-                rules=rules_of(settings, dry_run=dry_run),
-                poll_interval=settings.poll_interval,
-                owner=owner,
-                lease=settings.lease_duration,
-                metrics=metrics,
-            )
-            try:
-                yield Daemon(settings, store, engine)
-            finally:
-                await store.release(owner)
+            async with WebhookSender(settings.notify.webhooks) as webhooks:
+                engine = Engine(
+                    store=store,
+                    clients=clients,
+                    rules=rules_of(settings, dry_run=dry_run),
+                    poll_interval=settings.poll_interval,
+                    owner=owner,
+                    lease=settings.lease_duration,
+                    metrics=metrics,
+                    on_events=webhooks.submit if webhooks.hooks else None,
+                )
+                try:
+                    yield Daemon(settings, store, engine)
+                finally:
+                    await store.release(owner)
 
 
 def _announce(daemon: Daemon) -> None:
@@ -208,6 +212,26 @@ async def track(settings: Settings, batch_id: str, provider: str, labels: list[s
 async def untrack(settings: Settings, batch_id: str, provider: str | None) -> list[str]:
     async with open_store(settings) as store:
         return await store.untrack(batch_id, provider, utcnow())
+
+
+async def exempt(
+    settings: Settings,
+    batch_id: str,
+    provider: str | None,
+    until: timedelta | None,
+    reason: str | None,
+) -> list[str]:
+    """Silence a batch for ``until`` (None: lift the silence); the providers it applied to."""
+    now = utcnow()
+    async with open_store(settings) as store:
+        end = None if until is None else now + until
+        return await store.exempt(batch_id, provider, end, reason, now)
+
+
+async def resume(settings: Settings) -> bool:
+    """End a safety trip; False when none was in force."""
+    async with open_store(settings) as store:
+        return await safety.resume(store, utcnow(), by="operator")
 
 
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:

@@ -9,11 +9,11 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
 from watchdog import app, logs
-from watchdog.durations import format_duration
+from watchdog.durations import format_duration, parse_duration
 from watchdog.policies import describe
 from watchdog.settings import ConfigError, Settings, config_path, load_settings
 from watchdog.store import AlreadyRunning
@@ -56,6 +56,17 @@ def build_parser() -> Parser:
     events = sub.add_parser("events", parents=[common], help="the audit log")
     events.add_argument("batch_id", nargs="?", metavar="ID")
     events.add_argument("--json", action="store_true")
+    exempt = sub.add_parser("exempt", parents=[common], help="never cancel a batch for a while")
+    exempt.add_argument("batch_id", metavar="ID")
+    exempt.add_argument("--provider", metavar="NAME")
+    exempt.add_argument(
+        "--for", dest="duration", required=True, metavar="DURATION", type=_duration, help="e.g. 2h"
+    )
+    exempt.add_argument("--reason", required=True, metavar="TEXT")
+    unexempt = sub.add_parser("unexempt", parents=[common], help="lift a silence")
+    unexempt.add_argument("batch_id", metavar="ID")
+    unexempt.add_argument("--provider", metavar="NAME")
+    sub.add_parser("resume", parents=[common], help="end a safety trip (alert-only mode)")
     sub.add_parser("check-config", parents=[common], help="validate and show the config")
     sim = sub.add_parser("simulate", parents=[common], help="serve the simulated batch API")
     sim.add_argument("--host", default="127.0.0.1")
@@ -64,6 +75,13 @@ def build_parser() -> Parser:
     demo = sub.add_parser("demo", parents=[common], help="simulator + daemon, end to end")
     demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS")
     return parser
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def load(args: argparse.Namespace) -> Settings:
@@ -109,6 +127,9 @@ def batch_json(row: dict[str, Any]) -> dict[str, Any]:
         "last_polled_at": iso(row["last_polled_at"]),
         "next_poll_at": iso(row["next_poll_at"]),
         "last_error": row["last_error"],
+        "exempt_until": iso(row["exempt_until"]),
+        "exempt_reason": row["exempt_reason"],
+        "pending": row["pending"],
     }
 
 
@@ -258,6 +279,37 @@ def _untrack(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _exempt(settings: Settings, args: argparse.Namespace) -> int:
+    done = asyncio.run(
+        app.exempt(settings, args.batch_id, args.provider, args.duration, args.reason)
+    )
+    return _report(done, args.batch_id, f"exempt for {format_duration(args.duration)}")
+
+
+def _unexempt(settings: Settings, args: argparse.Namespace) -> int:
+    done = asyncio.run(app.exempt(settings, args.batch_id, args.provider, None, None))
+    return _report(done, args.batch_id, "no longer exempt")
+
+
+def _report(providers: list[str], batch_id: str, what: str) -> int:
+    if not providers:
+        print(f"error: batch {batch_id!r} is not tracked", file=sys.stderr)
+        return EX_ERROR
+    for provider in providers:
+        print(f"{provider}/{batch_id}: {what}")
+    return EX_OK
+
+
+def _resume(settings: Settings, args: argparse.Namespace) -> int:
+    resumed = asyncio.run(app.resume(settings))
+    print(
+        "safety trip ended: cancels resume on the next tick"
+        if resumed
+        else "no safety trip in force"
+    )
+    return EX_OK
+
+
 def _list(settings: Settings, args: argparse.Namespace) -> int:
     rows = asyncio.run(app.list_batches(settings, args.status))
     print(dump([batch_json(r) for r in rows]) if args.json else batch_table(rows))
@@ -282,6 +334,9 @@ HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "untrack": _untrack,
     "list": _list,
     "events": _events,
+    "exempt": _exempt,
+    "unexempt": _unexempt,
+    "resume": _resume,
     "check-config": _check_config,
 }
 

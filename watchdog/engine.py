@@ -151,6 +151,7 @@ class Engine:
         started = time.perf_counter()
         summary = TickSummary()
         gate = await open_gate(self.store, self.rules.safety, self.clock())
+        self.metrics.safety_tripped.set(gate.alert_only is not None)
         while True:
             claimed = await self.store.claim_due(self.clock(), self.owner, self.lease, self.chunk)
             summary.claimed += len(claimed)
@@ -214,6 +215,7 @@ class Engine:
             max_cancels_per_hour=limits.max_cancels_per_hour,
         )
         summary.safety_tripped += 1
+        self.metrics.safety_tripped.set(1)
         self._announce([event])
         return Gate(0, "safety tripped: alert-only until resume")
 
@@ -508,6 +510,7 @@ class Engine:
             await self._settle(item, answer, now, update, rec)
             updates.append(update)
         await self.store.apply(updates, rec.events)
+        self._announce(rec.events)
 
     async def _cancel_one(self, tracked: Tracked) -> BatchObject | ProviderError:
         try:

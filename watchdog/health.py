@@ -24,7 +24,7 @@ class HealthServer:
         self,
         *,
         alive: Callable[[datetime], bool],
-        ready: Callable[[], Awaitable[str | None]],
+        ready: Callable[[], Awaitable[tuple[bool, str]]],
         metrics: Metrics,
         refresh: Callable[[], Awaitable[None]],
     ) -> None:
@@ -61,12 +61,12 @@ class HealthServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         try:
-            problem = await asyncio.wait_for(self._ready(), READY_TIMEOUT)
+            ok, detail = await asyncio.wait_for(self._ready(), READY_TIMEOUT)
         except TimeoutError:
-            problem = f"database did not answer within {READY_TIMEOUT:g}s"
-        if problem is None:
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text=f"not ready: {problem}\n")
+            ok, detail = False, f"database did not answer within {READY_TIMEOUT:g}s"
+        if ok:
+            return web.Response(text=f"ready{f' ({detail})' if detail else ''}\n")
+        return web.Response(status=503, text=f"not ready: {detail}\n")
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
         try:

@@ -44,6 +44,9 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.safety_tripped = Gauge(
+            "watchdog_safety_tripped", "1 while a safety trip holds every cancel back.", registry=r
+        )
         self.last_tick = Gauge(
             "watchdog_last_tick_timestamp_seconds",
             "When the last tick finished (Unix time).",

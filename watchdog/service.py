@@ -10,6 +10,7 @@ from pathlib import Path
 
 import structlog
 
+from watchdog import safety
 from watchdog.engine import Engine, Rules, TickSummary
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
@@ -54,7 +55,7 @@ class Service:
         self.stop = asyncio.Event()
         self.ticks = TickLoop(engine.tick, settings.poll_interval, on_tick=self._ticked)
         self.health = HealthServer(
-            alive=self.ticks.alive, ready=store.ready, metrics=metrics, refresh=self._refresh
+            alive=self.ticks.alive, ready=self._ready, metrics=metrics, refresh=self._refresh
         )
 
     async def run(self) -> None:
@@ -94,10 +95,10 @@ class Service:
             log.info(
                 "config_reloaded", policies=[p.name for p in fresh.policies], dry_run=fresh.dry_run
             )
-            if fresh.providers != self.settings.providers or (
-                fresh.database_url != self.settings.database_url
+            if (fresh.providers, fresh.database_url, fresh.notify) != (
+                self.settings.providers, self.settings.database_url, self.settings.notify
             ):
-                log.warning("restart_needed", reason="providers or database_url changed")
+                log.warning("restart_needed", reason="providers, database_url or notify changed")
         finally:
             self.notifier.notify("READY=1")
 
@@ -106,6 +107,16 @@ class Service:
         self.metrics.tick_duration.observe(seconds)
         self.metrics.last_tick.set_to_current_time()
         self.notifier.notify(status_line(self.engine.last_summary))
+
+    async def _ready(self) -> tuple[bool, str]:
+        """Ready when the database answers at head; a safety trip is said, not failed."""
+        problem = await self.store.ready()
+        if problem is not None:
+            return False, problem
+        tripped = await safety.status(self.store)
+        if tripped is None:
+            return True, ""
+        return True, f"safety tripped at {tripped['tripped_at']}: alert-only until resume"
 
     async def _refresh(self) -> None:
         self.metrics.set_tracked(await self.store.stats())

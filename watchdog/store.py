@@ -420,7 +420,7 @@ class Store:
 
     async def count_events(self, kind: str, since: datetime) -> int:
         c = batch_events.c
-        query = select(func.count()).where(c.kind == kind, c.at >= since)
+        query = select(func.count()).where(c.kind == kind, c.at > since)
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
