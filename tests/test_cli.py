@@ -303,6 +303,27 @@ async def test_second_daemon_on_one_sqlite_file_is_refused(tmp_path: Path, sim: 
     assert (await cli("run", "--once")).code == 0  # the lock went with the first daemon
 
 
+async def test_exempt_unexempt_resume(cli: Cli) -> None:
+    """exempt holds a batch's cancel (shown in list and events); unexempt lifts it;
+    resume says whether a safety trip was in force."""
+    cli.add_expensive("batch_big")
+    await cli("track", "batch_big", "--provider", "sim")
+    result = await cli("exempt", "batch_big", "--for", "2h", "--reason", "customer demo")
+    assert result.code == 0 and "sim/batch_big: exempt for 2h" in result.out
+    assert (await cli("run", "--once")).code == 0
+    assert cli.sim.calls("batch_big", "cancel") == 0
+    listed = json.loads((await cli("list", "--json")).out)[0]
+    assert listed["exempt_reason"] == "customer demo" and listed["exempt_until"]
+    assert (await cli("unexempt", "batch_big")).code == 0
+    assert (await cli("run", "--once")).code == 0
+    assert cli.sim.calls("batch_big", "cancel") == 1
+    kinds = [e["kind"] for e in json.loads((await cli("events", "--json")).out)]
+    assert kinds.index("exempted") < kinds.index("unexempted") < kinds.index("cancel_requested")
+    assert (await cli("exempt", "nope", "--for", "1h", "--reason", "x")).code == 1
+    assert (await cli("exempt", "batch_big", "--for", "soon", "--reason", "x")).code == 2
+    assert (await cli("resume")).out.strip() == "no safety trip in force"
+
+
 async def test_migrate(cli: Cli) -> None:
     """migrate brings a new database to head and says so."""
     result = await cli("migrate")
@@ -338,6 +359,7 @@ async def test_demo_runs_and_cancels(tmp_path: Path) -> None:
     assert "batch_late_backfill" in text and "expiring-slow" in text
     assert "batch_flaky_extraction" in text and "failing" in text
     assert b"cancel_succeeded" in err
+    assert "batch_exempt_vip" in text
 
 
 async def untouched(cli: Cli) -> bool:

@@ -57,6 +57,17 @@ def demo_scenario(sim: Simulator) -> list[str]:
         sim.add("batch_legacy_no_usage", model=None, with_usage=False, total=600, rate=20),
         # A model with no price: pricing_missing is logged once.
         sim.add("batch_mystery_model", model="acme/unpriced-7b", total=1000, rate=50),
+        # Over the cost cap too, but its owner opted out (metadata watchdog=off): judged,
+        # recorded, never cancelled.
+        sim.add(
+            "batch_exempt_vip",
+            model=LLAMA,
+            metadata={"watchdog": "off"},
+            total=30_000,
+            rate=3000,
+            input_tokens=5000,
+            output_tokens=2000,
+        ),
         # Finished yesterday: tracked, seen as completed, never polled again.
         sim.add("batch_finished_yesterday", model=LLAMA, age=90_000, total=100, rate=10),
     ]

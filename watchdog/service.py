@@ -96,7 +96,9 @@ class Service:
                 "config_reloaded", policies=[p.name for p in fresh.policies], dry_run=fresh.dry_run
             )
             if (fresh.providers, fresh.database_url, fresh.notify) != (
-                self.settings.providers, self.settings.database_url, self.settings.notify
+                self.settings.providers,
+                self.settings.database_url,
+                self.settings.notify,
             ):
                 log.warning("restart_needed", reason="providers, database_url or notify changed")
         finally:

@@ -393,9 +393,10 @@ class Store:
         kind = "exempted" if until is not None else "unexempted"
         async with self.engine.begin() as conn:
             rows = (await conn.execute(select(batches.c.provider).where(where))).all()
-            await conn.execute(
-                update(batches).where(where).values(exempt_until=until, exempt_reason=reason)
-            )
+            values: dict[str, Any] = {"exempt_until": until, "exempt_reason": reason}
+            if until is None:  # lifting a silence: judge the batch again at the next tick
+                values["next_poll_at"] = None
+            await conn.execute(update(batches).where(where).values(**values))
             detail = {"until": until.isoformat(), "reason": reason} if until else None
             await self._insert_events(
                 conn, [Event(now, p, batch_id, kind, detail=detail) for (p,) in rows]
