@@ -263,3 +263,46 @@ async def test_a_hung_webhook_never_holds_a_tick(harness: Harness, aiohttp_serve
         summary = await asyncio.wait_for(h.tick(), timeout=10)
         assert summary.cancel_succeeded == 1
         release.set()
+
+
+async def test_webhook_retries_and_never_logs_the_url(aiohttp_server: Any) -> None:
+    """A 500 is retried with backoff; a receiver that keeps failing is logged by host
+    only, never with the token in its URL."""
+    from datetime import UTC, datetime
+
+    from structlog.testing import capture_logs
+
+    from watchdog.store import Event
+
+    answers = [500, 200]
+    received: list[str] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        received.append(request.path)
+        return web.Response(status=answers.pop(0) if answers else 503)
+
+    app = web.Application()
+    app.router.add_post("/ok/tok-123", flaky)
+    app.router.add_post("/down/tok-456", _fail)
+    server = await aiohttp_server(app)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    hooks = [
+        Webhook(url=str(server.make_url("/ok/tok-123"))),
+        Webhook(url=str(server.make_url("/down/tok-456"))),
+    ]
+    event = Event(datetime.now(UTC), "sim", "b", "cancel_failed", policy="p")
+    with capture_logs() as logs:
+        async with WebhookSender(hooks, sleep=sleep) as sender:
+            sender.submit([event])
+    assert received == ["/ok/tok-123", "/ok/tok-123"]  # one retry, then delivered
+    failed = [e for e in logs if e["event"] == "webhook_failed"]
+    assert len(failed) == 1 and failed[0]["url"] == "http://127.0.0.1/…"
+    assert "tok-456" not in repr(logs) and len(sleeps) >= 4
+
+
+async def _fail(request: web.Request) -> web.Response:
+    return web.Response(status=502)
