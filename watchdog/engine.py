@@ -184,6 +184,17 @@ class Engine:
             alert_only=gate.alert_only,
         )
         summary.cancel_held += len(decided.held)
+        fresh = {(e.provider, e.batch_id) for e in rec.events if e.kind == "policy_matched"}
+        for candidate, reason in decided.held:
+            # Say why once, when the policy first matches; later ticks only count it.
+            key = (candidate.provider, candidate.batch_id)
+            (log.info if key in fresh else log.debug)(
+                "cancel_held",
+                batch_id=candidate.batch_id,
+                provider=candidate.provider,
+                policy=candidate.policy,
+                reason=reason,
+            )
         gate = Gate(gate.allowed - len(decided.cancel), gate.alert_only)
         if decided.capped:
             gate = await self._trip(decided.cancel, decided.capped, now, summary)
