@@ -76,3 +76,30 @@ async def has_schema(url: str) -> bool:
             return found.scalar() is not None
     finally:
         await engine.dispose()
+
+
+async def terminate_backends(database: str | None, *, refuse_new: bool = False) -> None:
+    """Kill every connection to ``database`` (and, with refuse_new, keep new ones out)."""
+    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            if refuse_new:
+                await conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": database},
+            )
+    finally:
+        await admin.dispose()
+
+
+async def allow_connections(database: str | None) -> None:
+    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with admin.connect() as conn:
+            await conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+    finally:
+        await admin.dispose()

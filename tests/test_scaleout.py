@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from tests.daemons import Daemon, write_config
-from tests.databases import PG_URL, fresh_postgres
+from tests.databases import fresh_postgres, terminate_backends
 from watchdog.simulator import Simulator
 from watchdog.store import Store, create_engine, upgrade
 
@@ -170,20 +170,3 @@ async def test_terminated_connections_heal_without_restart(
         assert daemon.proc.returncode is None
     finally:
         assert await daemon.stop() == 0
-
-
-async def terminate_backends(database: str | None) -> None:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :db AND pid <> pg_backend_pid()"
-                ),
-                {"db": database},
-            )
-    finally:
-        await admin.dispose()

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from sqlalchemy import text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import Sim
 from tests.daemons import Daemon, write_config
-from tests.databases import PG_URL, fresh_postgres
+from tests.databases import allow_connections, fresh_postgres, terminate_backends
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
@@ -103,32 +101,15 @@ async def test_endpoints_and_readyz_when_the_database_goes(tmp_path: Path, sim: 
             ):
                 assert name in metrics, name
             database = make_url(url).database
-            await allow_connections(database, False)
+            await terminate_backends(database, refuse_new=True)
             status, reason = await endpoint(port, "/readyz")
             assert status == 503 and reason.startswith("not ready: database unreachable")
             assert (await endpoint(port, "/healthz"))[0] == 200  # alive all the same
-            await allow_connections(database, True)
+            await allow_connections(database)
             assert await endpoint(port, "/readyz") == (200, "ready\n")
         finally:
-            await allow_connections(make_url(url).database, True)
+            await allow_connections(make_url(url).database)
             assert await daemon.stop() == 0
-
-
-async def allow_connections(database: str | None, allow: bool) -> None:
-    admin = create_async_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as conn:
-            await conn.execute(text(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS {allow}'))
-            if not allow:
-                await conn.execute(
-                    text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                        "WHERE datname = :db AND pid <> pg_backend_pid()"
-                    ),
-                    {"db": database},
-                )
-    finally:
-        await admin.dispose()
 
 
 async def test_sighup_keeps_old_policies_on_a_broken_file(tmp_path: Path, sim: Sim) -> None:
