@@ -124,6 +124,13 @@ async def open_daemon(
             owner = owner_id()
             if is_sqlite(settings.database_url):
                 await store.release(None)  # the file is locked to us: old leases were ours
+            unsettled = await store.due_unsettled_cancels()
+            if unsettled:
+                log.warning(
+                    "reconciling_cancels",
+                    batches=unsettled,
+                    note="cancel_requested without an outcome: settled from provider state",
+                )
             async with WebhookSender(settings.notify.webhooks) as webhooks:
                 engine = Engine(
                     store=store,

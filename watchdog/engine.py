@@ -22,6 +22,7 @@ from watchdog.models import (
     BatchObject,
     BatchView,
     InvalidBatchId,
+    implausible,
     is_unknown_status,
     validate_batch_id,
     view_of,
@@ -159,6 +160,7 @@ class Engine:
                 gate = await self._process(claimed, summary, gate)
             if len(claimed) < self.chunk:
                 break
+        await self._provider_changes()
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         log.info(
             "tick_completed", duration_ms=elapsed_ms, dry_run=self.rules.dry_run, **asdict(summary)
@@ -230,6 +232,20 @@ class Engine:
         self._announce([event])
         return Gate(0, "safety tripped: alert-only until resume")
 
+    async def _provider_changes(self) -> None:
+        """Record providers going unavailable (circuit open) and coming back."""
+        now, events = self.clock(), []
+        for name, client in self.clients.items():
+            breaker = client.breaker
+            for change in breaker.changes:
+                kind = f"provider_{change}"
+                events.append(Event(now, name, None, kind, detail={"failures": breaker.failures}))
+                (log.warning if change == "unavailable" else log.info)(kind, provider=name)
+            breaker.changes.clear()
+            self.metrics.provider_available.labels(name).set(breaker.available)
+        if events:
+            await self.store.apply([], events)
+
     def _announce(self, events: list[Event]) -> None:
         if self.on_events is not None and events:
             self.on_events(events)
@@ -275,6 +291,8 @@ class Engine:
         self, tracked: Tracked, result: BatchObject | ProviderError, now: datetime, rec: Recorder
     ) -> Work:
         update = RowUpdate(*tracked.key)
+        if isinstance(result, BatchObject) and (why := implausible(result, now)) is not None:
+            result = PermanentError(why)
         if isinstance(result, ProviderError):
             self._poll_failed(tracked, result, now, update, rec)
             return Work(tracked, update)

@@ -47,6 +47,12 @@ class Metrics:
         self.safety_tripped = Gauge(
             "watchdog_safety_tripped", "1 while a safety trip holds every cancel back.", registry=r
         )
+        self.provider_available = Gauge(
+            "watchdog_provider_available",
+            "0 while a provider's circuit is open.",
+            ["provider"],
+            registry=r,
+        )
         self.last_tick = Gauge(
             "watchdog_last_tick_timestamp_seconds",
             "When the last tick finished (Unix time).",

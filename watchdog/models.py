@@ -186,6 +186,21 @@ class BatchView:
     tokens: Tokens | None = None
 
 
+EARLIEST = 1_577_836_800  # 2020-01-01: no Batch API existed before
+
+
+def implausible(batch: BatchObject, now: datetime) -> str | None:
+    """Why a batch's timestamps cannot be true (then nothing in the answer is trusted)."""
+    created, expires = batch.created_at, batch.expires_at
+    if created is not None and created < EARLIEST:
+        return f"implausible answer: created_at {created} is before 2020"
+    if created is not None and created > now.timestamp() + 86_400:
+        return f"implausible answer: created_at {created} is in the future"
+    if created is not None and expires is not None and expires < created:
+        return "implausible answer: expires_at is before created_at"
+    return None
+
+
 def from_unix(value: int | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -39,10 +40,72 @@ class TemporaryError(ProviderError):
     temporary = True
 
     def __init__(
-        self, message: str, *, status: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unsent: bool = False,
     ) -> None:
         super().__init__(message, status=status)
         self.retry_after = retry_after
+        # True when the provider certainly did not act on the request (refused connection,
+        # 429): only then may a non-idempotent request such as a cancel be sent again.
+        self.unsent = unsent
+
+
+class Breaker:
+    """A per-provider circuit breaker: after ``threshold`` failed calls in a row it opens
+    for a jittered, doubling delay (up to ``cap``); then one call probes; success closes it.
+    ``changes`` collects "unavailable" / "recovered" for the engine to record."""
+
+    def __init__(
+        self,
+        *,
+        threshold: int = 5,
+        base: float = 5.0,
+        cap: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.threshold, self.base, self.cap = threshold, base, cap
+        self._clock, self._rng = clock, rng
+        self.failures = 0
+        self.opened = 0  # times opened in a row: the backoff's exponent
+        self.open_until: float | None = None
+        self.changes: list[str] = []
+        self._probing = False
+
+    @property
+    def available(self) -> bool:
+        return self.open_until is None
+
+    def allow(self) -> bool:
+        """False while open; after the delay, one probe at a time goes through."""
+        if self.open_until is None:
+            return True
+        if self._probing or self._clock() < self.open_until:
+            return False
+        self._probing = True
+        return True
+
+    def success(self) -> None:
+        if self.open_until is not None:
+            self.changes.append("recovered")
+        self.failures, self.opened, self.open_until, self._probing = 0, 0, None, False
+
+    def failure(self) -> None:
+        if self.open_until is not None and not self._probing:
+            return  # calls already in flight when it opened: no news
+        self.failures += 1
+        if self.open_until is None and self.failures < self.threshold:
+            return
+        if self.open_until is None:
+            self.changes.append("unavailable")
+        delay = min(self.base * 2**self.opened, self.cap) * (1 - 0.25 * self._rng())
+        self.opened += 1
+        self.open_until = self._clock() + delay
+        self._probing = False
 
 
 class PermanentError(ProviderError):
@@ -109,6 +172,7 @@ class ProviderClient:
         self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
+        self.breaker = Breaker()
 
     def __repr__(self) -> str:
         return f"ProviderClient({self.name!r}, base_url={self.base_url!r})"
@@ -137,9 +201,12 @@ class ProviderClient:
         return self._batch(body, batch_id)
 
     async def cancel(self, batch_id: str) -> BatchObject:
-        """``POST /batches/{id}/cancel``; CancelRefused when the batch is already terminal."""
+        """``POST /batches/{id}/cancel``; CancelRefused when the batch is already terminal.
+        Sent again only when the provider certainly did not act on it: a cancel whose
+        answer was lost is settled from the batch's state on the next poll instead."""
         try:
-            body = await self._call("POST", self._batch_url(batch_id) + "/cancel")
+            url = self._batch_url(batch_id) + "/cancel"
+            body = await self._call("POST", url, idempotent=False)
         except PermanentError as exc:
             if exc.status in (400, 409):
                 raise CancelRefused(str(exc), status=exc.status) from None
@@ -173,17 +240,34 @@ class ProviderClient:
                 raise PermanentError(f"answer is not JSON: {self._snippet(body)}") from None
             raise PermanentError(f"invalid answer: {where}: {error['msg']}") from None
 
-    async def _call(self, method: str, url: str, params: Mapping[str, str] | None = None) -> bytes:
+    async def _call(
+        self,
+        method: str,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        idempotent: bool = True,
+    ) -> bytes:
+        if not self.breaker.allow():
+            raise TemporaryError(f"provider {self.name!r} unavailable: backing off", unsent=True)
         attempt = 0
         while True:
             try:
-                return await self._once(method, url, params)
+                body = await self._once(method, url, params)
             except TemporaryError as exc:
                 delay = exc.retry_after if exc.retry_after is not None else backoff(attempt)
-                if attempt >= self._max_retries or delay > MAX_SERVER_DELAY:
+                final = attempt >= self._max_retries or delay > MAX_SERVER_DELAY
+                if final or not (idempotent or exc.unsent):
+                    self.breaker.failure()
                     raise
                 attempt += 1
                 await self._sleep(delay)
+            except PermanentError:
+                self.breaker.success()  # it answered: the provider is there
+                raise
+            else:
+                self.breaker.success()
+                return body
 
     async def _once(self, method: str, url: str, params: Mapping[str, str] | None) -> bytes:
         if self._session is None or self._slots is None:
@@ -194,6 +278,10 @@ class ProviderClient:
                 status, headers = resp.status, resp.headers
         except TimeoutError:
             raise TemporaryError(f"no answer within {self._timeout:g}s") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise TemporaryError(
+                f"connection failed: {self._scrub(type(exc).__name__)}", unsent=True
+            ) from None
         except aiohttp.ClientError as exc:
             raise TemporaryError(f"connection failed: {self._scrub(type(exc).__name__)}") from None
         if status < 300:
@@ -201,7 +289,7 @@ class ProviderClient:
         message = f"HTTP {status}: {self._snippet(body)}"
         if status in (408, 429) or status >= 500:
             wait = retry_after(headers, datetime.now(UTC))
-            raise TemporaryError(message, status=status, retry_after=wait)
+            raise TemporaryError(message, status=status, retry_after=wait, unsent=status == 429)
         if status == 404:
             raise NotFound(message, status=status)
         raise PermanentError(message, status=status)

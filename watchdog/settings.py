@@ -4,12 +4,14 @@ ConfigError line naming the file, the policy and the field."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import typing
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -42,6 +44,19 @@ class ProviderSettings(_Strict):
     timeout: Duration = Field(default=timedelta(seconds=30), description="per HTTP request")
     max_retries: int = Field(default=2, ge=0, le=10, description="retries of a transient failure")
     concurrency: int = Field(default=16, ge=1, le=512, description="requests in flight at once")
+    allow_insecure_http: bool = Field(
+        default=False, description="allow http:// to a host that is not loopback (keys in clear)"
+    )
+
+    @model_validator(mode="after")
+    def _tls_unless_loopback(self) -> ProviderSettings:
+        url = urlsplit(self.base_url)
+        if url.scheme == "http" and not self.allow_insecure_http and not _loopback(url.hostname):
+            raise ValueError(
+                "base_url: http:// would send the key in clear; use https://, a loopback "
+                "host, or set allow_insecure_http: true"
+            )
+        return self
 
     def read_key(self, name: str, environ: Mapping[str, str]) -> SecretStr | None:
         """The API key, or None when the provider needs none; ConfigError when it is missing."""
@@ -173,6 +188,17 @@ class Settings(BaseSettings):
 
     def provider_list(self) -> str:
         return ", ".join(sorted(self.providers)) or "(none configured)"
+
+
+def _loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _valid_name(name: str) -> bool:

@@ -378,6 +378,15 @@ class Store:
         async with self.engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(query)).mappings()]
 
+    async def due_unsettled_cancels(self) -> int:
+        """Make every batch with a cancel_requested but no outcome due now, so the first
+        tick reconciles it from the provider's state (after a crash). How many."""
+        c = batches.c
+        where = c.cancel_requested_at.is_not(None) & c.cancel_outcome.is_(None)
+        async with self.engine.begin() as conn:
+            result = await conn.execute(update(batches).where(where).values(next_poll_at=None))
+        return int(result.rowcount or 0)
+
     async def exempt(
         self,
         batch_id: str,

@@ -157,5 +157,7 @@ EVENT_KINDS = frozenset(
         "cancel_settled",
         "safety_tripped",
         "safety_resumed",
+        "provider_unavailable",
+        "provider_recovered",
     }
 )
