@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from watchdog.chaos import BEFORE, Chaos
+
 Clock = Callable[[], float]
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
@@ -146,8 +148,11 @@ class Simulator:
 
     SIM_FIELDS = frozenset(SimBatch.__dataclass_fields__) - {"id", "created_at", "cancel_at"}
 
-    def __init__(self, *, clock: Clock = time.time, api_key: str | None = None) -> None:
+    def __init__(
+        self, *, clock: Clock = time.time, api_key: str | None = None, chaos: Chaos | None = None
+    ) -> None:
         self.clock = clock
+        self.chaos = chaos
         self.api_key = api_key
         self.batches: dict[str, SimBatch] = {}
         self.faults: list[Fault] = []
@@ -186,7 +191,14 @@ class Simulator:
                 )
             if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return _error(401, "Incorrect API key provided.", "invalid_request_error")
+        kind = self.chaos.pick() if self.chaos and request.path.startswith("/v1/") else None
+        if kind is not None and self.chaos is not None and kind in BEFORE:
+            return await self.chaos.before(kind, request)
         result: web.StreamResponse = await handler(request)
+        garble = kind is not None and isinstance(result, web.Response) and result.status == 200
+        if garble and kind is not None and self.chaos is not None:
+            assert isinstance(result, web.Response)
+            return await self.chaos.after(kind, request, result)
         return result
 
     def _take_fault(self, request: web.Request) -> Fault | None:

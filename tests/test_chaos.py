@@ -1,0 +1,110 @@
+"""The chaos run: the simulator failing 10 % of requests in every way it knows, 200
+batches of which 40 break a policy, the daemon on a 1 s interval, SIGKILLed and
+restarted three times at random moments. Nothing is cancelled twice or wrongly, the
+daemon never exits by itself, and every status change is in the audit log, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.daemons import Daemon, write_config
+from watchdog.chaos import KINDS, Chaos
+from watchdog.simulator import Simulator
+from watchdog.store import Store, create_engine, upgrade
+
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+class FreezableClock:
+    """Real time until frozen: then the simulator's batches stop changing."""
+
+    def __init__(self) -> None:
+        self.frozen: float | None = None
+
+    def __call__(self) -> float:
+        return time.time() if self.frozen is None else self.frozen
+
+
+def statuses_between(batch: Any, start: float, end: float) -> list[str]:
+    seen: list[str] = []
+    t = start
+    while t <= end:
+        status = batch.status(t)[0]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        t += 0.05
+    return seen
+
+
+def is_subsequence(needle: list[str], haystack: list[str]) -> bool:
+    it = iter(haystack)
+    return all(any(x == y for y in it) for x in needle)
+
+
+async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
+    clock = FreezableClock()
+    chaos = Chaos(rate=0.10, seed=1234, hang_seconds=30)
+    sim = Simulator(clock=clock, chaos=chaos)
+    server = await aiohttp_server(sim.app())
+    rng = random.Random(99)
+    violators = []
+    for i in range(200):
+        bad = i < 40
+        sim.add(
+            f"batch_{i:03d}",
+            model=LLAMA,
+            total=5000,
+            rate=rng.uniform(150, 300),
+            validating_for=8,
+            finalizing_for=15,
+            cancel_delay=15,
+            input_tokens=30_000 if bad else 10,
+            output_tokens=60_000 if bad else 10,
+        )
+        if bad:
+            violators.append(f"batch_{i:03d}")
+    db = f"sqlite+aiosqlite:///{tmp_path / 'chaos.db'}"
+    engine = create_engine(db)
+    await upgrade(engine)
+    store = Store(engine)
+    from watchdog.engine import utcnow
+
+    for batch_id in sim.batches:
+        await store.track("sim", batch_id, {}, utcnow())
+    config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=str(server.make_url("/v1")))
+    text = config.read_text().replace("poll_interval: 2s", "poll_interval: 1s")
+    text = text.replace(
+        "api_key_env: SIM_TOKEN", "api_key_env: SIM_TOKEN\n    timeout: 2s\n    max_retries: 2"
+    )
+    config.write_text(text + "lease_duration: 5s\n")
+    start = time.time()
+    killed: list[int] = []
+    daemon = await Daemon.start(config)
+    for _ in range(3):
+        await asyncio.sleep(rng.uniform(6, 14))
+        assert daemon.proc.returncode is None, "".join(daemon.raw[-20:])
+        await daemon.kill()
+        killed.append(daemon.proc.returncode or 0)
+        daemon = await Daemon.start(config)
+    await asyncio.sleep(max(0.0, 55 - (time.time() - start)))
+    clock.frozen = time.time()
+    await asyncio.sleep(15)  # let it see where everything ended
+    assert daemon.proc.returncode is None, "".join(daemon.raw[-20:])
+    assert await daemon.stop() == 0
+    assert killed == [-9, -9, -9]
+
+    assert all(chaos.counts.get(kind) for kind in KINDS if kind != "endless_list"), chaos.counts
+    cancels = {b: sim.calls.get(b, {}).get("cancel", 0) for b in sim.batches}
+    assert [b for b in violators if cancels[b] != 1] == []
+    assert [b for b in cancels if b not in violators and cancels[b]] == []
+
+    for batch_id, batch in sim.batches.items():
+        expected = statuses_between(batch, start, clock.frozen)
+        events = await store.list_events(batch_id)
+        recorded = [e["to_status"] for e in events if e["kind"] == "status_changed"]
+        assert is_subsequence(expected, recorded), (batch_id, expected, recorded)
+    await engine.dispose()
