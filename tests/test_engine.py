@@ -461,3 +461,63 @@ async def test_batch_without_usage_counts_or_model(harness: Harness) -> None:
     assert (await h.kinds("batch_bare")) == ["tracked", "status_changed"]
     row = await h.row("batch_bare")
     assert row["cost_usd"] is None and row["request_total"] is None
+
+
+async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> None:
+    """A provider that keeps failing opens its circuit (provider_unavailable), stops being
+    called, and the other providers are served as usual; once it answers again after the
+    back-off, provider_recovered is recorded."""
+    from pydantic import SecretStr
+
+    from watchdog.providers import Breaker, ProviderClient
+
+    h = harness
+    h.configure(policies=COST_CAP)
+    now = [0.0]
+    dead = ProviderClient(
+        "dead", base_url="http://127.0.0.1:9/v1", api_key=SecretStr("k"), max_retries=0
+    )
+    dead.breaker = Breaker(threshold=3, base=30, clock=lambda: now[0], rng=lambda: 0.0)
+    assert h.engine is not None
+    h.engine.clients = {"sim": h.client, "dead": dead}
+    h.sim.simulator.add("batch_ok", total=10, rate=0)
+    await h.track("batch_ok")
+    for i in range(5):
+        await h.store.track("dead", f"batch_d{i}", {}, h.clock.now())
+    async with dead:
+        first = await h.tick()
+        assert first.polled == 1 and first.poll_failed == 5
+        assert not dead.breaker.available
+        dead.base_url = h.sim.url  # the provider comes back…
+        for i in range(5):
+            h.sim.simulator.add(f"batch_d{i}", total=10, rate=0)
+        second = await h.tick(advance=60)
+        assert second.polled == 1  # the other provider, as usual…
+        assert h.sim.calls("batch_d0", "get") == 0  # …while this one is left alone
+        now[0] = 31
+        await h.tick(advance=60)
+    kinds = [e["kind"] for e in await h.store.list_events() if e["batch_id"] is None]
+    assert kinds == ["provider_unavailable", "provider_recovered"]
+    assert dead.breaker.available
+
+
+def test_breaker_doubles_its_back_off() -> None:
+    """Failed probes double the delay (with jitter), up to the cap."""
+    from watchdog.providers import Breaker
+
+    now = [0.0]
+    breaker = Breaker(threshold=2, base=10, cap=35, clock=lambda: now[0], rng=lambda: 0.0)
+    breaker.failure()
+    assert breaker.allow()
+    breaker.failure()
+    assert not breaker.allow() and breaker.open_until == 10
+    delays = []
+    for _ in range(3):
+        now[0] = breaker.open_until or 0
+        assert breaker.allow() and not breaker.allow()  # one probe at a time
+        start = now[0]
+        breaker.failure()
+        delays.append((breaker.open_until or 0) - start)
+    assert delays == [20, 35, 35]
+    breaker.success()
+    assert breaker.available and breaker.changes == ["unavailable", "recovered"]
