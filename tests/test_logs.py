@@ -29,3 +29,22 @@ def test_json_lines_are_redacted() -> None:
     first = json.loads(text.splitlines()[0])
     assert first["event"] == "poll_failed" and first["api_key_env"] == "DEEPINFRA_TOKEN"
     assert first["level"] == "info" and "timestamp" in first
+
+
+def test_tracebacks_render_no_locals() -> None:
+    """An exception logged with its traceback shows no local variables (a key in one)."""
+    stream = io.StringIO()
+    logs.configure("info", "json", stream)
+    log = structlog.get_logger("t")
+
+    def fail(api_token: str) -> None:
+        header = {"Authorization": f"Bearer {api_token}"}
+        raise RuntimeError(f"failed with {len(header)} header")
+
+    try:
+        fail("sk-local-0123456789")
+    except RuntimeError:
+        log.exception("poll_crashed")
+    text = stream.getvalue()
+    assert "poll_crashed" in text and "RuntimeError" in text
+    assert "sk-local-0123456789" not in text

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import Sim
+from tests.conftest import API_KEY, Sim
 from tests.daemons import Daemon, write_config
 from tests.databases import allow_connections, fresh_postgres, terminate_backends
 
@@ -100,6 +100,7 @@ async def test_endpoints_and_readyz_when_the_database_goes(tmp_path: Path, sim: 
                 "watchdog_tracked_cost_usd",
             ):
                 assert name in metrics, name
+            assert API_KEY not in metrics and API_KEY not in "".join(daemon.raw)
             database = make_url(url).database
             await terminate_backends(database, refuse_new=True)
             status, reason = await endpoint(port, "/readyz")
