@@ -100,7 +100,7 @@ BAD = [
     ("providers:\n  p: {base_url: ftp://x}\n", "providers.p.base_url"),
     (
         "providers:\n  p: {base_url: https://x, api_kye_env: K}\n",
-        "providers.p.api_kye_env: unknown key; valid keys: api_key_env, api_key_file, base_url",
+        "providers.p.api_kye_env: unknown key; valid keys: allow_insecure_http, api_key_env",
     ),
     (
         "policies:\n  - {when: {age_above: 1h}, action: cancel}\n",
