@@ -26,14 +26,22 @@ AFTER = (
     "endless_list",
 )
 KINDS = BEFORE + AFTER
+ROUTES = ("get", "cancel", "list", "create")
+
+
+def route_of(request: web.Request) -> str:
+    if request.method == "POST":
+        return "cancel" if request.path.endswith("/cancel") else "create"
+    return "list" if request.path.rstrip("/").endswith("/batches") else "get"
 
 
 @dataclass(slots=True)
 class Chaos:
-    """Each request to a batch route fails with probability ``rate``, in one of ``kinds``."""
+    """Each request to one of ``routes`` fails with probability ``rate``, in one of ``kinds``."""
 
     rate: float = 0.1
     kinds: tuple[str, ...] = KINDS
+    routes: tuple[str, ...] = ROUTES
     seed: int | None = None
     hang_seconds: float = 30.0
     counts: dict[str, int] = field(default_factory=dict)
@@ -43,10 +51,12 @@ class Chaos:
         unknown = set(self.kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown fault kinds {sorted(unknown)}; valid: {', '.join(KINDS)}")
+        if set(self.routes) - set(ROUTES):
+            raise ValueError(f"unknown routes {self.routes}; valid: {', '.join(ROUTES)}")
         self._rng = random.Random(self.seed)
 
-    def pick(self) -> str | None:
-        if self._rng.random() >= self.rate:
+    def pick(self, request: web.Request) -> str | None:
+        if route_of(request) not in self.routes or self._rng.random() >= self.rate:
             return None
         kind = self._rng.choice(self.kinds)
         self.counts[kind] = self.counts.get(kind, 0) + 1

@@ -191,7 +191,7 @@ class Simulator:
                 )
             if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
                 return _error(401, "Incorrect API key provided.", "invalid_request_error")
-        kind = self.chaos.pick() if self.chaos and request.path.startswith("/v1/") else None
+        kind = self.chaos.pick(request) if self.chaos and request.path.startswith("/v1/") else None
         if kind is not None and self.chaos is not None and kind in BEFORE:
             return await self.chaos.before(kind, request)
         result: web.StreamResponse = await handler(request)
