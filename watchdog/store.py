@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,18 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, func, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    Connection,
+    Update,
+    bindparam,
+    event,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -248,6 +260,17 @@ def _tracked(row: Mapping[Any, Any]) -> Tracked:
     )
 
 
+@lru_cache(maxsize=64)
+def _bulk_update(columns: tuple[str, ...]) -> Update:
+    """One UPDATE for every row that sets these columns (an executemany)."""
+    c = batches.c
+    return (
+        update(batches)
+        .where(c.provider == bindparam("k_provider"), c.batch_id == bindparam("k_batch_id"))
+        .values({name: bindparam(f"v_{name}", type_=c[name].type) for name in columns})
+    )
+
+
 def _event_row(item: Event) -> dict[str, Any]:
     return {
         "at": item.at,
@@ -323,26 +346,39 @@ class Store:
     async def apply(
         self, updates: Sequence[RowUpdate], events: Iterable[Event], *, owner: str | None = None
     ) -> set[tuple[str, str]]:
-        """Write row changes and their events in one transaction. With ``owner``, a row is
-        written only while this owner still holds its lease (a fence against a replica
-        whose lease ran out); events of rows not written are dropped. Returns the keys written.
-        """
-        c = batches.c
-        written: set[tuple[str, str]] = set()
+        """Write row changes and their events in one transaction, rows with the same columns
+        in one executemany. With ``owner``, only rows this owner still leases are written (a
+        fence against a replica whose lease ran out), and the events of the others dropped.
+        Returns the keys written."""
+        wanted = [u for u in updates if u.values]
         async with self.engine.begin() as conn:
-            for change in updates:
-                if not change.values:
-                    continue
-                where = (c.provider == change.provider) & (c.batch_id == change.batch_id)
-                if owner is not None:
-                    where &= c.lease_owner == owner
-                result = await conn.execute(update(batches).where(where).values(**change.values))
-                if result.rowcount:
-                    written.add((change.provider, change.batch_id))
-            lost = {(u.provider, u.batch_id) for u in updates if u.values} - written
+            written = await self._held(conn, wanted, owner)
+            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+            for change in wanted:
+                if (change.provider, change.batch_id) in written:
+                    params = {f"v_{k}": v for k, v in change.values.items()}
+                    params |= {"k_provider": change.provider, "k_batch_id": change.batch_id}
+                    groups.setdefault(tuple(sorted(change.values)), []).append(params)
+            for columns, rows in groups.items():
+                await conn.execute(_bulk_update(columns), rows)
+            lost = {(u.provider, u.batch_id) for u in wanted} - written
             kept = [e for e in events if (e.provider, e.batch_id) not in lost]
             await self._insert_events(conn, kept)
         return written
+
+    async def _held(
+        self, conn: AsyncConnection, wanted: Sequence[RowUpdate], owner: str | None
+    ) -> set[tuple[str, str]]:
+        keys = {(u.provider, u.batch_id) for u in wanted}
+        if owner is None or not keys:
+            return keys
+        c = batches.c
+        query = (
+            select(c.provider, c.batch_id)
+            .where(c.lease_owner == owner, tuple_(c.provider, c.batch_id).in_(list(keys)))
+            .with_for_update()  # nobody takes them over before this transaction commits
+        )
+        return {(p, b) for p, b in await conn.execute(query)}
 
     async def _insert_events(self, conn: AsyncConnection, events: list[Event]) -> None:
         if events:

@@ -1,0 +1,1 @@
+"""Benchmarks: figures printed and recorded in BENCHMARKS.md, never asserted in tests."""
