@@ -83,11 +83,16 @@ class Daemon:
         return [e for e in self.events if e.get("event") == "tick_completed"]
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                if self.proc.returncode is not None:
-                    raise AssertionError("daemon exited:\n" + "".join(self.raw[-20:]))
-                await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    if self.proc.returncode is not None:
+                        raise AssertionError("daemon exited:\n" + "".join(self.raw[-20:]))
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(
+                f"not within {timeout}s; last lines:\n" + "".join(self.raw[-30:])
+            ) from None
 
     async def stop(self, timeout: float = 30.0) -> int:
         if self.proc.returncode is None:
