@@ -401,6 +401,7 @@ class Engine:
                 "counts_changed",
                 from_status=old.status,
                 to_status=new.status,
+                level="debug",  # recorded on every poll of a running batch: not news
                 before=before,
                 after=asdict(new.counts),
             )
