@@ -133,7 +133,24 @@ async def watchdog_pass(url: str, n: int, concurrency: int) -> dict[str, Any]:
         "rows_written": rows["rows"],
         "write_statements": rows["statements"],
         "idle_tick_ms": round(idle_ms, 2),
+        "http_requests": await simulator_requests(url),
     }
+
+
+async def simulator_requests(url: str) -> dict[str, int]:
+    """GETs, list pages and cancels the simulator answered (the bulk refresh's figure)."""
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url.removesuffix("/v1") + "/_sim/calls") as resp,
+    ):
+        calls = await resp.json()
+    totals: dict[str, int] = {}
+    for counts in calls.values():
+        for kind, n in counts.items():
+            totals[kind] = totals.get(kind, 0) + n
+    return totals
 
 
 def violates(b: Any, now: float) -> bool:

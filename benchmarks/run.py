@@ -96,7 +96,8 @@ def main() -> None:
         w = results["watchdog"]
         print(
             f"\nwatchdog: {w['rows_written']} rows written in {w['write_statements']} "
-            f"statements per pass of {args.batches}; idle tick {w['idle_tick_ms']} ms"
+            f"statements per pass of {args.batches}; HTTP requests {w['http_requests']}; "
+            f"idle tick {w['idle_tick_ms']} ms"
         )
     print(
         f"idle tick with {idle['tracked']} tracked batches: {idle['idle_tick_ms']} ms "

@@ -23,6 +23,7 @@ poll_interval: 2s
 safety: {{max_cancels_per_tick: 1000, max_cancels_per_hour: 100000}}
 log_format: json
 http: {{port: 0}}
+bulk_refresh_at: 0  # these tests watch per-batch GETs
 providers:
   sim:
     base_url: {sim_url}

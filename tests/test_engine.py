@@ -521,3 +521,40 @@ def test_breaker_doubles_its_back_off() -> None:
     assert delays == [20, 35, 35]
     breaker.success()
     assert breaker.available and breaker.changes == ["unavailable", "recovered"]
+
+
+async def test_bulk_refresh_reads_pages_not_single_batches(harness: Harness) -> None:
+    """With many batches of one provider due, a tick reads them 100 a page from the list
+    endpoint; a batch the pages do not show gets its own GET."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    assert h.engine is not None
+    h.engine.bulk_threshold = 100
+    ids = [f"batch_{i:03d}" for i in range(250)]
+    for i, batch_id in enumerate(ids):
+        h.sim.simulator.add(batch_id, total=10, rate=0, age=1000 + i)
+    await h.track(*ids, "batch_unlisted")  # unknown to the provider: a single GET, a 404
+    first = await h.tick()
+    assert first.polled == 250 and first.poll_failed == 1
+    assert h.sim.calls("(list)", "list") == 3
+    assert sum(h.sim.calls(i, "get") for i in ids) == 0
+    second = await h.tick(advance=60)
+    assert second.polled == 250 and h.sim.calls("(list)", "list") == 6
+
+
+async def test_bulk_refresh_survives_an_endless_list(harness: Harness) -> None:
+    """A list whose has_more never turns false is cut short; nothing is lost."""
+    from watchdog.chaos import Chaos
+
+    h = harness
+    h.configure(policies=COST_CAP)
+    assert h.engine is not None
+    h.engine.bulk_threshold = 100
+    h.sim.simulator.chaos = Chaos(rate=1.0, kinds=("endless_list",), routes=("list",))
+    ids = [f"batch_{i:03d}" for i in range(150)]
+    for batch_id in ids:
+        h.sim.simulator.add(batch_id, total=10, rate=0)
+    await h.track(*ids)
+    summary = await h.tick()
+    assert summary.polled == 150
+    assert h.sim.calls("(list)", "list") <= 150 // 100 + 20

@@ -141,6 +141,7 @@ async def open_daemon(
                     lease=settings.lease_duration,
                     metrics=metrics,
                     on_events=webhooks.submit if webhooks.hooks else None,
+                    bulk_threshold=settings.bulk_refresh_at,
                 )
                 try:
                     yield Daemon(settings, store, engine)

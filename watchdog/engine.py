@@ -37,6 +37,11 @@ from watchdog.store import Event, RowUpdate, Store, Tracked, wire_columns
 log = structlog.get_logger("watchdog.engine")
 
 
+def _older(batch: BatchObject, than: datetime | None) -> bool:
+    """Created before ``than``: the list (newest first) is past every due batch."""
+    return than is not None and batch.created_at is not None and batch.created_at < than.timestamp()
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -127,6 +132,7 @@ class Engine:
         lease: timedelta = timedelta(minutes=5),
         metrics: Metrics | None = None,
         on_events: Callable[[list[Event]], None] | None = None,
+        bulk_threshold: int = 200,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -138,6 +144,8 @@ class Engine:
         self.lease = lease
         self.metrics = metrics or Metrics()
         self.on_events = on_events
+        self.bulk_threshold = bulk_threshold
+        self._prefetched: dict[tuple[str, str], BatchObject] = {}
         self.last_summary: TickSummary | None = None
         self._next_rules: Rules | None = None
 
@@ -153,13 +161,18 @@ class Engine:
         summary = TickSummary()
         gate = await open_gate(self.store, self.rules.safety, self.clock())
         self.metrics.safety_tripped.set(gate.alert_only is not None)
-        while True:
-            claimed = await self.store.claim_due(self.clock(), self.owner, self.lease, self.chunk)
-            summary.claimed += len(claimed)
-            if claimed:
-                gate = await self._process(claimed, summary, gate)
-            if len(claimed) < self.chunk:
-                break
+        self._prefetched = await self._bulk_refresh()
+        try:
+            while True:
+                now = self.clock()
+                claimed = await self.store.claim_due(now, self.owner, self.lease, self.chunk)
+                summary.claimed += len(claimed)
+                if claimed:
+                    gate = await self._process(claimed, summary, gate)
+                if len(claimed) < self.chunk:
+                    break
+        finally:
+            self._prefetched = {}
         await self._provider_changes()
         elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
         log.info(
@@ -261,8 +274,47 @@ class Engine:
                     note="results dropped; the batch is another replica's now",
                 )
 
+    async def _bulk_refresh(self) -> dict[tuple[str, str], BatchObject]:
+        """When many batches of one provider are due, read them from the list endpoint,
+        100 a page, instead of one GET each; the ones the pages miss are fetched singly."""
+        found: dict[tuple[str, str], BatchObject] = {}
+        if not self.bulk_threshold:
+            return {}
+        due = await self.store.due_by_provider(self.clock(), at_least=self.bulk_threshold)
+        for provider, (count, oldest) in due.items():
+            client = self.clients.get(provider)
+            if client is None or not self.bulk_threshold or count < self.bulk_threshold:
+                continue
+            listed = await self._list_recent(client, oldest, count)
+            found.update({(provider, b.id): b for b in listed})
+            log.debug("bulk_refreshed", provider=provider, due=count, listed=len(listed))
+        return found
+
+    async def _list_recent(
+        self, client: ProviderClient, oldest: datetime | None, due: int
+    ) -> list[BatchObject]:
+        """Pages newest first until past the oldest due batch's creation. A provider whose
+        ``has_more`` never ends, or whose cursor does not move, is cut short."""
+        listed: dict[str, BatchObject] = {}
+        after = None
+        for _ in range(due // 100 + 20):
+            try:
+                page = await client.list(limit=100, after=after)
+            except (ProviderError, InvalidBatchId) as exc:
+                log.warning("bulk_refresh_stopped", provider=client.name, error=str(exc)[:200])
+                break
+            fresh = [b for b in page.data if b.id not in listed]
+            listed.update((b.id, b) for b in fresh)
+            if not fresh or not page.has_more or _older(fresh[-1], oldest):
+                break
+            after = fresh[-1].id
+        return list(listed.values())
+
     async def _fetch(self, tracked: Tracked) -> BatchObject | ProviderError:
         provider, batch_id = tracked.key
+        prefetched = self._prefetched.get(tracked.key)
+        if prefetched is not None:
+            return prefetched
         client = self.clients.get(provider)
         if client is None:
             return PermanentError(f"provider {provider!r} is not configured")

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
         default=timedelta(minutes=5),
         description="how long a claimed batch stays a replica's; a dead one's come back after it",
     )
+    bulk_refresh_at: int = Field(
+        default=200,
+        ge=0,
+        description="page the list endpoint once this many batches of a provider are due "
+        "(0: always single GETs)",
+    )
     shutdown_timeout: Duration = Field(
         default=timedelta(seconds=30), description="how long SIGTERM waits for a tick in flight"
     )

@@ -251,6 +251,7 @@ class Simulator:
             limit = min(max(int(request.query.get("limit", "20")), 1), 100)
         except ValueError:
             return _error(400, "limit must be an integer", "invalid_request_error")
+        self.calls["(list)"]["list"] += 1
         ordered = sorted(self.batches.values(), key=lambda b: (-b.created_at, b.id))
         after = request.query.get("after")
         if after is not None:

@@ -19,6 +19,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Update,
     bindparam,
@@ -260,6 +261,16 @@ def _tracked(row: Mapping[Any, Any]) -> Tracked:
     )
 
 
+def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Due: not terminal, its poll time has come, and nobody holds a lease on it."""
+    c = batches.c
+    return (
+        or_(c.next_poll_at.is_(None), c.next_poll_at <= now),
+        or_(c.status.is_(None), c.status.not_in(TERMINAL)),
+        or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
+    )
+
+
 @lru_cache(maxsize=64)
 def _bulk_update(columns: tuple[str, ...]) -> Update:
     """One UPDATE for every row that sets these columns (an executemany)."""
@@ -324,11 +335,7 @@ class Store:
         c = batches.c
         due = (
             select(c.provider, c.batch_id)
-            .where(
-                or_(c.status.is_(None), c.status.not_in(TERMINAL)),
-                or_(c.next_poll_at.is_(None), c.next_poll_at <= now),
-                or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
-            )
+            .where(*_due(now))
             # No ORDER BY: every due row is taken within the tick anyway, and without it
             # both databases answer from the next_poll_at index (an OR of two lookups)
             # instead of walking it whole — what keeps an idle tick cheap.
@@ -344,6 +351,27 @@ class Store:
         async with self.engine.begin() as conn:
             rows = (await conn.execute(claim)).mappings().all()
         return [_tracked(row) for row in rows]
+
+    async def due_by_provider(
+        self, now: datetime, at_least: int = 1
+    ) -> dict[str, tuple[int, datetime | None]]:
+        """For each provider: how many batches are due now, and the oldest one's creation;
+        empty when fewer than ``at_least`` are due in all (checked first, cheaply, through
+        the next_poll_at index, so an idle tick stays idle)."""
+        c = batches.c
+        enough = select(c.batch_id).where(*_due(now)).limit(at_least).subquery()
+        query = (
+            select(c.provider, func.count(), func.min(c.created_at))
+            .where(*_due(now))
+            .group_by(c.provider)
+        )
+        async with self.engine.connect() as conn:
+            if (
+                await conn.execute(select(func.count()).select_from(enough))
+            ).scalar_one() < at_least:
+                return {}
+            rows = (await conn.execute(query)).all()
+        return {p: (int(n), oldest) for p, n, oldest in rows}
 
     async def apply(
         self, updates: Sequence[RowUpdate], events: Iterable[Event], *, owner: str | None = None
