@@ -558,3 +558,32 @@ async def test_bulk_refresh_survives_an_endless_list(harness: Harness) -> None:
     summary = await h.tick()
     assert summary.polled == 150
     assert h.sim.calls("(list)", "list") <= 150 // 100 + 20
+
+
+async def test_adaptive_polling_comes_back_as_the_cap_is_passed(harness: Harness) -> None:
+    """Spending $0.30 a minute with 10-minute polls: at $4 the next poll comes as the $5
+    cap is passed (about 200 s later), not a whole interval later."""
+    h = harness
+    h.configure(policies=COST_CAP, poll_interval="10m")
+    # $0.002 a request, 2.5 requests a second; 500 requests done at the first poll.
+    h.sim.simulator.add(
+        "batch_x",
+        model=LLAMA,
+        total=100_000,
+        rate=2.5,
+        age=200,
+        input_tokens=40_000,
+        output_tokens=16_000,
+    )
+    await h.track("batch_x")
+    await h.tick()  # $1.00, no history yet: the regular interval
+    row = await h.row("batch_x")
+    assert 590 <= (row["next_poll_at"] - h.clock.now()).total_seconds() <= 600
+    await h.tick(advance=600)  # $4.00 at $0.30 a minute: the cap is 200 s away
+    row = await h.row("batch_x")
+    wait = (row["next_poll_at"] - h.clock.now()).total_seconds()
+    assert 200 <= wait <= 202, wait
+    await h.tick(advance=wait)
+    cost = (await h.row("batch_x"))["cost_usd"]
+    assert 5 < cost <= 5.02, cost  # a second of spend past the cap
+    assert h.sim.calls("batch_x", "cancel") == 1

@@ -79,3 +79,23 @@ def test_bad_globs_are_refused(glob: str) -> None:
     """An unclosed bracket is a config error, not a silent never-match."""
     with pytest.raises(ValueError, match="bad glob"):
         Price(model=glob, input=Decimal(1), output=Decimal(1))
+
+
+@pytest.mark.parametrize(
+    ("cost", "previous", "elapsed", "caps", "expected"),
+    [
+        (4.0, 3.0, 60, [5.0], 60.0),  # $1 a minute, $1 to go
+        (4.5, 3.0, 60, [5.0, 10.0], 20.0),
+        (4.0, 4.0, 60, [5.0], None),  # not growing
+        (6.0, 3.0, 60, [5.0], None),  # already past every cap
+        (4.0, 3.0, 0, [5.0], None),
+        (4.0, 3.0, 60, [], None),
+    ],
+)
+def test_seconds_to_cross(
+    cost: float, previous: float, elapsed: float, caps: list[float], expected: float | None
+) -> None:
+    """Adaptive polling's arithmetic: when the spend rate takes the cost past a cap."""
+    from watchdog.pricing import seconds_to_cross
+
+    assert seconds_to_cross(cost, previous, elapsed, caps) == expected

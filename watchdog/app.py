@@ -142,6 +142,7 @@ async def open_daemon(
                     metrics=metrics,
                     on_events=webhooks.submit if webhooks.hooks else None,
                     bulk_threshold=settings.bulk_refresh_at,
+                    adaptive=settings.adaptive_polling,
                 )
                 try:
                     yield Daemon(settings, store, engine)

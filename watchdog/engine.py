@@ -28,13 +28,16 @@ from watchdog.models import (
     view_of,
 )
 from watchdog.policies import Facts, History, Policy, Verdict, evaluate
-from watchdog.pricing import Price, batch_cost, projected_cost
+from watchdog.pricing import Price, batch_cost, projected_cost, seconds_to_cross
 from watchdog.providers import CancelRefused, PermanentError, ProviderClient, ProviderError
 from watchdog.safety import Gate, open_gate, trip
 from watchdog.settings import SafetySettings
 from watchdog.store import Event, RowUpdate, Store, Tracked, wire_columns
 
 log = structlog.get_logger("watchdog.engine")
+
+
+ADAPTIVE_MARGIN = timedelta(seconds=1)
 
 
 def _older(batch: BatchObject, than: datetime | None) -> bool:
@@ -133,6 +136,7 @@ class Engine:
         metrics: Metrics | None = None,
         on_events: Callable[[list[Event]], None] | None = None,
         bulk_threshold: int = 200,
+        adaptive: bool = True,
     ) -> None:
         self.store = store
         self.clients = clients
@@ -145,6 +149,7 @@ class Engine:
         self.metrics = metrics or Metrics()
         self.on_events = on_events
         self.bulk_threshold = bulk_threshold
+        self.adaptive = adaptive
         self._prefetched: dict[tuple[str, str], BatchObject] = {}
         self.last_summary: TickSummary | None = None
         self._next_rules: Rules | None = None
@@ -330,11 +335,41 @@ class Engine:
             log.exception("poll_crashed", batch_id=batch_id, provider=provider)
             return PermanentError(f"internal error: {type(exc).__name__}")
 
-    def _schedule(self, now: datetime, status: str | None) -> dict[str, Any]:
+    def _crossing(
+        self, tracked: Tracked, view: BatchView, cost: Decimal | None, now: datetime
+    ) -> timedelta | None:
+        """Adaptive polling: how soon, at the spend rate since the last poll, this batch's
+        cost will pass the cap of a cancel policy that applies to it."""
+        if not self.adaptive or cost is None or tracked.cost_usd is None:
+            return None
+        if tracked.last_polled_at is None:
+            return None
+        caps = [
+            float(p.when.cost_usd_above)
+            for p in self.rules.policies
+            if p.action == "cancel"
+            and p.when.cost_usd_above is not None
+            and view.status in p.when.statuses
+            and p.match.matches(view)
+        ]
+        elapsed = (now - tracked.last_polled_at).total_seconds()
+        seconds = seconds_to_cross(float(cost), tracked.cost_usd, elapsed, caps)
+        return None if seconds is None else timedelta(seconds=seconds)
+
+    def _schedule(
+        self, now: datetime, status: str | None, crossing: timedelta | None = None
+    ) -> dict[str, Any]:
         # A little slack so the next tick, which may fire a hair early, finds it due.
         interval = self.poll_interval
         if status == CANCELLING:  # follow a cancel through more closely
             interval = min(interval, self.rules.safety.cancel_poll_interval)
+        if crossing is not None and crossing < interval:
+            # Come back just as the cost passes a cap, not a whole interval later.
+            return {
+                "next_poll_at": now + crossing + ADAPTIVE_MARGIN,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            }
         slack = min(interval / 10, timedelta(seconds=5))
         next_poll = None if status in TERMINAL else now + interval - slack
         return {"next_poll_at": next_poll, "lease_owner": None, "lease_expires_at": None}
@@ -358,7 +393,7 @@ class Engine:
             last_polled_at=now,
             poll_failures=0,
             last_error=None,
-            **self._schedule(now, view.status),
+            **self._schedule(now, view.status, self._crossing(tracked, view, cost, now)),
         )
         progress_at = self._progress_at(tracked, view, now)
         update.values["progress_at"] = progress_at

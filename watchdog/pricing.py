@@ -74,6 +74,18 @@ def batch_cost(
     return cost_usd(tokens, price)
 
 
+def seconds_to_cross(
+    cost: float, previous: float, elapsed: float, thresholds: Sequence[float]
+) -> float | None:
+    """At the spend rate seen between two polls, seconds until the cost passes the lowest
+    threshold still ahead of it; None when it is not growing or nothing is ahead."""
+    rate = (cost - previous) / elapsed if elapsed > 0 else 0.0
+    ahead = [t for t in thresholds if t >= cost]
+    if rate <= 0 or not ahead:
+        return None
+    return (min(ahead) - cost) / rate
+
+
 def projected_cost(
     cost: Decimal | None, counts: Counts | None, min_requests: int
 ) -> Decimal | None:

@@ -141,6 +141,10 @@ class Settings(BaseSettings):
         default=timedelta(minutes=5),
         description="how long a claimed batch stays a replica's; a dead one's come back after it",
     )
+    adaptive_polling: bool = Field(
+        default=True,
+        description="poll a batch again just as its spend passes a cost cap, not an interval later",
+    )
     bulk_refresh_at: int = Field(
         default=200,
         ge=0,
