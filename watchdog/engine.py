@@ -469,7 +469,8 @@ class Engine:
     ) -> BatchView:
         """Store the wire fields; record status and count changes against what was known."""
         old, new = tracked.view, view_of(tracked.view.provider, batch)
-        update.values.update(wire_columns(batch))
+        if new != old:  # an unchanged batch costs only its bookkeeping columns
+            update.values.update(wire_columns(batch))
         if new.status != old.status:
             unknown = is_unknown_status(new.status)
             detail: dict[str, Any] = {"unknown_status": True} if unknown else {}
