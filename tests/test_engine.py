@@ -587,3 +587,21 @@ async def test_adaptive_polling_comes_back_as_the_cap_is_passed(harness: Harness
     cost = (await h.row("batch_x"))["cost_usd"]
     assert 5 < cost <= 5.02, cost  # a second of spend past the cap
     assert h.sim.calls("batch_x", "cancel") == 1
+
+
+async def test_adaptive_polling_for_clock_driven_limits(harness: Harness) -> None:
+    """A batch 40 minutes from expiry under `expires_within: 30m` is polled again when it
+    enters the last 30 minutes, not an hour later."""
+    h = harness
+    h.configure(
+        poll_interval="1h",
+        policies=[{"name": "late", "action": "cancel", "when": {"expires_within": "30m"}}],
+    )
+    h.sim.simulator.add("batch_late", model=LLAMA, total=100_000, rate=1.0, age=86_400 - 2_400)
+    await h.track("batch_late")
+    await h.tick()
+    row = await h.row("batch_late")
+    wait = (row["next_poll_at"] - h.clock.now()).total_seconds()
+    assert 600 <= wait <= 602, wait
+    await h.tick(advance=wait)
+    assert h.sim.calls("batch_late", "cancel") == 1

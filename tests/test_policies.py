@@ -212,3 +212,16 @@ def test_wilson_lower_bound(
     from watchdog.policies import wilson_lower
 
     assert low <= wilson_lower(failed, finished, confidence) <= high
+
+
+def test_time_triggers() -> None:
+    """When age_above and expires_within start to hold, for adaptive polling."""
+    from watchdog.policies import time_triggers
+
+    p = policy({"age_above": "2h", "expires_within": "1h"})
+    v = view()
+    assert time_triggers(p, v) == [
+        v.created_at + timedelta(hours=2),
+        v.expires_at - timedelta(hours=1),
+    ]  # type: ignore[operator]
+    assert time_triggers(policy({"cost_usd_above": 1}), v) == []

@@ -27,7 +27,7 @@ from watchdog.models import (
     validate_batch_id,
     view_of,
 )
-from watchdog.policies import Facts, History, Policy, Verdict, evaluate
+from watchdog.policies import Facts, History, Policy, Verdict, evaluate, time_triggers
 from watchdog.pricing import Price, batch_cost, projected_cost, seconds_to_cross
 from watchdog.providers import CancelRefused, PermanentError, ProviderClient, ProviderError
 from watchdog.safety import Gate, open_gate, trip
@@ -338,23 +338,24 @@ class Engine:
     def _crossing(
         self, tracked: Tracked, view: BatchView, cost: Decimal | None, now: datetime
     ) -> timedelta | None:
-        """Adaptive polling: how soon, at the spend rate since the last poll, this batch's
-        cost will pass the cap of a cancel policy that applies to it."""
-        if not self.adaptive or cost is None or tracked.cost_usd is None:
+        """Adaptive polling: how soon a cancel policy that applies to this batch may start
+        to hold — its cost passing a cap at the spend rate since the last poll, or its age
+        or time to expiry crossing a limit."""
+        if not self.adaptive:
             return None
-        if tracked.last_polled_at is None:
-            return None
-        caps = [
-            float(p.when.cost_usd_above)
+        policies = [
+            p
             for p in self.rules.policies
-            if p.action == "cancel"
-            and p.when.cost_usd_above is not None
-            and view.status in p.when.statuses
-            and p.match.matches(view)
+            if p.action == "cancel" and view.status in p.when.statuses and p.match.matches(view)
         ]
-        elapsed = (now - tracked.last_polled_at).total_seconds()
-        seconds = seconds_to_cross(float(cost), tracked.cost_usd, elapsed, caps)
-        return None if seconds is None else timedelta(seconds=seconds)
+        soonest = [at - now for p in policies for at in time_triggers(p, view) if at > now]
+        caps = [float(p.when.cost_usd_above) for p in policies if p.when.cost_usd_above is not None]
+        if cost is not None and tracked.cost_usd is not None and tracked.last_polled_at:
+            elapsed = (now - tracked.last_polled_at).total_seconds()
+            seconds = seconds_to_cross(float(cost), tracked.cost_usd, elapsed, caps)
+            if seconds is not None:
+                soonest.append(timedelta(seconds=seconds))
+        return min(soonest, default=None)
 
     def _schedule(
         self, now: datetime, status: str | None, crossing: timedelta | None = None

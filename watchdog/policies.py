@@ -268,6 +268,17 @@ def evaluate(
     return Evaluation(verdict, clocks)
 
 
+def time_triggers(policy: Policy, view: BatchView) -> list[datetime]:
+    """The moments at which this policy's clock-driven conditions start to hold for the
+    batch (``age_above``, ``expires_within``): adaptive polling comes back then."""
+    when, moments = policy.when, []
+    if when.age_above is not None and view.created_at is not None:
+        moments.append(view.created_at + when.age_above)
+    if when.expires_within is not None and view.expires_at is not None:
+        moments.append(view.expires_at - when.expires_within)
+    return moments
+
+
 def describe(policy: Policy) -> str:
     """One line saying what a policy does, as ``check-config`` prints it."""
     when = policy.when.model_dump(exclude_none=True, mode="json")
