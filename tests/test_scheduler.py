@@ -44,3 +44,24 @@ async def test_stop_drains_the_tick_in_flight() -> None:
 
     await asyncio.wait_for(TickLoop(tick, timedelta(seconds=60)).run(stop), timeout=10)
     assert finished.is_set()
+
+
+async def test_an_early_tick_comes_for_a_batch_due_before_the_next_regular_one() -> None:
+    """Adaptive polling: when something is due before the next regular tick, the loop
+    wakes for it instead of waiting the whole interval."""
+    from datetime import UTC, datetime
+
+    stop = asyncio.Event()
+    started: list[datetime] = []
+
+    async def tick() -> None:
+        started.append(datetime.now(UTC))
+        if len(started) == 2:
+            stop.set()
+
+    async def next_due() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=0.3)
+
+    loop = TickLoop(tick, timedelta(seconds=60), next_due=next_due)
+    await asyncio.wait_for(loop.run(stop), timeout=10)
+    assert (started[1] - started[0]).total_seconds() < 5

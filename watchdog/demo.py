@@ -135,7 +135,12 @@ async def _demo_daemon(settings: Any, sim: Simulator, duration: float) -> list[d
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         watcher = asyncio.create_task(_until_settled(daemon.store, stop, duration))
-        await TickLoop(daemon.engine.tick, settings.poll_interval).run(stop)
+        loop_ = TickLoop(
+            daemon.engine.tick,
+            settings.poll_interval,
+            next_due=daemon.store.next_due if settings.adaptive_polling else None,
+        )
+        await loop_.run(stop)
         watcher.cancel()
         return await daemon.store.list_batches()
 

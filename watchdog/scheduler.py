@@ -29,12 +29,15 @@ class TickLoop:
         *,
         on_tick: Callable[[bool, float], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
+        next_due: Callable[[], Awaitable[datetime | None]] | None = None,
     ) -> None:
         self._tick = tick
         self._interval = interval
         self._on_tick = on_tick
         self._clock = clock
         self._inflight: asyncio.Task[Any] | None = None
+        self._next_due = next_due
+        self._scheduler: AsyncIOScheduler | None = None
         self.started_at = clock()
         self.last_tick_started: datetime | None = None
         self.last_tick_finished: datetime | None = None
@@ -49,6 +52,8 @@ class TickLoop:
         return now - last <= window
 
     async def _guarded(self) -> None:
+        if self._inflight is not None:  # the regular and an early tick met: one is enough
+            return
         self._inflight = asyncio.current_task()
         self.last_tick_started = self._clock()
         ok = True
@@ -69,6 +74,29 @@ class TickLoop:
         if self._on_tick is not None:
             elapsed = (self.last_tick_finished - self.last_tick_started).total_seconds()
             self._on_tick(ok, elapsed)
+        await self._plan_early_tick()
+
+    async def _plan_early_tick(self) -> None:
+        """Adaptive polling sets some batches due before the next regular tick: wake up
+        for them then, rather than a whole interval later."""
+        if self._next_due is None or self._scheduler is None:
+            return
+        try:
+            due = await self._next_due()
+        except Exception:  # no early tick this time; the regular one still comes
+            return
+        now = self._clock()
+        regular = self._scheduler.get_job("tick")
+        if due is None or regular is None or regular.next_run_time is None:
+            return
+        if due < regular.next_run_time - timedelta(seconds=0.5):
+            self._scheduler.add_job(
+                self._guarded,
+                "date",
+                run_date=max(due, now),
+                id="early-tick",
+                replace_existing=True,
+            )
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 30.0) -> None:
         seconds = self._interval.total_seconds()
@@ -84,6 +112,7 @@ class TickLoop:
             self._guarded, "interval", seconds=seconds, id="tick", next_run_time=utcnow()
         )
         scheduler.start()
+        self._scheduler = scheduler
         try:
             await stop.wait()
         finally:

@@ -53,7 +53,12 @@ class Service:
         self.make_rules = make_rules
         self.notifier = notifier or Notifier()
         self.stop = asyncio.Event()
-        self.ticks = TickLoop(engine.tick, settings.poll_interval, on_tick=self._ticked)
+        self.ticks = TickLoop(
+            engine.tick,
+            settings.poll_interval,
+            on_tick=self._ticked,
+            next_due=store.next_due if settings.adaptive_polling else None,
+        )
         self.health = HealthServer(
             alive=self.ticks.alive, ready=self._ready, metrics=metrics, refresh=self._refresh
         )

@@ -352,6 +352,17 @@ class Store:
             rows = (await conn.execute(claim)).mappings().all()
         return [_tracked(row) for row in rows]
 
+    async def next_due(self) -> datetime | None:
+        """The earliest next_poll_at of a batch still to be polled (None: none, or one
+        is due now)."""
+        c = batches.c
+        query = select(func.min(c.next_poll_at)).where(
+            or_(c.status.is_(None), c.status.not_in(TERMINAL))
+        )
+        async with self.engine.connect() as conn:
+            when: datetime | None = (await conn.execute(query)).scalar()
+        return when
+
     async def due_by_provider(
         self, now: datetime, at_least: int = 1
     ) -> dict[str, tuple[int, datetime | None]]:
