@@ -19,24 +19,17 @@ from sqlalchemy.engine import make_url
 from tests.daemons import Daemon, write_config
 from tests.databases import fresh_postgres, terminate_backends
 from watchdog.simulator import Simulator
-from watchdog.store import Store, create_engine, upgrade
+from watchdog.store import Store
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 INTERVAL = 2.0
 
 
 @pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
+async def db_url() -> AsyncIterator[str]:
+    """Several daemons on one database: PostgreSQL only (the conftest store migrates it)."""
     async with fresh_postgres() as url:
         yield url
-
-
-@pytest.fixture
-async def pg_store(pg_url: str) -> AsyncIterator[Store]:
-    engine = create_engine(pg_url)
-    await upgrade(engine)
-    yield Store(engine)
-    await engine.dispose()
 
 
 @pytest.fixture
@@ -79,13 +72,13 @@ def gets_by_batch(sim: Simulator, since: float = 0.0) -> dict[str, list[float]]:
 
 
 async def test_three_replicas_cancel_each_violator_once(
-    tmp_path: Path, pg_url: str, pg_store: Store, real_sim: tuple[Simulator, str]
+    tmp_path: Path, db_url: str, store: Store, real_sim: tuple[Simulator, str]
 ) -> None:
     """3 daemons, 1,000 batches, 100 over the cap: 100 cancels, one each, none else;
     no batch polled twice within a round."""
     sim, url = real_sim
-    ids = await populate(pg_store, sim, 1000, 100)
-    config = write_config(tmp_path / "w.yaml", db_url=pg_url, sim_url=url)
+    ids = await populate(store, sim, 1000, 100)
+    config = write_config(tmp_path / "w.yaml", db_url=db_url, sim_url=url)
     daemons = [await Daemon.start(config) for _ in range(3)]
     try:
         for daemon in daemons:
@@ -104,15 +97,15 @@ async def test_three_replicas_cancel_each_violator_once(
 
 
 async def test_killed_replica_batches_are_taken_over(
-    tmp_path: Path, pg_url: str, pg_store: Store, real_sim: tuple[Simulator, str]
+    tmp_path: Path, db_url: str, store: Store, real_sim: tuple[Simulator, str]
 ) -> None:
     """A replica SIGKILLed mid-tick leaves its leases to expire; the others poll its
     batches within the lease plus one interval."""
     sim, url = real_sim
-    await populate(pg_store, sim, 200, 0)
+    await populate(store, sim, 200, 0)
     lease = 3.0
     config = write_config(
-        tmp_path / "w.yaml", db_url=pg_url, sim_url=url, extra=f"lease_duration: {lease}s\n"
+        tmp_path / "w.yaml", db_url=db_url, sim_url=url, extra=f"lease_duration: {lease}s\n"
     )
     text_ = config.read_text().replace(
         "api_key_env: SIM_TOKEN", "api_key_env: SIM_TOKEN\n    concurrency: 4"
@@ -124,7 +117,7 @@ async def test_killed_replica_batches_are_taken_over(
     others = [await Daemon.start(config) for _ in range(2)]
     for daemon in others:
         await daemon.wait_for(lambda d=daemon: len(d.ticks()) >= 1, timeout=60)
-    held = await leased_to(pg_store, first.proc.pid)
+    held = await leased_to(store, first.proc.pid)
     assert len(held) > 150  # it claimed nearly everything and is still working on it
     await first.kill()
     killed_at = time.time()
@@ -148,18 +141,18 @@ async def leased_to(store: Store, pid: int | None) -> set[str]:
 
 
 async def test_terminated_connections_heal_without_restart(
-    tmp_path: Path, pg_url: str, pg_store: Store, real_sim: tuple[Simulator, str]
+    tmp_path: Path, db_url: str, store: Store, real_sim: tuple[Simulator, str]
 ) -> None:
     """pg_terminate_backend on every connection of the daemon: it logs, recovers and goes
     on polling, without a restart."""
     sim, url = real_sim
-    await populate(pg_store, sim, 20, 0)
-    config = write_config(tmp_path / "w.yaml", db_url=pg_url, sim_url=url)
+    await populate(store, sim, 20, 0)
+    config = write_config(tmp_path / "w.yaml", db_url=db_url, sim_url=url)
     config.write_text(config.read_text().replace("poll_interval: 2s", "poll_interval: 1s"))
     daemon = await Daemon.start(config)
     try:
         await daemon.wait_for(lambda: len(daemon.ticks()) >= 2, timeout=60)
-        name = make_url(pg_url).database
+        name = make_url(db_url).database
         for _ in range(3):  # kill them a few times, including mid-tick
             await terminate_backends(name)
             await asyncio.sleep(0.4)
