@@ -68,7 +68,17 @@ def test_list_page() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"request_counts": {"total": 5, "completed": -1, "failed": 0}}, "greater than or equal"),
+        ({"request_counts": {"total": 5, "completed": -1, "failed": 0}}, "out of range"),
+        # Values the spec allows but no clock or column can hold (issue 10).
+        ({"expires_at": 1_764_406_800_000}, r"not a Unix time in seconds.*milliseconds"),
+        ({"in_progress_at": -5}, "not a Unix time"),
+        ({"request_counts": {"total": 2**63, "completed": 0, "failed": 0}}, "out of range"),
+        ({"usage": {"input_tokens": 2**64, "output_tokens": 1}}, "out of range"),
+        ({"status": "s" * 65}, "longer than 64"),
+        ({"model": "m" * 257}, "longer than 256"),
+        ({"output_file_id": "f" * 129}, "longer than 128"),
+        ({"endpoint": "/" * 129}, "longer than 128"),
+        ({"id": "../files"}, "invalid batch id"),
         (
             {
                 "usage": {
@@ -105,3 +115,27 @@ def test_invalid_batch_ids(batch_id: str) -> None:
     """Anything that could change the URL is refused with a reason."""
     with pytest.raises(InvalidBatchId, match="invalid batch id"):
         validate_batch_id(batch_id)
+
+
+def test_non_finite_numbers_are_refused_not_crashing() -> None:
+    """1e400 parses as infinity: a validation error, never an OverflowError."""
+    body = b'{"id": "b1", "status": "in_progress", "created_at": 1e400}'
+    with pytest.raises(ValidationError, match="not a finite number"):
+        BatchObject.model_validate_json(body)
+
+
+def test_a_malformed_list_item_costs_only_itself() -> None:
+    """One bad item in a page is skipped and counted; the others are kept, and the page
+    still gives a cursor to go on from."""
+    good = payload("openai_validating_no_usage.json")
+    items = [
+        good | {"id": "batch_a"},
+        good | {"id": "batch_b", "expires_at": 1_764_406_800_000},
+        {"id": 7},
+        "not an object",
+        good | {"id": "batch_c", "request_counts": {"total": 1e400, "completed": 0, "failed": 0}},
+        good | {"id": "batch_d"},
+    ]
+    page = BatchPage.model_validate({"object": "list", "data": items, "has_more": True})
+    assert [b.id for b in page.data] == ["batch_a", "batch_d"]
+    assert page.skipped == 4 and page.cursor == "batch_d" and page.has_more

@@ -71,6 +71,7 @@ class TickSummary:
     cancel_failed: int = 0
     cancel_held: int = 0
     safety_tripped: int = 0
+    backlog: int = 0  # batches due when the tick ended (left for the next one)
 
 
 @dataclass(slots=True)
@@ -150,9 +151,13 @@ class Engine:
         self.on_events = on_events
         self.bulk_threshold = bulk_threshold
         self.adaptive = adaptive
-        self._prefetched: dict[tuple[str, str], BatchObject] = {}
+        # Bulk-refresh answers, each with when it was read: used once, never after
+        # something newer about the batch was learned.
+        self._prefetched: dict[tuple[str, str], tuple[BatchObject, datetime]] = {}
         self.last_summary: TickSummary | None = None
         self._next_rules: Rules | None = None
+        self._in_backlog = False
+        self.on_progress: Callable[[], None] | None = None
 
     def replace_rules(self, rules: Rules) -> None:
         """New policies and pricing, from the next tick on (never halfway through one)."""
@@ -164,27 +169,60 @@ class Engine:
             self.rules, self._next_rules = self._next_rules, None
         started = time.perf_counter()
         summary = TickSummary()
-        gate = await open_gate(self.store, self.rules.safety, self.clock())
+        # A tick polls what was due when it started, and nothing more: batches it polled
+        # early that fall due again meanwhile wait for the next tick, so a daemon that
+        # polls slower than batches fall due still finishes its ticks (and says so).
+        cutoff = self.clock()
+        gate = await open_gate(self.store, self.rules.safety, cutoff)
         self.metrics.safety_tripped.set(gate.alert_only is not None)
         self._prefetched = await self._bulk_refresh()
         try:
             while True:
                 now = self.clock()
-                claimed = await self.store.claim_due(now, self.owner, self.lease, self.chunk)
+                claimed = await self.store.claim_due(
+                    now, self.owner, self.lease, self.chunk, due_by=cutoff
+                )
                 summary.claimed += len(claimed)
                 if claimed:
                     gate = await self._process(claimed, summary, gate)
+                    if self.on_progress is not None:
+                        self.on_progress()
                 if len(claimed) < self.chunk:
                     break
         finally:
             self._prefetched = {}
         await self._provider_changes()
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        elapsed = time.perf_counter() - started
+        await self._backlog(summary, elapsed)
         log.info(
-            "tick_completed", duration_ms=elapsed_ms, dry_run=self.rules.dry_run, **asdict(summary)
+            "tick_completed",
+            duration_ms=round(elapsed * 1000, 1),
+            dry_run=self.rules.dry_run,
+            **asdict(summary),
         )
         self.last_summary = summary
         return summary
+
+    async def _backlog(self, summary: TickSummary, elapsed: float) -> None:
+        """Say when the daemon cannot keep up: the tick took longer than the interval,
+        or batches were left overdue by more than half of it. A metric always; a warning
+        every such tick; a ``backlog`` event when it starts."""
+        now = self.clock()
+        due, oldest = await self.store.backlog(now)
+        lag = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
+        summary.backlog = due
+        self.metrics.backlog.set(due)
+        self.metrics.backlog_age.set(lag)
+        interval = self.poll_interval.total_seconds()
+        behind = due > 0 and (elapsed > interval or lag > interval / 2)
+        if behind:
+            numbers = {"due": due, "overdue_s": round(lag, 1), "tick_s": round(elapsed, 1)}
+            log.warning("backlog", **numbers, poll_interval_s=interval)
+            if not self._in_backlog:
+                await self.store.apply([], [Event(now, None, None, "backlog", detail=numbers)])
+        elif self._in_backlog:
+            log.info("backlog_cleared", due=due)
+        self._in_backlog = behind
 
     async def _process(self, claimed: list[Tracked], summary: TickSummary, gate: Gate) -> Gate:
         """One chunk of a tick; returns what the rest of the tick may still cancel."""
@@ -193,7 +231,7 @@ class Engine:
         # Judge and reschedule from when the answers arrived: a long tick must not leave
         # batches due again early.
         now = self.clock()
-        work = [self._observe(t, r, now, rec) for t, r in zip(claimed, results, strict=True)]
+        work = [self._observe_safely(t, r, now, rec) for t, r in zip(claimed, results, strict=True)]
         candidates = [
             self._candidate(w, now) for w in work if w.verdict and w.verdict.action == "cancel"
         ]
@@ -279,10 +317,10 @@ class Engine:
                     note="results dropped; the batch is another replica's now",
                 )
 
-    async def _bulk_refresh(self) -> dict[tuple[str, str], BatchObject]:
+    async def _bulk_refresh(self) -> dict[tuple[str, str], tuple[BatchObject, datetime]]:
         """When many batches of one provider are due, read them from the list endpoint,
         100 a page, instead of one GET each; the ones the pages miss are fetched singly."""
-        found: dict[tuple[str, str], BatchObject] = {}
+        found: dict[tuple[str, str], tuple[BatchObject, datetime]] = {}
         if not self.bulk_threshold:
             return {}
         due = await self.store.due_by_provider(self.clock(), at_least=self.bulk_threshold)
@@ -290,8 +328,9 @@ class Engine:
             client = self.clients.get(provider)
             if client is None or not self.bulk_threshold or count < self.bulk_threshold:
                 continue
+            read_at = self.clock()
             listed = await self._list_recent(client, oldest, count)
-            found.update({(provider, b.id): b for b in listed})
+            found.update({(provider, b.id): (b, read_at) for b in listed})
             log.debug("bulk_refreshed", provider=provider, due=count, listed=len(listed))
         return found
 
@@ -308,18 +347,23 @@ class Engine:
             except (ProviderError, InvalidBatchId) as exc:
                 log.warning("bulk_refresh_stopped", provider=client.name, error=str(exc)[:200])
                 break
+            if page.skipped:  # those batches are fetched singly, like any the pages miss
+                log.info("list_items_skipped", provider=client.name, skipped=page.skipped)
             fresh = [b for b in page.data if b.id not in listed]
             listed.update((b.id, b) for b in fresh)
-            if not fresh or not page.has_more or _older(fresh[-1], oldest):
+            moved = page.cursor is not None and page.cursor != after
+            if not moved or not page.has_more or (fresh and _older(fresh[-1], oldest)):
                 break
-            after = fresh[-1].id
+            after = page.cursor
         return list(listed.values())
 
     async def _fetch(self, tracked: Tracked) -> BatchObject | ProviderError:
         provider, batch_id = tracked.key
-        prefetched = self._prefetched.get(tracked.key)
+        prefetched = self._prefetched.pop(tracked.key, None)
         if prefetched is not None:
-            return prefetched
+            answer, read_at = prefetched
+            if tracked.last_polled_at is None or tracked.last_polled_at <= read_at:
+                return answer
         client = self.clients.get(provider)
         if client is None:
             return PermanentError(f"provider {provider!r} is not configured")
@@ -374,6 +418,22 @@ class Engine:
         slack = min(interval / 10, timedelta(seconds=5))
         next_poll = None if status in TERMINAL else now + interval - slack
         return {"next_poll_at": next_poll, "lease_owner": None, "lease_expires_at": None}
+
+    def _observe_safely(
+        self, tracked: Tracked, result: BatchObject | ProviderError, now: datetime, rec: Recorder
+    ) -> Work:
+        """A batch whose answer trips a bug fails its own poll, never the tick."""
+        mark = len(rec.events)
+        try:
+            return self._observe(tracked, result, now, rec)
+        except Exception as exc:
+            del rec.events[mark:]
+            provider, batch_id = tracked.key
+            log.exception("observe_crashed", batch_id=batch_id, provider=provider)
+            error = PermanentError(f"internal error: {type(exc).__name__}: {exc}"[:300])
+            update = RowUpdate(*tracked.key)
+            self._poll_failed(tracked, error, now, update, rec)
+            return Work(tracked, update)
 
     def _observe(
         self, tracked: Tracked, result: BatchObject | ProviderError, now: datetime, rec: Recorder

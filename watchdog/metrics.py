@@ -53,6 +53,16 @@ class Metrics:
             ["provider"],
             registry=r,
         )
+        self.backlog = Gauge(
+            "watchdog_backlog_batches",
+            "Batches due when the last tick ended (work the daemon is behind on).",
+            registry=r,
+        )
+        self.backlog_age = Gauge(
+            "watchdog_backlog_age_seconds",
+            "How overdue the oldest due batch was when the last tick ended.",
+            registry=r,
+        )
         self.last_tick = Gauge(
             "watchdog_last_tick_timestamp_seconds",
             "When the last tick finished (Unix time).",

@@ -3,13 +3,21 @@ normalised view that policies read, the status sets and batch-id validation."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    ValidationError,
+    model_validator,
+)
 
 ACTIVE = frozenset({"validating", "in_progress", "finalizing"})
 CANCELLING = "cancelling"
@@ -40,10 +48,37 @@ def is_unknown_status(status: str | None) -> bool:
     return status is not None and status not in KNOWN
 
 
+# Wire bounds. Every number and string the daemon stores is checked here, per batch, so
+# an answer the spec allows but the database or the clock cannot hold (a time in
+# milliseconds, a count of 2**63, a 1e400, a status of a kilobyte) fails that batch's
+# poll alone instead of the tick's write.
+LATEST = 4_102_444_800  # 2100-01-01: a Unix time in seconds, not milliseconds
+MAX_COUNT = 2**53 - 1  # exact as a float, far below BIGINT's limit
+MAX_STATUS = 64  # the bounded columns of ``batches`` (tables.py)
+MAX_MODEL = 256
+MAX_ENDPOINT = 128
+MAX_FILE_ID = 128
+
+
 def _whole_number(value: Any) -> Any:
     # Some compatible servers send 1764320400.0; a fractional second is of no use to us.
     if isinstance(value, float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ValueError(f"{value} is not a finite number")
         return int(value)
+    return value
+
+
+def _seconds(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= LATEST:
+        hint = " (milliseconds?)" if value > LATEST else ""
+        raise ValueError(f"{value} is not a Unix time in seconds before 2100{hint}")
+    return value
+
+
+def _count(value: int) -> int:
+    if not 0 <= value <= MAX_COUNT:
+        raise ValueError(f"{value} is out of range (0 to 2**53-1)")
     return value
 
 
@@ -51,9 +86,23 @@ def _empty_is_none(value: Any) -> Any:
     return None if value == "" else value
 
 
-Timestamp = Annotated[int | None, BeforeValidator(_whole_number)]
-Count = Annotated[int, Field(ge=0), BeforeValidator(_whole_number)]
-FileId = Annotated[str | None, BeforeValidator(_empty_is_none)]
+def _bounded(limit: int) -> Any:
+    def check(value: str | None) -> str | None:
+        if value is not None and len(value) > limit:
+            raise ValueError(f"longer than {limit} characters ({len(value)})")
+        return value
+
+    return AfterValidator(check)
+
+
+def _batch_id(value: str) -> str:
+    validate_batch_id(value)
+    return value
+
+
+Timestamp = Annotated[int | None, BeforeValidator(_whole_number), AfterValidator(_seconds)]
+Count = Annotated[int, BeforeValidator(_whole_number), AfterValidator(_count)]
+FileId = Annotated[str | None, BeforeValidator(_empty_is_none), _bounded(MAX_FILE_ID)]
 
 
 class _Wire(BaseModel):
@@ -116,12 +165,12 @@ class Usage(_Wire):
 class BatchObject(_Wire):
     """OpenAI's Batch object; every field but id, status and created_at may be null."""
 
-    id: str
+    id: Annotated[str, AfterValidator(_batch_id)]
     object: str = "batch"
-    endpoint: str | None = None
+    endpoint: Annotated[str | None, _bounded(MAX_ENDPOINT)] = None
     input_file_id: str | None = None
     completion_window: str | None = None
-    status: str
+    status: Annotated[str, _bounded(MAX_STATUS)]
     created_at: Timestamp = None
     expires_at: Timestamp = None
     in_progress_at: Timestamp = None
@@ -136,18 +185,39 @@ class BatchObject(_Wire):
     errors: BatchErrors | None = None
     request_counts: RequestCounts | None = None
     metadata: dict[str, str] | None = None
-    model: str | None = None
+    model: Annotated[str | None, _bounded(MAX_MODEL)] = None
     usage: Usage | None = None
 
 
 class BatchPage(_Wire):
-    """One page of ``GET /batches``."""
+    """One page of ``GET /batches``. Items are read one by one: a malformed item is
+    skipped (counted in ``skipped``; its batch is fetched singly), the rest kept."""
 
     object: str = "list"
     data: list[BatchObject]
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
+    skipped: int = 0
+    cursor: str | None = None  # the id to page on from: last_id, else the last item's
+
+    @model_validator(mode="before")
+    @classmethod
+    def _item_by_item(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
+            return value
+        good, skipped = [], 0
+        for item in value["data"]:
+            try:
+                good.append(BatchObject.model_validate(item))
+            except ValidationError:
+                skipped += 1
+        raw = value["data"]
+        last = raw[-1].get("id") if raw and isinstance(raw[-1], dict) else None
+        cursor = value.get("last_id") or last
+        if not (isinstance(cursor, str) and _BATCH_ID.fullmatch(cursor)):
+            cursor = good[-1].id if good else None
+        return {**value, "data": good, "skipped": skipped, "cursor": cursor}
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,14 @@ It also keeps the loop's liveness, which /healthz and the systemd watchdog read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
+from apscheduler.job import Job
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 log = structlog.get_logger("watchdog.scheduler")
@@ -38,18 +41,31 @@ class TickLoop:
         self._inflight: asyncio.Task[Any] | None = None
         self._next_due = next_due
         self._scheduler: AsyncIOScheduler | None = None
+        self._early: Job | None = None
+        self._early_count = 0
+        # An early tick never follows the last one closer than this: a batch that is due
+        # but cannot be claimed (another replica's lease) must not spin the loop.
+        self._min_gap = min(max(interval / 10, timedelta(seconds=0.5)), timedelta(seconds=2))
         self.started_at = clock()
         self.last_tick_started: datetime | None = None
         self.last_tick_finished: datetime | None = None
+        self.last_progress: datetime | None = None
         self.failures = 0
 
+    def beat(self) -> None:
+        """The tick in flight made progress (a chunk done): a long tick under load is
+        busy, not dead."""
+        self.last_progress = self._clock()
+
     def alive(self, now: datetime) -> bool:
-        """A tick finished, or is running, within three intervals (or we just started)."""
+        """A tick finished, started or made progress within three intervals (or we just
+        started)."""
         window = self._interval * 3
         if self._inflight is not None and self.last_tick_started is not None:
-            return now - self.last_tick_started <= window
-        last = self.last_tick_finished or self.started_at
-        return now - last <= window
+            marks = [self.last_tick_started, self.last_progress]
+        else:
+            marks = [self.last_tick_finished or self.started_at]
+        return now - max(m for m in marks if m is not None) <= window
 
     async def _guarded(self) -> None:
         if self._inflight is not None:  # the regular and an early tick met: one is enough
@@ -77,26 +93,35 @@ class TickLoop:
         await self._plan_early_tick()
 
     async def _plan_early_tick(self) -> None:
-        """Adaptive polling sets some batches due before the next regular tick: wake up
-        for them then, rather than a whole interval later."""
+        """Adaptive polling sets some batches due before the next regular tick, and a
+        bounded tick under load leaves some due: wake up for them then, rather than a
+        whole interval later. Each early tick is a job of its own id, so one planned
+        from inside a running tick is never refused as a second instance of it."""
         if self._next_due is None or self._scheduler is None:
             return
         try:
             due = await self._next_due()
         except Exception:  # no early tick this time; the regular one still comes
             return
-        now = self._clock()
         regular = self._scheduler.get_job("tick")
         if due is None or regular is None or regular.next_run_time is None:
             return
-        if due < regular.next_run_time - timedelta(seconds=0.5):
-            self._scheduler.add_job(
-                self._guarded,
-                "date",
-                run_date=max(due, now),
-                id="early-tick",
-                replace_existing=True,
-            )
+        if due >= regular.next_run_time - timedelta(seconds=0.5):
+            return
+        self._drop_early()
+        self._early_count += 1
+        self._early = self._scheduler.add_job(
+            self._guarded,
+            "date",
+            run_date=max(due, self._clock() + self._min_gap),
+            id=f"early-tick-{self._early_count}",
+        )
+
+    def _drop_early(self) -> None:
+        if self._early is not None and self._scheduler is not None:
+            with contextlib.suppress(JobLookupError):
+                self._scheduler.remove_job(self._early.id)
+        self._early = None
 
     async def run(self, stop: asyncio.Event, drain_timeout: float = 30.0) -> None:
         seconds = self._interval.total_seconds()

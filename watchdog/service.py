@@ -59,6 +59,7 @@ class Service:
             on_tick=self._ticked,
             next_due=store.next_due if settings.adaptive_polling else None,
         )
+        engine.on_progress = self.ticks.beat
         self.health = HealthServer(
             alive=self.ticks.alive, ready=self._ready, metrics=metrics, refresh=self._refresh
         )

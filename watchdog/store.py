@@ -261,11 +261,12 @@ def _tracked(row: Mapping[Any, Any]) -> Tracked:
     )
 
 
-def _due(now: datetime) -> tuple[ColumnElement[bool], ...]:
-    """Due: not terminal, its poll time has come, and nobody holds a lease on it."""
+def _due(now: datetime, due_by: datetime | None = None) -> tuple[ColumnElement[bool], ...]:
+    """Due: not terminal, its poll time has come (by ``due_by``, default now), and nobody
+    holds a lease on it."""
     c = batches.c
     return (
-        or_(c.next_poll_at.is_(None), c.next_poll_at <= now),
+        or_(c.next_poll_at.is_(None), c.next_poll_at <= (due_by or now)),
         or_(c.status.is_(None), c.status.not_in(TERMINAL)),
         or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
     )
@@ -329,13 +330,20 @@ class Store:
         return [p for p, _ in rows]
 
     async def claim_due(
-        self, now: datetime, owner: str, lease: timedelta, limit: int
+        self,
+        now: datetime,
+        owner: str,
+        lease: timedelta,
+        limit: int,
+        *,
+        due_by: datetime | None = None,
     ) -> list[Tracked]:
-        """Lease up to ``limit`` due, non-terminal batches to ``owner`` and return them."""
+        """Lease up to ``limit`` non-terminal batches due by ``due_by`` (default now) to
+        ``owner`` and return them."""
         c = batches.c
         due = (
             select(c.provider, c.batch_id)
-            .where(*_due(now))
+            .where(*_due(now, due_by))
             # No ORDER BY: every due row is taken within the tick anyway, and without it
             # both databases answer from the next_poll_at index (an OR of two lookups)
             # instead of walking it whole — what keeps an idle tick cheap.
@@ -362,6 +370,13 @@ class Store:
         async with self.engine.connect() as conn:
             when: datetime | None = (await conn.execute(query)).scalar()
         return when
+
+    async def backlog(self, now: datetime) -> tuple[int, datetime | None]:
+        """Batches due now that nobody holds, and the oldest one's poll time."""
+        query = select(func.count(), func.min(batches.c.next_poll_at)).where(*_due(now))
+        async with self.engine.connect() as conn:
+            count, oldest = (await conn.execute(query)).one()
+        return int(count), oldest
 
     async def due_by_provider(
         self, now: datetime, at_least: int = 1

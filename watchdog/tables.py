@@ -159,5 +159,6 @@ EVENT_KINDS = frozenset(
         "safety_resumed",
         "provider_unavailable",
         "provider_recovered",
+        "backlog",
     }
 )
