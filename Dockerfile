@@ -14,13 +14,12 @@ COPY config/ config/
 RUN pip install --no-cache-dir "/src[postgres]"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
+# Only where the config file is: settings live in that file (a relative SQLite path
+# lands in the working directory, the state volume). Nothing here overrides it.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    WATCHDOG_CONFIG=/etc/batch-watchdog/watchdog.yaml \
-    WATCHDOG_DATABASE_URL=sqlite+aiosqlite:////var/lib/batch-watchdog/watchdog.db \
-    WATCHDOG_HTTP__HOST=0.0.0.0 \
-    WATCHDOG_HTTP__PORT=9464
+    WATCHDOG_CONFIG=/etc/batch-watchdog/watchdog.yaml
 COPY --from=build /opt/venv /opt/venv
 RUN mkdir -p /var/lib/batch-watchdog /etc/batch-watchdog \
     && chown 10001:10001 /var/lib/batch-watchdog

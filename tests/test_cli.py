@@ -118,10 +118,35 @@ async def test_bad_config_exits_78_with_one_line(cli: Cli, command: list[str]) -
     assert await untouched(cli)
 
 
-async def test_missing_key_variable_is_a_config_error(cli: Cli) -> None:
-    """run without the provider's key variable exits 78 naming the variable."""
-    result = await cli("run", "--once", env={"SIM_TOKEN": ""})
+@pytest.mark.parametrize("command", [["run", "--once"], ["check-config"]])
+async def test_missing_key_variable_is_a_config_error(cli: Cli, command: list[str]) -> None:
+    """run without the provider's key variable exits 78 naming the variable, and
+    check-config checks the same, so that its OK means run starts."""
+    result = await cli(*command, env={"SIM_TOKEN": ""})
     assert result.code == 78 and "environment variable SIM_TOKEN is not set" in result.err
+    assert result.out == ""
+
+
+async def test_check_config_hides_the_database_password_and_the_keys(
+    tmp_path: Path, sim: Sim
+) -> None:
+    """The database URL is shown with its password masked, overrides with their source;
+    the key is read (checked) but never shown."""
+    cli = Cli(tmp_path, sim, "postgresql+psycopg://watchdog:hunter2@127.0.0.1:1/watchdog")
+    result = await cli("check-config", env={"WATCHDOG_DRY_RUN": "true"})
+    assert result.code == 0, result.err
+    assert "database: postgresql+psycopg://watchdog:***@127.0.0.1:1/watchdog" in result.out
+    assert "dry_run: from environment variable WATCHDOG_DRY_RUN" in result.out
+    assert "hunter2" not in result.out + result.err and API_KEY not in result.out
+
+
+async def test_unknown_watchdog_variable_never_starts_anything(tmp_path: Path, sim: Sim) -> None:
+    """A typo such as WATCHDOG_DRYRUN=true exits 78 with one line; nothing is created."""
+    cli = Cli(tmp_path, sim, f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
+    result = await cli("run", "--once", env={"WATCHDOG_DRYRUN": "true"})
+    assert result.code == 78 and result.err.count("\n") == 1
+    assert "environment variable WATCHDOG_DRYRUN: no such setting" in result.err
+    assert not (tmp_path / "w.db").exists()
 
 
 @pytest.mark.parametrize("batch_id", ["../files/x", "a b", "", ".", ".."])

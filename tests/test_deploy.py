@@ -3,6 +3,7 @@ hadolint, kubernetes-validate and kustomize — plus what those tools cannot kno
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from watchdog.settings import Settings, load_settings
+from watchdog.settings import Settings, env_overrides, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -124,7 +125,7 @@ def test_configmap_holds_a_valid_config(tmp_path: Path) -> None:
     data = docs("configmap.yaml")[0]["data"]["watchdog.yaml"]
     path = tmp_path / "watchdog.yaml"
     path.write_text(data)
-    settings = load_settings(path)
+    settings = load_settings(path, environ={})
     assert settings.http.host == "0.0.0.0" and settings.dry_run
 
 
@@ -140,3 +141,41 @@ def test_deployment_probes_security_and_grace() -> None:
     assert container["resources"]["limits"] and container["resources"]["requests"]
     shutdown = Settings().shutdown_timeout.total_seconds()
     assert spec["terminationGracePeriodSeconds"] > shutdown
+
+
+def image_environment() -> dict[str, str]:
+    """The ENV of the Dockerfile's final stage."""
+    text = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    final = text[text.rindex("\nFROM ") :]
+    env: dict[str, str] = {}
+    for line in final.splitlines():
+        if line.startswith("ENV "):
+            env |= dict(pair.split("=", 1) for pair in line.split()[1:])
+    return env
+
+
+def unit_environment() -> dict[str, str]:
+    """The unit's Environment= lines."""
+    lines = [line.removeprefix("Environment=") for line in UNIT.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line.startswith("WATCHDOG_"))
+
+
+@pytest.mark.parametrize("environment", [image_environment, unit_environment])
+def test_the_file_names_the_database_under_the_image_and_the_unit(
+    tmp_path: Path, environment: Any
+) -> None:
+    """Following the ConfigMap's own comment to switch to PostgreSQL gives PostgreSQL, also
+    under the image's and the unit's environment: they set no setting the file carries."""
+    env = environment()
+    assert env.get("WATCHDOG_CONFIG") == "/etc/batch-watchdog/watchdog.yaml"
+    assert env_overrides(env) == {}
+    text = docs("configmap.yaml")[0]["data"]["watchdog.yaml"]
+    wanted = "postgresql+psycopg://watchdog@postgres.db.svc/watchdog"
+    assert f"# database_url: {wanted}" in text
+    switched = re.sub(r"(?m)^database_url: .*$", "", text).replace(
+        "# database_url:", "database_url:"
+    )
+    path = tmp_path / "watchdog.yaml"
+    path.write_text(switched)
+    settings = load_settings(path, environ=env)
+    assert settings.database_url == wanted and settings.origin("database_url") == "file"

@@ -53,7 +53,8 @@ def test_design_example_loads(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """WATCHDOG_* variables win over the file, nested keys with __, the rest merges."""
+    """WATCHDOG_* variables win over the file, nested keys with __, the rest merges; each
+    override is known by where it came from."""
     monkeypatch.setenv("WATCHDOG_POLL_INTERVAL", "5m")
     monkeypatch.setenv("WATCHDOG_DRY_RUN", "true")
     monkeypatch.setenv("WATCHDOG_PROVIDERS__DEEPINFRA__TIMEOUT", "10s")
@@ -62,6 +63,61 @@ def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     provider = settings.providers["deepinfra"]
     assert provider.timeout == timedelta(seconds=10)
     assert provider.base_url == "https://api.deepinfra.com/v1/openai"
+    assert settings.origins == {
+        "dry_run": "environment variable WATCHDOG_DRY_RUN",
+        "poll_interval": "environment variable WATCHDOG_POLL_INTERVAL",
+        "providers.deepinfra.timeout": "environment variable WATCHDOG_PROVIDERS__DEEPINFRA__TIMEOUT",
+    }
+    assert settings.origin("database_url") == "file"
+    assert settings.origin("lease_duration") == "default"
+
+
+def test_load_reads_the_environment_it_is_given(tmp_path: Path) -> None:
+    """A load is a function of its arguments: an explicit environ, explicit overrides
+    (which beat it), and never the process's environment behind their back."""
+    path = write(tmp_path, GOOD)
+    env = {"WATCHDOG_DATABASE_URL": "sqlite+aiosqlite:///from-env.db"}
+    assert load_settings(path, environ=env).database_url.endswith("from-env.db")
+    forced = load_settings(path, environ=env, overrides={"database_url": "sqlite+aiosqlite:///x"})
+    assert forced.database_url == "sqlite+aiosqlite:///x"
+    assert forced.origin("database_url") == "override"
+    assert load_settings(path, environ={}).database_url.endswith("/w.db")
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "WATCHDOG_DRYRUN",
+        "WATCHDOG_SAFETY__MAX_CANCELS",
+        "WATCHDOG_PROVIDERS__DEEPINFRA__KEY",
+        "watchdog_poll_intervall",
+        "WATCHDOG_",
+    ],
+)
+def test_unknown_watchdog_variable_is_a_config_error(tmp_path: Path, variable: str) -> None:
+    """A typo such as WATCHDOG_DRYRUN is refused, naming the variable, not ignored."""
+    with pytest.raises(ConfigError, match=f"environment variable {variable}: no such setting"):
+        load_settings(write(tmp_path, GOOD), environ={variable: "true"})
+
+
+def test_variables_that_are_not_settings_are_left_alone(tmp_path: Path) -> None:
+    """WATCHDOG_CONFIG (the path) and systemd's WATCHDOG_USEC / WATCHDOG_PID."""
+    env = {"WATCHDOG_CONFIG": "x.yaml", "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}
+    assert load_settings(write(tmp_path, GOOD), environ=env).origins == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "dry_run: true\ndry_run: false\n",
+        "safety:\n  max_cancels_per_tick: 5\n  max_cancels_per_tick: 500\n",
+        "providers:\n  a: {base_url: 'https://a'}\n  a: {base_url: 'https://b'}\n",
+    ],
+)
+def test_duplicate_yaml_keys_are_a_config_error(tmp_path: Path, text: str) -> None:
+    """`dry_run: true` then `dry_run: false` must not quietly mean live."""
+    with pytest.raises(ConfigError, match=r"line \d+, column \d+: duplicate key"):
+        load_settings(write(tmp_path, text), environ={})
 
 
 BAD = [
@@ -167,6 +223,12 @@ def test_key_file(tmp_path: Path) -> None:
 
 
 def test_shipped_configs_load() -> None:
-    """Every YAML under config/ is valid."""
-    for path in sorted(Path(__file__).parent.parent.joinpath("config").glob("*.yaml")):
-        load_settings(path)
+    """Every YAML under config/ is valid, and says what it is for: providers, prices and
+    policies, the example dry."""
+    paths = sorted(Path(__file__).parent.parent.joinpath("config").glob("*.yaml"))
+    assert {p.name for p in paths} >= {"demo.yaml", "watchdog.example.yaml"}
+    for path in paths:
+        settings = load_settings(path, environ={})
+        assert settings.providers and settings.pricing and settings.policies, path
+        assert settings.origins == {}
+    assert load_settings(paths[-1], environ={}).dry_run

@@ -22,7 +22,7 @@ from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
 from watchdog.providers import ProviderClient
 from watchdog.service import Service
-from watchdog.settings import Settings
+from watchdog.settings import Settings, redact_url
 from watchdog.store import Store, create_engine, instance_lock, schema_revision, upgrade
 from watchdog.webhooks import WebhookSender
 
@@ -150,15 +150,21 @@ async def open_daemon(
                     await store.release(owner)
 
 
-def _announce(daemon: Daemon) -> None:
-    rules = daemon.engine.rules
+def _announce(daemon: Daemon, config: Path | None) -> None:
+    rules, settings = daemon.engine.rules, daemon.settings
     log.info(
         "daemon_started",
+        config=None if config is None else str(config),
+        database=redact_url(settings.database_url),
+        database_from=settings.origin("database_url"),
         providers=sorted(daemon.engine.clients),
         policies=[p.name for p in rules.policies],
-        poll_interval_s=daemon.settings.poll_interval.total_seconds(),
+        poll_interval_s=settings.poll_interval.total_seconds(),
         dry_run=rules.dry_run,
     )
+    for key, source in sorted(settings.origins.items()):
+        # Values are not logged: an override may carry a password.
+        log.warning("setting_overridden", key=key, source=source, note="not from the file")
     if rules.dry_run:
         log.warning(
             "dry_run_enabled", note="policies are judged and recorded; nothing is cancelled"
@@ -171,7 +177,7 @@ async def run(
     """The daemon: one tick with ``once``, else a service until SIGTERM or SIGINT."""
     metrics = Metrics()
     async with open_daemon(settings, dry_run=dry_run, metrics=metrics) as daemon:
-        _announce(daemon)
+        _announce(daemon, config)
         if once:
             return await daemon.engine.tick()
         service = Service(
@@ -185,6 +191,14 @@ async def run(
         await service.run()
         log.info("daemon_stopped")
     return None
+
+
+def check_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
+    """What ``run`` checks of the providers' keys before it starts (each is readable and
+    not empty), without keeping or showing them; ConfigError otherwise."""
+    environ = os.environ if environ is None else environ
+    for name, provider in settings.providers.items():
+        provider.read_key(name, environ)
 
 
 async def migrate(settings: Settings) -> tuple[str | None, str | None]:

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 from watchdog import app, logs
 from watchdog.durations import format_duration, parse_duration
 from watchdog.policies import describe
-from watchdog.settings import ConfigError, Settings, config_path, load_settings
+from watchdog.settings import ConfigError, Settings, config_path, load_settings, redact_url
 from watchdog.store import AlreadyRunning
 
 EX_OK, EX_ERROR, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
@@ -193,7 +193,8 @@ def event_table(rows: list[dict[str, Any]]) -> str:
 def show_config(settings: Settings, path: str) -> str:
     lines = [
         f"config OK: {path}",
-        f"database: {settings.database_url}",
+        f"database: {redact_url(settings.database_url)}"
+        + _source(settings.origin("database_url")),
         f"poll_interval: {format_duration(settings.poll_interval)}",
         f"dry_run: {str(settings.dry_run).lower()}",
         f"safety: at most {settings.safety.max_cancels_per_tick} cancels a tick, "
@@ -217,7 +218,14 @@ def show_config(settings: Settings, path: str) -> str:
         )
     lines.append(f"policies ({len(settings.policies)}, first match acts):")
     lines.extend(f"  {describe(p)}" for p in settings.policies)
+    if settings.origins:
+        lines.append("overridden, not from the file:")
+        lines.extend(f"  {k}: from {v}" for k, v in sorted(settings.origins.items()))
     return "\n".join(lines)
+
+
+def _source(origin: str) -> str:
+    return "" if origin == "file" else f" (from {origin})"
 
 
 def dump(value: Any) -> str:
@@ -323,6 +331,7 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
+    app.check_keys(settings)  # what `run` checks, so that OK here means `run` starts
     print(show_config(settings, str(config_path(args.config, os.environ))))
     return EX_OK
 

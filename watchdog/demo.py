@@ -5,7 +5,6 @@ and cancelled within a minute."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import tempfile
 from importlib.resources import files
@@ -116,9 +115,11 @@ async def _demo(config: Path, duration: float) -> list[dict[str, Any]]:
     runner, url = await _start(sim, "127.0.0.1", 0)
     try:
         with tempfile.TemporaryDirectory(prefix="batch-watchdog-demo-") as tmp:
-            os.environ["WATCHDOG_DATABASE_URL"] = f"sqlite+aiosqlite:///{tmp}/demo.db"
-            os.environ["WATCHDOG_PROVIDERS__SIM__BASE_URL"] = url
-            settings = load_settings(config)
+            overrides = {
+                "database_url": f"sqlite+aiosqlite:///{tmp}/demo.db",
+                "providers": {"sim": {"base_url": url}},
+            }
+            settings = load_settings(config, overrides=overrides)
             logs.configure(settings.log_level, settings.log_format)
             log.info("demo_started", simulator=url, database=f"{tmp}/demo.db", seconds=duration)
             return await _demo_daemon(settings, sim, duration)

@@ -1,21 +1,41 @@
-"""Configuration: one YAML file overridden by ``WATCHDOG_*`` environment variables
-(nested with ``__``), validated into typed Settings. Every problem becomes one
+"""Configuration: one YAML file, where settings live, explicitly overridden by
+``WATCHDOG_*`` environment variables (nested with ``__``; each override is reported, an
+unknown one is an error), validated into typed Settings. Every problem becomes one
 ConfigError line naming the file, the policy and the field."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.sources.utils import parse_env_vars
+from sqlalchemy.engine import make_url
 
 from watchdog.durations import Duration
 from watchdog.policies import Policy
@@ -23,6 +43,10 @@ from watchdog.pricing import Price
 
 DEFAULT_CONFIG = Path("config/watchdog.yaml")
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ENV_PREFIX = "WATCHDOG_"
+# WATCHDOG_* variables that are not settings: the config path, and what systemd sets
+# for its watchdog (WatchdogSec=).
+NOT_SETTINGS = frozenset({"WATCHDOG_CONFIG", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 class ConfigError(Exception):
@@ -160,6 +184,20 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     pricing: list[Price] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list)
+    # Where each setting that is not the file's came from: {"database_url": "env
+    # WATCHDOG_DATABASE_URL", ...}; filled in by load_settings.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def origins(self) -> Mapping[str, str]:
+        return self._origins
+
+    def origin(self, key: str) -> str:
+        """Where a top-level setting came from: the file, the default, or an override."""
+        for dotted, source in self._origins.items():
+            if dotted == key or dotted.startswith(key + "."):
+                return source
+        return "file" if key in self.model_fields_set else "default"
 
     @classmethod
     def settings_customise_sources(
@@ -170,8 +208,16 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The YAML document arrives as init kwargs; the environment overrides it.
-        return (env_settings, init_settings)
+        # The YAML document arrives as init kwargs; the environment given to
+        # load_settings overrides it, and a caller's explicit overrides (the demo's)
+        # override both.
+        environ, overrides = _LOADING.get((os.environ, {}))
+        return (
+            InitSettingsSource(settings_cls, dict(overrides)),
+            _EnvSource(settings_cls, environ),
+            init_settings,
+        )
+
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -200,6 +246,22 @@ class Settings(BaseSettings):
         return ", ".join(sorted(self.providers)) or "(none configured)"
 
 
+_LOADING: ContextVar[tuple[Mapping[str, str], Mapping[str, Any]]] = ContextVar("loading")
+
+
+class _EnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source, reading the mapping it is given instead
+    of the process's environment (so a load is a function of its arguments)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
 def _loopback(host: str | None) -> bool:
     if host is None:
         return False
@@ -220,6 +282,22 @@ def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
     return Path(cli_value or environ.get("WATCHDOG_CONFIG") or DEFAULT_CONFIG)
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """YAML that refuses a key given twice in one mapping: `dry_run: true` then
+    `dry_run: false` must not quietly mean live."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -230,7 +308,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeys)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -243,13 +321,82 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_settings(path: Path) -> Settings:
-    """Read the file, apply ``WATCHDOG_*`` overrides, validate; ConfigError on any problem."""
-    data = read_yaml(path)
+def env_overrides(environ: Mapping[str, str]) -> dict[str, str]:
+    """The settings the environment overrides, {dotted key: variable}. A ``WATCHDOG_*``
+    variable that names no setting (a typo such as WATCHDOG_DRYRUN) is a ConfigError:
+    silently ignoring it could leave a daemon live that was meant to be dry."""
+    found = {}
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in NOT_SETTINGS:
+            continue
+        parts = upper.removeprefix(ENV_PREFIX).lower().split("__")
+        if not _names_a_setting(parts):
+            raise ConfigError(
+                f"environment variable {name}: no such setting "
+                f"(top-level keys: {', '.join(sorted(Settings.model_fields))}; "
+                "nest with __, e.g. WATCHDOG_SAFETY__COOL_DOWN)"
+            )
+        found[".".join(parts)] = name
+    return found
+
+
+def _names_a_setting(parts: list[str]) -> bool:
+    annotation: Any = Settings
+    expect_key = False
+    for part in parts:
+        if not part:
+            return False
+        if expect_key:  # a dict's key, such as a provider's name
+            expect_key = False
+            continue
+        model = _model_in(annotation)
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return False
+        annotation = field.annotation
+        expect_key = typing.get_origin(annotation) is dict and _model_in(annotation) is not None
+    return not expect_key or len(parts) == 1
+
+
+@contextmanager
+def _loading(environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Iterator[None]:
+    token = _LOADING.set((environ, overrides))
     try:
-        return Settings(**data)
+        yield
+    finally:
+        _LOADING.reset(token)
+
+
+def load_settings(
+    path: Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read the file, apply the environment's ``WATCHDOG_*`` overrides (default: the
+    process's) and then ``overrides``, validate; ConfigError on any problem. The result
+    knows where each overridden setting came from (``Settings.origins``)."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    data = read_yaml(path)
+    origins = {k: f"environment variable {v}" for k, v in env_overrides(environ).items()}
+    origins |= {k: "override" for k in overrides}
+    try:
+        with _loading(environ, overrides):
+            settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {explain(exc, data)}") from None
+    settings._origins = origins
+    return settings
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print or log: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: show nothing of it
+        return "(unparseable URL)"
 
 
 def explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
