@@ -63,10 +63,14 @@ def test_environment_overrides_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     provider = settings.providers["deepinfra"]
     assert provider.timeout == timedelta(seconds=10)
     assert provider.base_url == "https://api.deepinfra.com/v1/openai"
+    variables = [
+        "WATCHDOG_DRY_RUN",
+        "WATCHDOG_POLL_INTERVAL",
+        "WATCHDOG_PROVIDERS__DEEPINFRA__TIMEOUT",
+    ]
+    keys = ["dry_run", "poll_interval", "providers.deepinfra.timeout"]
     assert settings.origins == {
-        "dry_run": "environment variable WATCHDOG_DRY_RUN",
-        "poll_interval": "environment variable WATCHDOG_POLL_INTERVAL",
-        "providers.deepinfra.timeout": "environment variable WATCHDOG_PROVIDERS__DEEPINFRA__TIMEOUT",
+        k: f"environment variable {v}" for k, v in zip(keys, variables, strict=True)
     }
     assert settings.origin("database_url") == "file"
     assert settings.origin("lease_duration") == "default"
