@@ -3,6 +3,7 @@ the acceptance cases of the core issue."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from tests.conftest import Harness
@@ -47,7 +48,7 @@ async def test_cost_cap_cancels_the_expensive_batch_only(harness: Harness) -> No
     big, small = await h.row("batch_big"), await h.row("batch_small")
     assert big["cost_usd"] == 6.5 and big["cancel_policy"] == "cost-cap"
     assert big["status"] == "cancelling"
-    assert small["cost_usd"] == 0.4 and small["cancel_policy"] is None
+    assert small["cost_usd"] == Decimal("0.4") and small["cancel_policy"] is None
 
 
 async def test_cached_and_reasoning_tokens_cost_exactly(harness: Harness) -> None:

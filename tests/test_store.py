@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,14 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
 from tests.conftest import database
-from watchdog.store import Store, _alembic_config, create_engine, schema_revision, upgrade
+from watchdog.store import (
+    RowUpdate,
+    Store,
+    _alembic_config,
+    create_engine,
+    schema_revision,
+    upgrade,
+)
 from watchdog.tables import metadata
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -27,6 +35,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 LEASE = timedelta(minutes=5)
+HEAD = "0003"
 
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
@@ -42,13 +51,49 @@ async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
 
     try:
         await upgrade(engine)
-        assert await schema_revision(engine) == ("0002", "0002")
+        assert await schema_revision(engine) == (HEAD, HEAD)
         async with engine.begin() as conn:
             await conn.run_sync(run, "base", False)
         assert (await schema_revision(engine))[0] is None
         async with engine.begin() as conn:
             await conn.run_sync(run, "head", True)
-        assert await schema_revision(engine) == ("0002", "0002")
+        assert await schema_revision(engine) == (HEAD, HEAD)
+    finally:
+        await engine.dispose()
+
+
+async def test_money_is_exact_and_survives_the_migration(db_url: str) -> None:
+    """A float cost written before 0003 reads back as the same decimal after it; new
+    amounts are stored exactly to 12 places (a token costs fractions of a micro-dollar),
+    never through a float."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = create_engine(db_url)
+
+    def to(connection: Connection, target: str) -> None:
+        config = _alembic_config()
+        config.attributes["connection"] = connection
+        command.upgrade(config, target)
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(to, "0002")
+            await conn.execute(
+                text(
+                    "INSERT INTO batches (provider, batch_id, cost_usd, cancel_projected_usd,"
+                    " poll_failures, cancel_attempts) VALUES ('p', 'old', 6.5, 0.25, 0, 0)"
+                )
+            )
+        await upgrade(engine)
+        store = Store(engine)
+        exact = Decimal("12345678901.000000000015")
+        await store.track("p", "new", {}, NOW)
+        await store.apply([RowUpdate("p", "new", {"cost_usd": exact})], [])
+        rows = {r["batch_id"]: r for r in await store.list_batches()}
+        assert rows["old"]["cost_usd"] == Decimal("6.5")
+        assert rows["old"]["cancel_projected_usd"] == Decimal("0.25")
+        assert rows["new"]["cost_usd"] == exact and isinstance(rows["new"]["cost_usd"], Decimal)
     finally:
         await engine.dispose()
 

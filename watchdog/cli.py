@@ -113,7 +113,7 @@ def batch_json(row: dict[str, Any]) -> dict[str, Any]:
         "provider": row["provider"],
         "status": row["status"],
         "model": row["model"],
-        "cost_usd": row["cost_usd"],
+        "cost_usd": None if row["cost_usd"] is None else float(row["cost_usd"]),
         "request_counts": counts,
         "usage": usage,
         "created_at": iso(row["created_at"]),
@@ -193,8 +193,7 @@ def event_table(rows: list[dict[str, Any]]) -> str:
 def show_config(settings: Settings, path: str) -> str:
     lines = [
         f"config OK: {path}",
-        f"database: {redact_url(settings.database_url)}"
-        + _source(settings.origin("database_url")),
+        f"database: {redact_url(settings.database_url)}" + _source(settings.origin("database_url")),
         f"poll_interval: {format_duration(settings.poll_interval)}",
         f"dry_run: {str(settings.dry_run).lower()}",
         f"safety: at most {settings.safety.max_cancels_per_tick} cancels a tick, "

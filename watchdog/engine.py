@@ -49,6 +49,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def usd(amount: Decimal | None) -> float | None:
+    """An amount for an event's JSON detail: to the micro-dollar, a number that prints
+    exactly (the table columns keep the full decimal)."""
+    return None if amount is None else float(round(amount, 6))
+
+
 @dataclass(frozen=True, slots=True)
 class Rules:
     """What the daemon judges by; swapped whole when the config is reloaded."""
@@ -396,7 +402,7 @@ class Engine:
         caps = [float(p.when.cost_usd_above) for p in policies if p.when.cost_usd_above is not None]
         if cost is not None and tracked.cost_usd is not None and tracked.last_polled_at:
             elapsed = (now - tracked.last_polled_at).total_seconds()
-            seconds = seconds_to_cross(float(cost), tracked.cost_usd, elapsed, caps)
+            seconds = seconds_to_cross(float(cost), float(tracked.cost_usd), elapsed, caps)
             if seconds is not None:
                 soonest.append(timedelta(seconds=seconds))
         return min(soonest, default=None)
@@ -449,7 +455,7 @@ class Engine:
         view = self._diff(tracked, result, update, rec)
         cost = batch_cost(self.rules.pricing, view.provider, view.model, view.tokens)
         update.values.update(
-            cost_usd=None if cost is None else float(cost),
+            cost_usd=cost,
             tracked_at=tracked.tracked_at or now,
             last_polled_at=now,
             poll_failures=0,
@@ -509,18 +515,17 @@ class Engine:
                 )
                 update.values["cancel_stuck_at"] = now
         if view.status in TERMINAL and tracked.view.status not in TERMINAL:
-            final = None if cost is None else float(cost)
-            projected = tracked.cancel_projected_usd
-            saved = None if final is None or projected is None else round(projected - final, 6)
+            final, projected = cost, tracked.cancel_projected_usd
+            saved = None if final is None or projected is None else projected - final
             rec.add(
                 tracked,
                 "cancel_settled",
                 policy=tracked.cancel_policy,
                 from_status=tracked.view.status,
                 to_status=view.status,
-                final_cost_usd=final,
-                projected_cost_usd=projected,
-                saved_usd=saved,
+                final_cost_usd=usd(final),
+                projected_cost_usd=usd(projected),
+                saved_usd=usd(saved),
                 counts=None if view.counts is None else asdict(view.counts),
                 usage=None if view.tokens is None else asdict(view.tokens),
             )
@@ -677,7 +682,7 @@ class Engine:
             cancel_requested_at=now,
             cancel_attempts=attempt,
             cancel_outcome=None,
-            cancel_projected_usd=None if projected is None else float(projected),
+            cancel_projected_usd=projected,
         )
 
     async def _send_cancels(self, sending: list[Work], now: datetime, summary: TickSummary) -> None:
@@ -754,7 +759,5 @@ class Engine:
     ) -> None:
         view = self._diff(tracked, batch, update, rec)
         cost = batch_cost(self.rules.pricing, view.provider, view.model, view.tokens)
-        update.values.update(
-            cost_usd=None if cost is None else float(cost), **self._schedule(now, view.status)
-        )
+        update.values.update(cost_usd=cost, **self._schedule(now, view.status))
         tracked.view = view

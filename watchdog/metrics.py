@@ -4,6 +4,7 @@ counts into it; the gauges of tracked batches are refreshed from the store per s
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -69,14 +70,14 @@ class Metrics:
             registry=r,
         )
 
-    def set_tracked(self, rows: Iterable[tuple[str, str | None, int, float | None]]) -> None:
+    def set_tracked(self, rows: Iterable[tuple[str, str | None, int, Decimal | None]]) -> None:
         """(provider, status, count, cost) rows replace the gauges' previous values."""
         self.tracked.clear()
         self.cost.clear()
         costs: dict[str, float] = {}
         for provider, status, count, cost in rows:
             self.tracked.labels(provider, status or "unpolled").set(count)
-            costs[provider] = costs.get(provider, 0.0) + (cost or 0.0)
+            costs[provider] = costs.get(provider, 0.0) + float(cost or 0)
         for provider, total in costs.items():
             self.cost.labels(provider).set(total)
 

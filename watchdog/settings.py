@@ -218,7 +218,6 @@ class Settings(BaseSettings):
             init_settings,
         )
 
-
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.poll_interval < timedelta(seconds=1):
@@ -261,6 +260,7 @@ class _EnvSource(EnvSettingsSource):
         return parse_env_vars(
             self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
         )
+
 
 def _loopback(host: str | None) -> bool:
     if host is None:

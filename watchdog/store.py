@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -69,7 +70,7 @@ class Tracked:
     """A claimed row of ``batches``: the last state seen and the daemon's bookkeeping."""
 
     view: BatchView
-    cost_usd: float | None
+    cost_usd: Decimal | None
     matched_policy: str | None
     poll_failures: int
     last_error: str | None
@@ -84,7 +85,7 @@ class Tracked:
     pending: dict[str, datetime] = field(default_factory=dict)
     exempt_until: datetime | None = None
     exempt_reason: str | None = None
-    cancel_projected_usd: float | None = None
+    cancel_projected_usd: Decimal | None = None
     cancel_stuck_at: datetime | None = None
     cancelling_at: datetime | None = None
 
@@ -526,14 +527,16 @@ class Store:
         async with self.engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
-    async def stats(self) -> list[tuple[str, str | None, int, float | None]]:
+    async def stats(self) -> list[tuple[str, str | None, int, Decimal | None]]:
         """(provider, status, count, known cost) for the metrics gauges."""
         c = batches.c
         query = select(c.provider, c.status, func.count(), func.sum(c.cost_usd)).group_by(
             c.provider, c.status
         )
         async with self.engine.connect() as conn:
-            return [(p, s, int(n), cost) for p, s, n, cost in await conn.execute(query)]
+            rows = await conn.execute(query)
+            # SQLite sums the decimals' text as floats: good enough for a gauge.
+            return [(p, s, int(n), None if c is None else Decimal(str(c))) for p, s, n, c in rows]
 
     async def ready(self) -> str | None:
         """None when the database answers and the schema is at head, else why not."""

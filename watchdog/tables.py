@@ -4,6 +4,8 @@ migrations in ``migrations/`` create it; this module only declares it."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -11,16 +13,17 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
-    Float,
     Index,
     Integer,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     String,
     Table,
     Text,
     TypeDecorator,
 )
+from sqlalchemy.types import TypeEngine
 
 metadata = MetaData(
     naming_convention={
@@ -49,6 +52,37 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """USD as an exact decimal (12 places: a token costs fractions of a micro-dollar).
+    PostgreSQL stores NUMERIC; SQLite, whose NUMERIC is a float underneath, stores the
+    decimal's text so that nothing is rounded on the way."""
+
+    impl = Numeric(24, 12)
+    cache_ok = True
+    PLACES = Decimal("1e-12")
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(24, 12))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = value if isinstance(value, Decimal) else Decimal(str(value))
+        exact = exact.quantize(self.PLACES)
+        return str(exact) if dialect.name == "sqlite" else exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        return (
+            None
+            if value is None
+            else Decimal(str(value))
+            if not isinstance(value, Decimal)
+            else value
+        )
 
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -84,7 +118,7 @@ batches = Table(
     Column("output_tokens", TOKEN),
     Column("reasoning_tokens", TOKEN),
     # Derived.
-    Column("cost_usd", Float),
+    Column("cost_usd", Money),
     Column("matched_policy", String(64)),
     # Tracking and scheduling.
     Column("labels", JSON),
@@ -107,7 +141,7 @@ batches = Table(
     Column("progress_at", UTCDateTime),  # when completed+failed last moved
     Column("exempt_until", UTCDateTime),
     Column("exempt_reason", Text),
-    Column("cancel_projected_usd", Float),
+    Column("cancel_projected_usd", Money),
     Column("cancel_stuck_at", UTCDateTime),
     PrimaryKeyConstraint("provider", "batch_id"),
     Index(None, "next_poll_at"),
