@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from watchdog.tables import metadata
@@ -14,7 +14,14 @@ from watchdog.tables import metadata
 config = context.config
 
 
+# One migrator at a time: replicas that start together (init containers, ExecStartPre)
+# would otherwise all create the same tables. The lock ends with the transaction.
+LOCK_KEY = 0x6261746368_5744  # "batchWD"
+
+
 def run_on(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": LOCK_KEY})
     context.configure(
         connection=connection,
         target_metadata=metadata,

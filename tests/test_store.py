@@ -202,3 +202,53 @@ async def test_lost_lease_fences_the_write(store: Store) -> None:
     assert [e["kind"] for e in await store.list_events("b1")] == ["tracked"]
     fresh = [RowUpdate("p", "b1", {"status": "in_progress"})]
     assert await store.apply(fresh, [], owner="fast") == {("p", "b1")}
+
+
+async def test_concurrent_trackers_of_one_id(store: Store) -> None:
+    """Ten trackers of the same batch at once: one adds it, the others are told it is
+    tracked already; one row, one `tracked` event, no error."""
+    import asyncio
+
+    added = await asyncio.gather(*(store.track("p", "batch_x", {}, NOW) for _ in range(10)))
+    assert sorted(added) == [False] * 9 + [True]
+    assert len(await store.list_batches()) == 1
+    assert [e["kind"] for e in await store.list_events("batch_x")] == ["tracked"]
+
+
+async def test_concurrent_migrations(tmp_path: Path) -> None:
+    """Replicas migrating one PostgreSQL at once (init containers, ExecStartPre), as
+    processes: all succeed; one migrates, the others wait for it and find it at head."""
+
+    async for url in database("psycopg", tmp_path):
+        await _migrate_at_once(url, tmp_path, processes=6)
+
+
+async def _migrate_at_once(db_url: str, tmp_path: Path, processes: int) -> None:
+    import asyncio
+    import sys
+
+    config = tmp_path / "w.yaml"
+    config.write_text(f"database_url: {db_url}\n")
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "watchdog",
+            "migrate",
+            "--config",
+            str(config),
+            cwd=tmp_path,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(processes)
+    ]
+    results = [await p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0] * processes, [
+        err.decode()[-300:] for _, err in results
+    ]
+    engine = create_engine(db_url)
+    try:
+        assert await schema_revision(engine) == (HEAD, HEAD)
+    finally:
+        await engine.dispose()

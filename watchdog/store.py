@@ -32,6 +32,8 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -162,6 +164,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(connection: Connection) -> None:
     # Take the write lock up front: no SQLITE_BUSY when a read turns into a write.
     connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _insert(engine: AsyncEngine) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT."""
+    return sqlite_insert if engine.dialect.name == "sqlite" else postgresql_insert
 
 
 def _alembic_config() -> Config:
@@ -307,12 +314,13 @@ class Store:
         self, provider: str, batch_id: str, labels: Mapping[str, str], now: datetime
     ) -> bool:
         """Start tracking; False (and nothing written) when it is tracked already."""
-        key = (batches.c.provider == provider) & (batches.c.batch_id == batch_id)
+        row = {"provider": provider, "batch_id": batch_id, "tracked_at": now}
+        # One statement that tolerates a concurrent tracker of the same id.
+        query = _insert(self.engine)(batches).values(**row, labels=dict(labels) or None)
         async with self.engine.begin() as conn:
-            if (await conn.execute(select(batches.c.batch_id).where(key))).first():
+            added = await conn.execute(query.on_conflict_do_nothing().returning(batches.c.batch_id))
+            if added.first() is None:
                 return False
-            row = {"provider": provider, "batch_id": batch_id, "tracked_at": now}
-            await conn.execute(insert(batches).values(**row, labels=dict(labels) or None))
             await self._insert_events(conn, [Event(now, provider, batch_id, "tracked")])
         return True
 
