@@ -7,11 +7,12 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY watchdog/ watchdog/
 COPY migrations/ migrations/
 COPY config/ config/
-RUN pip install --no-cache-dir "/src[postgres]"
+# Every distribution at the version the test suite ran with (constraints.txt).
+RUN pip install --no-cache-dir -c constraints.txt "/src[postgres]"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
 # Only where the config file is: settings live in that file (a relative SQLite path

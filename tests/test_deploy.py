@@ -179,3 +179,34 @@ def test_the_file_names_the_database_under_the_image_and_the_unit(
     path.write_text(switched)
     settings = load_settings(path, environ=env)
     assert settings.database_url == wanted and settings.origin("database_url") == "file"
+
+
+def test_the_image_installs_pinned_versions() -> None:
+    """The build installs with constraints.txt, which pins every distribution the daemon
+    needs at run time (each to one version, within what pyproject.toml allows), and the
+    build context holds only what the build copies."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    from tests.pins import canonical, runtime_closure
+
+    assert "pip install --no-cache-dir -c constraints.txt" in (ROOT / "Dockerfile").read_text()
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    assert set(runtime_closure()) <= set(pins), "run: python -m tests.pins > constraints.txt"
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"] + project["optional-dependencies"]["postgres"]:
+        req = Requirement(text)
+        assert req.specifier.contains(pins[canonical(req.name)]), text
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*") + 1 :][:7] == [
+        "!pyproject.toml",
+        "!README.md",
+        "!constraints.txt",
+        "!watchdog/",
+        "!migrations/",
+        "!config/",
+        "**/__pycache__",
+    ]
