@@ -143,12 +143,18 @@ def test_first_matching_policy_acts() -> None:
 
 
 def test_evaluation_is_pure() -> None:
-    """The same facts give the same verdict, however often asked."""
-    p = [policy({"cost_usd_above": 1, "age_above": "10m"})]
+    """The same facts give the same verdict, however often asked; the time is the one
+    in the facts (no clock is read), and the clocks handed in are not changed."""
+    p = [policy({"cost_usd_above": 1, "age_above": "10m"}, **{"for": "5m"})]
+    pending = {p[0].name: NOW - timedelta(minutes=6)}
     facts = Facts(view(), Decimal(3), NOW)
-    first = evaluate(p, facts)
-    assert first is not None
-    assert all(evaluate(p, facts) == first for _ in range(3))
+    first = evaluate(p, facts, pending)
+    assert first.verdict is not None and first.verdict.policy == p[0].name
+    assert first.verdict.observed["held_for"] == 360
+    assert all(evaluate(p, facts, pending) == first for _ in range(3))
+    assert pending == {p[0].name: NOW - timedelta(minutes=6)}
+    earlier = evaluate(p, Facts(view(), Decimal(3), NOW - timedelta(minutes=2)), pending)
+    assert earlier.verdict is None and earlier.pending == pending
 
 
 @pytest.mark.parametrize(
