@@ -139,7 +139,7 @@ async def _demo_daemon(settings: Any, sim: Simulator, duration: float) -> list[d
         loop_ = TickLoop(
             daemon.engine.tick,
             settings.poll_interval,
-            next_due=daemon.store.next_due if settings.adaptive_polling else None,
+            next_due=lambda: daemon.store.next_due(daemon.engine.clock()),
         )
         await loop_.run(stop)
         watcher.cancel()

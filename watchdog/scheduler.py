@@ -43,9 +43,9 @@ class TickLoop:
         self._scheduler: AsyncIOScheduler | None = None
         self._early: Job | None = None
         self._early_count = 0
-        # An early tick never follows the last one closer than this: a batch that is due
-        # but cannot be claimed (another replica's lease) must not spin the loop.
-        self._min_gap = min(max(interval / 10, timedelta(seconds=0.5)), timedelta(seconds=2))
+        # An early tick never follows the last one closer than this: a safety net should
+        # something due never be claimable (next_due already skips others' leases).
+        self._min_gap = min(interval / 100, timedelta(seconds=0.25))
         self.started_at = clock()
         self.last_tick_started: datetime | None = None
         self.last_tick_finished: datetime | None = None
@@ -86,11 +86,13 @@ class TickLoop:
             )
         finally:
             self.last_tick_finished = self._clock()
-            self._inflight = None
         if self._on_tick is not None:
             elapsed = (self.last_tick_finished - self.last_tick_started).total_seconds()
             self._on_tick(ok, elapsed)
-        await self._plan_early_tick()
+        try:  # still in flight: a stop waits for the planning too
+            await self._plan_early_tick()
+        finally:
+            self._inflight = None
 
     async def _plan_early_tick(self) -> None:
         """Adaptive polling sets some batches due before the next regular tick, and a

@@ -57,7 +57,9 @@ class Service:
             engine.tick,
             settings.poll_interval,
             on_tick=self._ticked,
-            next_due=store.next_due if settings.adaptive_polling else None,
+            # Early ticks: for batches adaptive polling made due before the next regular
+            # tick, and for a backlog a bounded tick left behind.
+            next_due=lambda: store.next_due(engine.clock()),
         )
         engine.on_progress = self.ticks.beat
         self.health = HealthServer(

@@ -43,6 +43,8 @@ class SimBatch:
     output_tokens: int = 500
     reasoning_tokens: int = 0
     cancel_delay: float = 5.0
+    cancel_latency: float = 0.0  # requests go on completing this long after a cancel
+    usage_lag: float = 0.0  # the reported usage is this many seconds behind the spend
     with_usage: bool = True
     cancel_at: float | None = None
 
@@ -77,10 +79,18 @@ class SimBatch:
             return "finalizing", done
         return "completed", done + self.finalizing_for
 
+    def stopped_at(self, t: float) -> float:
+        """Until when requests were processed, as of t (a cancel takes its latency)."""
+        stop = t if self.cancel_at is None else min(t, self.cancel_at + self.cancel_latency)
+        return min(stop, self.expires_at)
+
+    def completed(self, t: float) -> int:
+        processed = self.processed(self.stopped_at(t))
+        return processed - math.floor(processed * self.failure_rate)
+
     def wire(self, t: float) -> dict[str, Any]:
         status, since = self.status(t)
-        stop = t if self.cancel_at is None else min(t, self.cancel_at)
-        processed = self.processed(min(stop, self.expires_at))
+        processed = self.processed(self.stopped_at(t))
         failed = math.floor(processed * self.failure_rate)
         completed = processed - failed
         stamps: dict[str, int | None] = {
@@ -117,7 +127,7 @@ class SimBatch:
             "request_counts": {"total": self.total, "completed": completed, "failed": failed},
             "metadata": self.metadata,
             "model": self.model,
-            "usage": self._usage(completed) if self.with_usage else None,
+            "usage": self._usage(self.completed(t - self.usage_lag)) if self.with_usage else None,
         }
 
     def _usage(self, completed: int) -> dict[str, Any]:

@@ -369,12 +369,13 @@ class Store:
             rows = (await conn.execute(claim)).mappings().all()
         return [_tracked(row) for row in rows]
 
-    async def next_due(self) -> datetime | None:
-        """The earliest next_poll_at of a batch still to be polled (None: none, or one
-        is due now)."""
+    async def next_due(self, now: datetime) -> datetime | None:
+        """The earliest next_poll_at of a batch still to be polled that nobody else holds
+        (None: none, or only never-polled ones, which the next tick takes)."""
         c = batches.c
         query = select(func.min(c.next_poll_at)).where(
-            or_(c.status.is_(None), c.status.not_in(TERMINAL))
+            or_(c.status.is_(None), c.status.not_in(TERMINAL)),
+            or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
         )
         async with self.engine.connect() as conn:
             when: datetime | None = (await conn.execute(query)).scalar()
