@@ -8,13 +8,19 @@ import asyncio
 import itertools
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import insert
 from structlog.testing import capture_logs
 
-from tests.conftest import Harness
+from tests.conftest import Harness, Sim
+from tests.daemons import Daemon
+from tests.test_service import endpoint, http_port
 from watchdog.scheduler import TickLoop
 from watchdog.simulator import Fault
+from watchdog.store import create_engine, upgrade
+from watchdog.tables import batches
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 COST_CAP = [{"name": "cost-cap", "when": {"cost_usd_above": 5}, "action": "cancel"}]
@@ -168,3 +174,49 @@ async def test_a_bad_list_item_costs_only_its_own_batch(harness: Harness) -> Non
     assert sum(h.sim.calls(i, "get") for i in ids) == 1
     assert h.sim.calls("batch_070", "get") == 1
     assert "not a Unix time" in (await h.row("batch_070"))["last_error"]
+
+
+async def test_the_daemon_under_sustained_overload(tmp_path: Path, sim: Sim) -> None:
+    """`batch-watchdog run` with 3,000 batches at `poll_interval: 1s` on this machine:
+    every tick ends (tick_completed keeps coming), /healthz answers 200 at every probe,
+    the backlog is said (a warning and the metric), and no tick polls a batch twice."""
+    ids = [f"batch_{i:05d}" for i in range(3000)]
+    for batch_id in ids:
+        sim.simulator.add(batch_id, model=LLAMA, total=100, rate=0)
+    db = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    engine = create_engine(db)
+    await upgrade(engine)
+    async with engine.begin() as conn:
+        await conn.execute(insert(batches), [{"provider": "sim", "batch_id": i} for i in ids])
+    await engine.dispose()
+    config = tmp_path / "w.yaml"
+    config.write_text(f"""
+database_url: {db}
+poll_interval: 1s
+log_format: json
+http: {{port: 0}}
+bulk_refresh_at: 0
+providers: {{sim: {{base_url: "{sim.url}", api_key_env: SIM_TOKEN}}}}
+pricing: [{{model: "meta-llama/*", input: 0.03, output: 0.05}}]
+policies: [{{name: cost-cap, when: {{cost_usd_above: 5}}, action: cancel}}]
+""")
+    daemon = await Daemon.start(config)
+    probes: list[int] = []
+    try:
+        await daemon.wait_for(
+            lambda: any(e.get("event") == "http_listening" for e in daemon.events)
+        )
+        port = http_port(daemon)
+        async with asyncio.timeout(90):
+            while len(daemon.ticks()) < 4:
+                probes.append((await endpoint(port, "/healthz"))[0])
+                await asyncio.sleep(0.25)
+        metrics = (await endpoint(port, "/metrics"))[1]
+    finally:
+        assert await daemon.stop() == 0
+    ticks = daemon.ticks()
+    assert probes and set(probes) == {200}, probes
+    assert any(e.get("event") == "backlog" for e in daemon.events)
+    assert "watchdog_backlog_batches" in metrics and "watchdog_backlog_age_seconds" in metrics
+    assert all(t["claimed"] <= len(ids) for t in ticks), [t["claimed"] for t in ticks]
+    assert max(sim.calls(i, "get") for i in ids) <= len(ticks) + 1
