@@ -400,3 +400,14 @@ async def assert_no_key(cli: Cli) -> None:
         assert API_KEY not in text
     content = await dump(cli.db_url)
     assert content and API_KEY.encode() not in content
+
+
+def test_absurd_exempt_duration_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """`exempt --for 99999999999999999999d` is refused in one line (exit 2), no traceback."""
+    from watchdog.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["exempt", "batch_1", "--for", "99999999999999999999d", "--reason", "x"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "at most 3650d" in err and "Traceback" not in err

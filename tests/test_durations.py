@@ -27,10 +27,26 @@ def test_parses_each_form(text: object, seconds: float) -> None:
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5 minutes", "1w", "-5s", "h", "1h30m", True, "∞"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "5 minutes",
+        "1w",
+        "-5s",
+        "h",
+        "1h30m",
+        True,
+        "∞",
+        "3651d",
+        "99999999999999999999d",
+        float("inf"),
+        float("nan"),
+    ],
+)
 def test_refuses_other_forms(text: object) -> None:
-    """Anything else raises ValueError naming the accepted forms."""
-    with pytest.raises(ValueError, match=r"90s, 15m, 2h, 1d|negative"):
+    """Anything else raises ValueError naming the accepted forms, or the bounds."""
+    with pytest.raises(ValueError, match=r"90s, 15m, 2h, 1d|negative|at most 3650d"):
         parse_duration(text)
 
 

@@ -125,6 +125,20 @@ def test_duplicate_yaml_keys_are_a_config_error(tmp_path: Path, text: str) -> No
 
 
 BAD = [
+    # Values that would crash every tick, or silently disable a guard (issue 11).
+    ("lease_duration: 999999999d\n", "lease_duration: invalid duration '999999999d': at most"),
+    (
+        "policies:\n  - {name: x, when: {age_above: 3000000d}, action: cancel}\n",
+        "policy 'x': when.age_above: invalid duration '3000000d': at most 3650d",
+    ),
+    (
+        "providers:\n  p: {base_url: 'https://p', timeout: 0}\n",
+        "providers.p.timeout: must be more than 0s",
+    ),
+    (
+        "notify:\n  webhooks: [{url: 'https://h', timeout: 0s}]\n",
+        "notify.webhooks.0.timeout: must be more than 0s",
+    ),
     (
         "policies:\n  - name: x\n    when: {cost_usd_abov: 3}\n    action: cancel\n",
         "policy 'x': when.cost_usd_abov: unknown key; valid keys: age_above, cost_usd_above",

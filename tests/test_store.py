@@ -252,3 +252,22 @@ async def _migrate_at_once(db_url: str, tmp_path: Path, processes: int) -> None:
         assert await schema_revision(engine) == (HEAD, HEAD)
     finally:
         await engine.dispose()
+
+
+def test_one_daemon_per_sqlite_file_also_through_a_symlink(tmp_path: Path) -> None:
+    """The instance lock is taken on the resolved path: a second name for the same file
+    (a symlink) is refused like the first."""
+    import os
+
+    from watchdog.store import AlreadyRunning, instance_lock
+
+    real = tmp_path / "watchdog.db"
+    real.touch()
+    os.symlink(real, tmp_path / "alias.db")
+    alias = f"sqlite+aiosqlite:///{tmp_path / 'alias.db'}"
+    with (
+        instance_lock(f"sqlite+aiosqlite:///{real}"),
+        pytest.raises(AlreadyRunning, match="another batch-watchdog is running"),
+        instance_lock(alias),
+    ):
+        pass

@@ -9,6 +9,9 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, PlainSerializer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# No duration the daemon uses makes sense past ten years, and a far larger one overflows
+# the date arithmetic of every tick (now + lease_duration, created_at + age_above).
+MAX_SECONDS = 10 * 365 * 86400
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 
 
@@ -25,8 +28,10 @@ def parse_duration(value: Any) -> timedelta:
         if not match:
             raise ValueError(f"invalid duration {value!r}: use 90s, 15m, 2h, 1d or seconds")
         seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds < 0:
+    if not seconds >= 0:  # also NaN
         raise ValueError(f"invalid duration {value!r}: must not be negative")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"invalid duration {value!r}: at most 3650d")
     return timedelta(seconds=seconds)
 
 

@@ -14,11 +14,12 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -49,6 +50,15 @@ ENV_PREFIX = "WATCHDOG_"
 NOT_SETTINGS = frozenset({"WATCHDOG_CONFIG", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s (0 would disable the timeout)")
+    return value
+
+
+Timeout = Annotated[Duration, AfterValidator(_positive)]
+
+
 class ConfigError(Exception):
     """A configuration problem; the CLI prints it as one line and exits 78."""
 
@@ -65,7 +75,7 @@ class ProviderSettings(_Strict):
     )
     api_key_env: str | None = Field(default=None, description="environment variable with the key")
     api_key_file: Path | None = Field(default=None, description="file with the key (k8s secret)")
-    timeout: Duration = Field(default=timedelta(seconds=30), description="per HTTP request")
+    timeout: Timeout = Field(default=timedelta(seconds=30), description="per HTTP request")
     max_retries: int = Field(default=2, ge=0, le=10, description="retries of a transient failure")
     concurrency: int = Field(default=16, ge=1, le=512, description="requests in flight at once")
     allow_insecure_http: bool = Field(
@@ -142,7 +152,7 @@ class Webhook(_Strict):
 
     url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
     events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
-    timeout: Duration = timedelta(seconds=10)
+    timeout: Timeout = timedelta(seconds=10)
 
 
 class NotifySettings(_Strict):

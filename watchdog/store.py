@@ -130,7 +130,8 @@ def instance_lock(url: str) -> Iterator[None]:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         yield
         return
-    path = Path(f"{parsed.database}.lock")
+    # The resolved path: two names (a symlink) for one file must share one lock.
+    path = Path(f"{Path(parsed.database).resolve()}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
