@@ -411,3 +411,35 @@ def test_absurd_exempt_duration_is_a_usage_error(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
     assert "at most 3650d" in err and "Traceback" not in err
+
+
+def test_list_shows_control_characters_escaped() -> None:
+    """A provider's escape sequence in a status or model never reaches the terminal raw."""
+    from watchdog.cli import batch_table
+
+    row: dict[str, object] = {
+        k: None
+        for k in (
+            "request_total",
+            "input_tokens",
+            "created_at",
+            "expires_at",
+            "metadata",
+            "labels",
+            "matched_policy",
+            "cancel_policy",
+            "cancel_outcome",
+            "tracked_at",
+            "last_polled_at",
+            "next_poll_at",
+            "last_error",
+            "exempt_until",
+            "exempt_reason",
+            "pending",
+            "cost_usd",
+        )
+    }
+    row |= {"batch_id": "b1", "provider": "p", "status": "\x1b[2J\x1b]0;pwn\x07", "model": "m\r"}
+    out = batch_table([row])
+    assert "\x1b" not in out and "\x07" not in out and "\r" not in out
+    assert "\\x1b[2J" in out

@@ -83,3 +83,22 @@ async def test_stalled_and_not_ready(aiohttp_client: Any) -> None:
     ready = await client.get("/readyz")
     assert ready.status == 503
     assert await ready.text() == "not ready: database unreachable: gone\n"
+
+
+def test_a_provider_status_never_becomes_a_label() -> None:
+    """Statuses the daemon does not know are counted under `unknown`: a provider cannot
+    grow the series without bound."""
+    from decimal import Decimal
+
+    metrics = Metrics()
+    metrics.set_tracked(
+        [
+            ("p", "in_progress", 2, Decimal("1.5")),
+            ("p", "weird-1", 1, None),
+            ("p", "weird-2", 3, None),
+            ("p", None, 1, None),
+        ]
+    )
+    text = metrics.render().decode()
+    assert 'status="unknown"} 4.0' in text and "weird" not in text
+    assert 'status="in_progress"} 2.0' in text and 'status="unpolled"} 1.0' in text

@@ -79,6 +79,7 @@ def test_list_page() -> None:
         ({"output_file_id": "f" * 129}, "longer than 128"),
         ({"endpoint": "/" * 129}, "longer than 128"),
         ({"id": "../files"}, "invalid batch id"),
+        ({"request_counts": {"total": 5, "completed": 2, "failed": 4}}, "exceeds total"),
         (
             {
                 "usage": {

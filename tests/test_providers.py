@@ -258,3 +258,68 @@ def test_backoff_is_jittered_and_capped(attempt: int, low: float, high: float) -
     """0.5 s doubling, capped at 8 s, with up to 25 % jitter."""
     assert backoff(attempt, lambda: 0.0) == high
     assert backoff(attempt, lambda: 1.0) == low
+
+
+async def test_a_key_across_the_cut_leaves_no_piece(aiohttp_server: Any) -> None:
+    """A non-JSON error body whose echoed key straddles the 800-character cut, with
+    whitespace that collapses it into the shown part: no piece of the key is shown."""
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=400, text=" " * 780 + API_KEY + " tail")
+
+    app = web.Application()
+    app.router.add_get("/v1/batches/{id}", handler)
+    server = await aiohttp_server(app)
+    async with client(str(server.make_url("/v1")), Sleeps()) as c:
+        with pytest.raises(PermanentError) as caught:
+            await c.get("b")
+    message = str(caught.value)
+    assert "[redacted]" in message
+    assert not any(API_KEY[i : i + 8] in message for i in range(len(API_KEY) - 8))
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_an_answer_over_the_size_limit_fails_its_call(
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, declared: bool
+) -> None:
+    """A body larger than the cap is not read whole: that call fails, clearly."""
+    from watchdog import providers
+
+    monkeypatch.setattr(providers, "MAX_BODY", 10_000)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if declared:
+            return web.Response(text="x" * 50_000)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for _ in range(50):
+            await resp.write(b"x" * 1000)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/batches/{id}", handler)
+    server = await aiohttp_server(app)
+    async with client(str(server.make_url("/v1")), Sleeps()) as c:
+        with pytest.raises(PermanentError, match="over the 10000 byte limit"):
+            await c.get("b")
+
+
+async def test_a_redirect_is_never_followed(aiohttp_server: Any) -> None:
+    """A 302 answering a cancel is a failure, not a GET of somewhere else."""
+    elsewhere: list[str] = []
+
+    async def cancel(request: web.Request) -> web.Response:
+        raise web.HTTPFound(location=f"http://127.0.0.2:{request.url.port}/v1/batches/b")
+
+    async def other(request: web.Request) -> web.Response:
+        elsewhere.append(request.method)
+        return web.json_response({"id": "b", "status": "cancelling", "created_at": 1764320400})
+
+    app = web.Application()
+    app.router.add_post("/v1/batches/{id}/cancel", cancel)
+    app.router.add_route("*", "/v1/batches/{id}", other)
+    server = await aiohttp_server(app)
+    async with client(str(server.make_url("/v1")), Sleeps()) as c:
+        with pytest.raises(PermanentError, match=r"unexpected redirect to 127\.0\.0\.2"):
+            await c.cancel("b")
+    assert elsewhere == []

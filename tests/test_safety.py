@@ -8,6 +8,7 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 from tests.conftest import Harness
@@ -306,3 +307,37 @@ async def test_webhook_retries_and_never_logs_the_url(aiohttp_server: Any) -> No
 
 async def _fail(request: web.Request) -> web.Response:
     return web.Response(status=502)
+
+
+async def test_webhooks_undelivered_at_shutdown_are_said(
+    aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages still queued or in flight when the daemon stops are dropped with a
+    warning that counts them by kind, never silently."""
+    from datetime import UTC, datetime
+
+    from structlog.testing import capture_logs
+
+    from watchdog import webhooks
+    from watchdog.store import Event
+
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    server = await aiohttp_server(app)
+    monkeypatch.setattr(webhooks, "DRAIN_SECONDS", 0.2)
+    hook = Webhook(url=str(server.make_url("/hook")), timeout="60s")
+    now = datetime.now(UTC)
+    events = [Event(now, "sim", f"b{i}", "cancel_succeeded", policy="p") for i in range(6)]
+    with capture_logs() as logs:
+        async with WebhookSender([hook]) as sender:
+            sender.submit(events)
+    release.set()
+    dropped = [e for e in logs if e["event"] == "webhooks_dropped"]
+    assert len(dropped) == 1 and dropped[0]["messages"] == 6
+    assert dropped[0]["kinds"] == {"cancel_succeeded": 6}

@@ -138,7 +138,16 @@ def event_json(row: dict[str, Any]) -> dict[str, Any]:
     return {"at": iso(row["at"]), **{k: row[k] for k in keys}}
 
 
+def printable(text: str) -> str:
+    """A cell fit for a terminal: control characters (escape sequences a provider put in a
+    status or an error) shown escaped, never interpreted."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()

@@ -8,6 +8,8 @@ from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from watchdog.models import KNOWN
+
 
 class Metrics:
     """Every metric the daemon exports. Never labelled by batch id."""
@@ -75,9 +77,15 @@ class Metrics:
         self.tracked.clear()
         self.cost.clear()
         costs: dict[str, float] = {}
+        counts: dict[tuple[str, str], int] = {}
         for provider, status, count, cost in rows:
-            self.tracked.labels(provider, status or "unpolled").set(count)
+            # A status is provider-controlled: a label only for the known ones, so an
+            # odd provider cannot grow the series without bound.
+            label = "unpolled" if status is None else status if status in KNOWN else "unknown"
+            counts[(provider, label)] = counts.get((provider, label), 0) + count
             costs[provider] = costs.get(provider, 0.0) + float(cost or 0)
+        for (provider, label), count in counts.items():
+            self.tracked.labels(provider, label).set(count)
         for provider, total in costs.items():
             self.cost.labels(provider).set(total)
 

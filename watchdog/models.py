@@ -126,6 +126,16 @@ class RequestCounts(_Wire):
     completed: Count
     failed: Count
 
+    @model_validator(mode="after")
+    def _finished_within_total(self) -> RequestCounts:
+        # Never judge (a failure ratio, a progress) from counts that cannot be true.
+        if self.completed + self.failed > self.total:
+            raise ValueError(
+                f"request_counts: completed + failed ({self.completed + self.failed}) "
+                f"exceeds total ({self.total})"
+            )
+        return self
+
 
 class InputTokensDetails(_Wire):
     cached_tokens: Count = 0

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -19,6 +20,8 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from watchdog.models import BatchObject, BatchPage, validate_batch_id
 
 SNIPPET = 200
+MAX_BODY = 16 * 1024 * 1024  # an answer larger than this fails its call, unread
+MAX_KEY = 512  # no API key is longer: scrubbing looks this far past a cut
 MAX_SERVER_DELAY = 30.0  # a longer Retry-After is left to the next tick
 USER_AGENT = "batch-watchdog/0.1"
 Model = TypeVar("Model", bound=BaseModel)
@@ -142,6 +145,20 @@ def retry_after(headers: Mapping[str, str], now: datetime) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max((when - now).total_seconds(), 0.0)
+
+
+async def _read_capped(resp: aiohttp.ClientResponse) -> bytes:
+    """The body, or a PermanentError once it passes MAX_BODY (read no further)."""
+    declared = resp.content_length
+    if declared is not None and declared > MAX_BODY:
+        raise PermanentError(f"answer of {declared} bytes is over the {MAX_BODY} byte limit")
+    chunks, size = [], 0
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise PermanentError(f"answer is over the {MAX_BODY} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
@@ -273,8 +290,9 @@ class ProviderClient:
         if self._session is None or self._slots is None:
             raise RuntimeError(f"{self!r} used outside 'async with'")
         try:
-            async with self._slots, self._session.request(method, url, params=params) as resp:
-                body = await resp.read()
+            request = self._session.request(method, url, params=params, allow_redirects=False)
+            async with self._slots, request as resp:
+                body = await _read_capped(resp)
                 status, headers = resp.status, resp.headers
         except TimeoutError:
             raise TemporaryError(f"no answer within {self._timeout:g}s") from None
@@ -286,6 +304,9 @@ class ProviderClient:
             raise TemporaryError(f"connection failed: {self._scrub(type(exc).__name__)}") from None
         if status < 300:
             return body
+        if status < 400:  # never followed: a POST must not turn into a GET elsewhere
+            where = urlsplit(headers.get("Location", "")).netloc or "(no location)"
+            raise PermanentError(f"HTTP {status}: unexpected redirect to {where}", status=status)
         message = f"HTTP {status}: {self._snippet(body)}"
         if status in (408, 429) or status >= 500:
             wait = retry_after(headers, datetime.now(UTC))
@@ -296,7 +317,9 @@ class ProviderClient:
 
     def _snippet(self, body: bytes) -> str:
         """The error's message, or the body's start: short, one line, key-free."""
-        text = body[: SNIPPET * 4].decode("utf-8", "replace")
+        # Scrub before cutting: a key straddling the cut would leave a piece unmatched.
+        text = self._scrub(body[: SNIPPET * 4 + MAX_KEY].decode("utf-8", "replace"))
+        text = text[: SNIPPET * 4]
         try:
             data = json.loads(body)
             error = data.get("error") if isinstance(data, dict) else None

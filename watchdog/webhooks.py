@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,7 @@ log = structlog.get_logger("watchdog.webhooks")
 QUEUE_SIZE = 1000
 WORKERS = 4
 ATTEMPTS = 4
+DRAIN_SECONDS = 5.0
 
 
 def shown(url: str) -> str:
@@ -67,6 +69,7 @@ class WebhookSender:
         self._queue: asyncio.Queue[tuple[Webhook, dict[str, Any]]] = asyncio.Queue(QUEUE_SIZE)
         self._session: aiohttp.ClientSession | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._unsent: Counter[str] = Counter()  # by event kind, until delivered or given up
         for hook in self.hooks:
             logs.add_secret(hook.url)
 
@@ -77,7 +80,15 @@ class WebhookSender:
 
     async def __aexit__(self, *exc_info: object) -> None:
         with contextlib.suppress(TimeoutError):  # give queued messages a moment, no more
-            await asyncio.wait_for(self._queue.join(), timeout=5)
+            await asyncio.wait_for(self._queue.join(), timeout=DRAIN_SECONDS)
+        unsent = +self._unsent
+        if unsent:  # queued or being sent: say what is lost
+            log.warning(
+                "webhooks_dropped",
+                messages=sum(unsent.values()),
+                kinds=dict(sorted(unsent.items())),
+                reason=f"shutting down; not delivered within {DRAIN_SECONDS:g}s",
+            )
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
@@ -92,6 +103,7 @@ class WebhookSender:
                     continue
                 try:
                     self._queue.put_nowait((hook, message(event)))
+                    self._unsent[event.kind] += 1
                 except asyncio.QueueFull:
                     log.warning(
                         "webhook_dropped", url=shown(hook.url), kind=event.kind, reason="queue full"
@@ -103,6 +115,7 @@ class WebhookSender:
             try:
                 await self._deliver(hook, body)
             finally:
+                self._unsent[body["event"]["kind"]] -= 1
                 self._queue.task_done()
 
     async def _deliver(self, hook: Webhook, body: dict[str, Any]) -> None:
