@@ -606,3 +606,26 @@ async def test_adaptive_polling_for_clock_driven_limits(harness: Harness) -> Non
     assert 600 <= wait <= 602, wait
     await h.tick(advance=wait)
     assert h.sim.calls("batch_late", "cancel") == 1
+
+
+async def test_a_failed_tick_gives_its_claims_back(harness: Harness) -> None:
+    """A tick that fails after claiming (the write refused) leaves no lease behind: the
+    next tick polls the batches at once instead of a lease later."""
+    import pytest
+
+    h = harness
+    h.configure(policies=COST_CAP)
+    frozen(h, "batch_a")
+    await h.track("batch_a")
+    original = h.store.apply
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    h.store.apply = refuse  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space left"):
+        await h.tick()
+    row = await h.row("batch_a")
+    assert row["lease_owner"] is None and row["lease_expires_at"] is None
+    h.store.apply = original  # type: ignore[method-assign]
+    assert (await h.tick()).polled == 1

@@ -147,3 +147,60 @@ async def test_sighup_keeps_old_policies_on_a_broken_file(tmp_path: Path, sim: S
         assert reloaded["policies"] == ["cost-cap", "too-old"]
     finally:
         assert await daemon.stop() == 0
+
+
+async def test_a_deleted_sqlite_file_fails_readiness_loudly(tmp_path: Path, sim: Sim) -> None:
+    """The database file removed under a running daemon: /readyz says so (503), ticks
+    fail with the reason instead of writing into a file nobody reads."""
+    db_path = tmp_path / "w.db"
+    config = write_config(
+        tmp_path / "w.yaml", db_url=f"sqlite+aiosqlite:///{db_path}", sim_url=sim.url
+    )
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= 1)
+        port = http_port(daemon)
+        assert (await endpoint(port, "/readyz"))[0] == 200
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db_path}{suffix}").unlink(missing_ok=True)
+        status, reason = await endpoint(port, "/readyz")
+        assert status == 503 and f"database file {db_path} was deleted" in reason
+        await daemon.wait_for(
+            lambda: any("was deleted" in str(e.get("error")) for e in daemon.events)
+        )
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def test_ticks_failing_in_a_row_make_the_daemon_unready(tmp_path: Path, harness: Any) -> None:
+    """The database answers but every tick fails (a full disk, a bug): after three in a
+    row /readyz says why; a tick that succeeds makes it ready again."""
+    from watchdog.metrics import Metrics
+    from watchdog.service import Service
+
+    h = harness
+    h.configure(policies=[])
+    assert h.engine is not None and h.settings is not None
+    service = Service(
+        settings=h.settings,
+        store=h.store,
+        engine=h.engine,
+        metrics=Metrics(),
+        config=None,
+        make_rules=lambda s: h.engine.rules,
+    )
+    failing = True
+
+    async def tick() -> None:
+        if failing:
+            raise OSError(28, "No space left on device")
+
+    service.ticks._tick = tick
+    for _ in range(3):
+        await service.ticks._guarded()
+        assert (await service._ready())[0] is (service.ticks.failures < 3)
+    ready, why = await service._ready()
+    assert not ready and why.startswith("3 ticks failed in a row: OSError")
+    failing = False
+    await service.ticks._guarded()
+    assert (await service._ready()) == (True, "")

@@ -179,6 +179,7 @@ class Engine:
         # early that fall due again meanwhile wait for the next tick, so a daemon that
         # polls slower than batches fall due still finishes its ticks (and says so).
         cutoff = self.clock()
+        self.store.check_file()
         gate = await open_gate(self.store, self.rules.safety, cutoff)
         self.metrics.safety_tripped.set(gate.alert_only is not None)
         self._prefetched = await self._bulk_refresh()
@@ -195,6 +196,9 @@ class Engine:
                         self.on_progress()
                 if len(claimed) < self.chunk:
                     break
+        except BaseException:
+            await self._release_claims()
+            raise
         finally:
             self._prefetched = {}
         await self._provider_changes()
@@ -208,6 +212,14 @@ class Engine:
         )
         self.last_summary = summary
         return summary
+
+    async def _release_claims(self) -> None:
+        """A failed tick gives its claims back at once: left leased, its batches would go
+        unwatched for a whole lease while the next ticks claim nothing and look fine."""
+        try:
+            await self.store.release(self.owner)
+        except Exception as exc:  # the database that failed the tick may refuse this too
+            log.warning("release_failed", error=" ".join(str(exc).split())[:200])
 
     async def _backlog(self, summary: TickSummary, elapsed: float) -> None:
         """Say when the daemon cannot keep up: the tick took longer than the interval,

@@ -50,7 +50,8 @@ class TickLoop:
         self.last_tick_started: datetime | None = None
         self.last_tick_finished: datetime | None = None
         self.last_progress: datetime | None = None
-        self.failures = 0
+        self.failures = 0  # ticks failed in a row
+        self.last_error: str | None = None
 
     def beat(self) -> None:
         """The tick in flight made progress (a chunk done): a long tick under load is
@@ -75,15 +76,12 @@ class TickLoop:
         ok = True
         try:
             await self._tick()
-            self.failures = 0
+            self.failures, self.last_error = 0, None
         except Exception as exc:  # the database or a bug: log it, keep the cadence
             ok = False
             self.failures += 1
-            log.error(
-                "tick_failed",
-                error=" ".join(f"{type(exc).__name__}: {exc}".split())[:500],
-                consecutive=self.failures,
-            )
+            self.last_error = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+            log.error("tick_failed", error=self.last_error, consecutive=self.failures)
         finally:
             self.last_tick_finished = self._clock()
         if self._on_tick is not None:

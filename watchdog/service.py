@@ -20,6 +20,7 @@ from watchdog.store import Store
 from watchdog.systemd import Notifier
 
 log = structlog.get_logger("watchdog.service")
+FAILED_TICKS_NOT_READY = 3
 
 
 def status_line(summary: TickSummary | None) -> str:
@@ -123,6 +124,9 @@ class Service:
         problem = await self.store.ready()
         if problem is not None:
             return False, problem
+        if self.ticks.failures >= FAILED_TICKS_NOT_READY:
+            # The database answers, but every tick fails (a full disk, a bug): say so.
+            return False, f"{self.ticks.failures} ticks failed in a row: {self.ticks.last_error}"
         tripped = await safety.status(self.store)
         if tripped is None:
             return True, ""

@@ -172,6 +172,20 @@ def _insert(engine: AsyncEngine) -> Any:
     return sqlite_insert if engine.dialect.name == "sqlite" else postgresql_insert
 
 
+def _sqlite_file(engine: AsyncEngine) -> Path | None:
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).resolve()
+
+
+def _identity(path: Path | None) -> tuple[int, int] | None:
+    try:
+        return None if path is None else (path.stat().st_dev, path.stat().st_ino)
+    except FileNotFoundError:
+        return None
+
+
 def _alembic_config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("watchdog.migrations")))
@@ -305,11 +319,29 @@ def _event_row(item: Event) -> dict[str, Any]:
     }
 
 
+class DatabaseGone(Exception):
+    """The SQLite file the daemon opened was deleted or replaced under it."""
+
+
 class Store:
     """Reads and writes ``batches`` and ``batch_events``; one short transaction a call."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._file = _sqlite_file(engine)
+        self._identity = _identity(self._file)
+
+    def check_file(self) -> None:
+        """A SQLite file deleted or replaced under the daemon (``rm``, a restore, a
+        ``track`` that then created a new one) is noticed, not written to in vain."""
+        if self._file is None or self._identity is None:
+            return
+        now = _identity(self._file)
+        if now != self._identity:
+            what = "deleted" if now is None else "replaced by another file"
+            raise DatabaseGone(
+                f"database file {self._file} was {what} while the daemon ran; restart it"
+            )
 
     async def track(
         self, provider: str, batch_id: str, labels: Mapping[str, str], now: datetime
@@ -550,6 +582,10 @@ class Store:
 
     async def ready(self) -> str | None:
         """None when the database answers and the schema is at head, else why not."""
+        try:
+            self.check_file()
+        except DatabaseGone as exc:
+            return str(exc)
         try:
             current, head = await schema_revision(self.engine)
         except Exception as exc:  # any driver's way of saying the database is not there
