@@ -172,7 +172,7 @@ async def test_a_deleted_sqlite_file_fails_readiness_loudly(tmp_path: Path, sim:
         assert await daemon.stop() == 0
 
 
-async def test_ticks_failing_in_a_row_make_the_daemon_unready(tmp_path: Path, harness: Any) -> None:
+async def test_ticks_failing_in_a_row_make_the_daemon_unready(harness: Harness) -> None:
     """The database answers but every tick fails (a full disk, a bug): after three in a
     row /readyz says why; a tick that succeeds makes it ready again."""
     from watchdog.metrics import Metrics
