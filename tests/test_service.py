@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import API_KEY, Sim
+from tests.conftest import API_KEY, Harness, Sim
 from tests.daemons import Daemon, write_config
 from tests.databases import allow_connections, fresh_postgres, terminate_backends
 
