@@ -124,7 +124,7 @@ async def open_daemon(
             owner = owner_id()
             if is_sqlite(settings.database_url):
                 await store.release(None)  # the file is locked to us: old leases were ours
-            unsettled = await store.due_unsettled_cancels()
+            unsettled = await store.due_unsettled_cancels(utcnow())
             if unsettled:
                 log.warning(
                     "reconciling_cancels",

@@ -14,9 +14,10 @@ from typing import Any
 
 import structlog
 
-from watchdog.decisions import Candidate, exemption, plan
+from watchdog.decisions import Answer, Candidate, Plan, Settled, exemption, plan, settle
 from watchdog.metrics import Metrics
 from watchdog.models import (
+    ACTIVE,
     CANCELLING,
     TERMINAL,
     BatchObject,
@@ -29,8 +30,14 @@ from watchdog.models import (
 )
 from watchdog.policies import Facts, History, Policy, Verdict, evaluate, time_triggers
 from watchdog.pricing import Price, batch_cost, projected_cost, seconds_to_cross
-from watchdog.providers import CancelRefused, PermanentError, ProviderClient, ProviderError
-from watchdog.safety import Gate, open_gate, trip
+from watchdog.providers import (
+    CancelRefused,
+    PermanentError,
+    ProviderClient,
+    ProviderError,
+    TemporaryError,
+)
+from watchdog.safety import Gate, open_gate, reserve, trip
 from watchdog.settings import SafetySettings
 from watchdog.store import Event, RowUpdate, Store, Tracked, wire_columns
 
@@ -47,6 +54,20 @@ def _older(batch: BatchObject, than: datetime | None) -> bool:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _answer(answer: BatchObject | ProviderError) -> Answer:
+    """A cancel's answer in the terms of the pure decision (decisions.settle)."""
+    if isinstance(answer, BatchObject):
+        return Answer(status=answer.status)
+    if isinstance(answer, TemporaryError):
+        return Answer(
+            http_status=answer.status,
+            temporary=True,
+            unsent=answer.unsent,
+            retry_after=answer.retry_after,
+        )
+    return Answer(http_status=answer.status, refused=isinstance(answer, CancelRefused))
 
 
 def usd(amount: Decimal | None) -> float | None:
@@ -259,6 +280,7 @@ class Engine:
             max_cancels=gate.allowed,
             alert_only=gate.alert_only,
         )
+        await self._hourly_limit(decided, now)
         summary.cancel_held += len(decided.held)
         fresh = {(e.provider, e.batch_id) for e in rec.events if e.kind == "policy_matched"}
         for candidate, reason in decided.held:
@@ -287,6 +309,15 @@ class Engine:
         if sending:
             await self._send_cancels(sending, now, summary)
         return gate
+
+    async def _hourly_limit(self, decided: Plan, now: datetime) -> None:
+        """Take the planned cancels from the hourly budget all replicas share; the ones
+        it does not grant are held back like the per-tick cap's (and trip the safety)."""
+        granted = await reserve(self.store, self.rules.safety, len(decided.cancel), now)
+        over, decided.cancel = decided.cancel[granted:], decided.cancel[:granted]
+        limit = self.rules.safety.max_cancels_per_hour
+        decided.held += [(c, f"hourly cancel limit ({limit}, all replicas) reached") for c in over]
+        decided.capped += len(over)
 
     async def _trip(
         self, sending: list[Candidate], capped: int, now: datetime, summary: TickSummary
@@ -510,13 +541,14 @@ class Engine:
         update: RowUpdate,
         rec: Recorder,
     ) -> None:
-        """After our cancel: flag a cancel stuck in 'cancelling', and when the batch ends,
-        record how it ended and what the cancel saved."""
-        if tracked.cancel_outcome != "succeeded":
+        """After our cancel: flag a batch that has not ended ``cancel_stuck_after`` later,
+        whatever its status (still cancelling, or still running after a cancel that did
+        not take), and when it ends, record how it ended and what the cancel saved."""
+        if tracked.cancel_requested_at is None:
             return
-        if view.status == CANCELLING and tracked.cancel_stuck_at is None:
+        if view.status not in TERMINAL and tracked.cancel_stuck_at is None:
             since = update.values.get("cancelling_at") or tracked.cancel_requested_at
-            if since is not None and now - since > self.rules.safety.cancel_stuck_after:
+            if now - since > self.rules.safety.cancel_stuck_after:
                 rec.add(
                     tracked,
                     "cancel_stuck",
@@ -526,7 +558,8 @@ class Engine:
                     cancelling_for_s=(now - since).total_seconds(),
                 )
                 update.values["cancel_stuck_at"] = now
-        if view.status in TERMINAL and tracked.view.status not in TERMINAL:
+        ended = view.status in TERMINAL and tracked.view.status not in TERMINAL
+        if ended and tracked.cancel_outcome == "succeeded":
             final, projected = cost, tracked.cancel_projected_usd
             saved = None if final is None or projected is None else projected - final
             rec.add(
@@ -677,24 +710,28 @@ class Engine:
         )
 
     def _request_cancel(self, item: Work, now: datetime, rec: Recorder) -> None:
+        """``cancel_requested``, written before the request goes out. The batch stays
+        this replica's (its lease renewed) until the outcome is recorded, so no other
+        replica polls it, judges it and sends a second cancel meanwhile. It is not an
+        attempt yet: a crash here must not use one up."""
         tracked, verdict = item.tracked, item.verdict
         assert verdict is not None
-        attempt = tracked.cancel_attempts + 1
         rec.add(
             tracked,
             "cancel_requested",
             policy=verdict.policy,
             from_status=tracked.view.status,
-            attempt=attempt,
+            attempt=tracked.cancel_attempts + 1,
         )
         tracked.cancel_policy = verdict.policy
         projected = projected_cost(item.cost, tracked.view.counts, 1)
         item.update.values.update(
             cancel_policy=verdict.policy,
             cancel_requested_at=now,
-            cancel_attempts=attempt,
             cancel_outcome=None,
             cancel_projected_usd=projected,
+            lease_owner=self.owner,
+            lease_expires_at=now + self.lease,
         )
 
     async def _send_cancels(self, sending: list[Work], now: datetime, summary: TickSummary) -> None:
@@ -703,10 +740,13 @@ class Engine:
         updates = []
         for item, answer in zip(sending, answers, strict=True):
             update = RowUpdate(*item.tracked.key)
-            await self._settle(item, answer, now, update, rec)
+            await self._settle(item, answer, self.clock(), update, rec)
             updates.append(update)
-        await self.store.apply(updates, rec.events)
-        self._announce(rec.events)
+        # Fenced: a replica whose lease ran out during a long request writes nothing; the
+        # next holder settles the cancel from the provider's state.
+        written = await self.store.apply(updates, rec.events, owner=self.owner)
+        self._report_lost(sending, written)
+        self._announce([e for e in rec.events if (e.provider, e.batch_id) in written])
 
     async def _cancel_one(self, tracked: Tracked) -> BatchObject | ProviderError:
         try:
@@ -725,39 +765,91 @@ class Engine:
         update: RowUpdate,
         rec: Recorder,
     ) -> None:
+        """Record what the cancel's answer means (decisions.settle), give the lease back,
+        and learn the batch's state from the answer, or from a GET when refused."""
         tracked = item.tracked
-        policy = tracked.cancel_policy
-        outcome = "succeeded" if isinstance(answer, BatchObject) else "failed"
-        if isinstance(answer, CancelRefused):
-            outcome = "refused"
-        self.metrics.cancels.labels(tracked.view.provider, policy or "", outcome).inc()
+        settled = settle(
+            _answer(answer), tracked.cancel_attempts, tracked.cancel_retries, self._follow_up()
+        )
+        self._record_settled(tracked, answer, settled, rec)
+        update.values.update(
+            cancel_outcome=settled.outcome,
+            cancel_finished_at=now,
+            cancel_attempts=settled.attempts,
+            cancel_retries=settled.retries,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        if settled.outcome == "succeeded":
+            tracked.cancel_outcome = "succeeded"
         if isinstance(answer, BatchObject):
+            self._absorb(tracked, answer, now, update, rec)
+        elif isinstance(answer, CancelRefused):  # finished, it says: learn its state now
+            await self._refresh(tracked, now, update, rec)
+            if tracked.view.status in ACTIVE:  # yet it runs on: say so, never resend
+                rec.add(
+                    tracked,
+                    "cancel_abandoned",
+                    policy=tracked.cancel_policy,
+                    to_status=tracked.view.status,
+                    level="warning",
+                    attempts=settled.attempts,
+                    why=f"the provider refused the cancel ({answer}) but the batch is "
+                    f"still {tracked.view.status}",
+                )
+                self.metrics.cancels_abandoned.labels(
+                    *tracked.key[:1], tracked.cancel_policy or ""
+                ).inc()
+        if settled.retry_in is not None and tracked.view.status not in TERMINAL:
+            update.values["next_poll_at"] = now + settled.retry_in
+
+    def _follow_up(self) -> timedelta:
+        return min(self.rules.safety.cancel_poll_interval, self.poll_interval)
+
+    def _record_settled(
+        self,
+        tracked: Tracked,
+        answer: BatchObject | ProviderError,
+        settled: Settled,
+        rec: Recorder,
+    ) -> None:
+        policy = tracked.cancel_policy
+        self.metrics.cancels.labels(tracked.view.provider, policy or "", settled.outcome).inc()
+        if settled.outcome == "succeeded":
+            to_status = answer.status if isinstance(answer, BatchObject) else None
             rec.add(
                 tracked,
                 "cancel_succeeded",
                 policy=policy,
                 from_status=tracked.view.status,
-                to_status=answer.status,
+                to_status=to_status,
+                attempt=settled.attempts,
             )
-            update.values.update(cancel_outcome="succeeded", cancel_finished_at=now)
-            self._absorb(tracked, answer, now, update, rec)
             return
-        refused = outcome == "refused"
+        error = f"batch still {answer.status}" if isinstance(answer, BatchObject) else str(answer)
         rec.add(
             tracked,
             "cancel_failed",
             policy=policy,
             from_status=tracked.view.status,
             level="warning",
-            error=str(answer),
-            http_status=answer.status,
-            reason="already_terminal" if refused else "request_failed",
+            error=error,
+            http_status=None if isinstance(answer, BatchObject) else answer.status,
+            reason=settled.reason,
+            attempt=settled.attempts,
+            retry_in_s=None if settled.retry_in is None else settled.retry_in.total_seconds(),
         )
-        update.values.update(
-            cancel_outcome="refused" if refused else "failed", cancel_finished_at=now
-        )
-        if refused:  # the provider says it is finished: learn its state now, not next tick
-            await self._refresh(tracked, now, update, rec)
+        if settled.abandoned:
+            self.metrics.cancels_abandoned.labels(tracked.view.provider, policy or "").inc()
+            rec.add(
+                tracked,
+                "cancel_abandoned",
+                policy=policy,
+                from_status=tracked.view.status,
+                level="warning",
+                attempts=settled.attempts,
+                why=f"{settled.attempts} answers from the provider and none took: {error}",
+            )
 
     async def _refresh(
         self, tracked: Tracked, now: datetime, update: RowUpdate, rec: Recorder

@@ -35,6 +35,12 @@ class Metrics:
             ["provider", "policy", "outcome"],
             registry=r,
         )
+        self.cancels_abandoned = Counter(
+            "watchdog_cancels_abandoned",
+            "Cancels given up after their attempts reached the provider and none took.",
+            ["provider", "policy"],
+            registry=r,
+        )
         self.tracked = Gauge(
             "watchdog_tracked_batches",
             "Tracked batches by status.",

@@ -26,24 +26,27 @@ class Gate:
     alert_only: str | None = None
 
 
-def allowed_cancels(limits: SafetySettings, sent_last_hour: int) -> int:
-    return max(0, min(limits.max_cancels_per_tick, limits.max_cancels_per_hour - sent_last_hour))
-
-
 def cooled_down(tripped_at: datetime, cool_down: timedelta | None, now: datetime) -> bool:
     return cool_down is not None and now >= tripped_at + cool_down
 
 
 async def open_gate(store: Store, limits: SafetySettings, now: datetime) -> Gate:
-    """The gate for a tick starting now; ends a trip whose cool-down has passed."""
+    """The gate for a tick starting now (the per-tick limit; the hourly one is taken from
+    the shared ledger as cancels are sent); ends a trip whose cool-down has passed."""
     tripped = await store.get_state(KEY)
     if tripped is not None:
         at = datetime.fromisoformat(tripped["tripped_at"])
         if not cooled_down(at, limits.cool_down, now):
             return Gate(0, f"safety tripped at {tripped['tripped_at']}: alert-only until resume")
         await resume(store, now, by="cool_down")
-    sent = await store.count_events("cancel_requested", now - HOUR)
-    return Gate(allowed_cancels(limits, sent))
+    return Gate(limits.max_cancels_per_tick)
+
+
+async def reserve(store: Store, limits: SafetySettings, want: int, now: datetime) -> int:
+    """How many of ``want`` cancels the hourly limit, shared by all replicas, allows."""
+    if want <= 0:
+        return 0
+    return await store.reserve_cancels(want, limits.max_cancels_per_hour, now)
 
 
 async def trip(store: Store, now: datetime, **numbers: Any) -> Event:

@@ -169,6 +169,7 @@ class Simulator:
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.log: list[tuple[float, str, str]] = []  # (time, "get" | "cancel", batch id)
         self.latency = 0.0  # seconds each GET of a batch takes to answer
+        self.cancel_wait = 0.0  # seconds a cancel takes before the provider acts on it
         self._ids = itertools.count(1)
 
     def add(self, batch_id: str | None = None, *, age: float = 0.0, **params: Any) -> SimBatch:
@@ -246,6 +247,8 @@ class Simulator:
         if batch is None:
             return _error(404, "No batch found with that id.", "invalid_request_error")
         self._count(batch.id, "cancel")
+        if self.cancel_wait:
+            await asyncio.sleep(self.cancel_wait)
         now = self.clock()
         status, _ = batch.status(now)
         if status in ("completed", "failed", "expired", "cancelled"):

@@ -90,6 +90,7 @@ class Tracked:
     cancel_projected_usd: Decimal | None = None
     cancel_stuck_at: datetime | None = None
     cancelling_at: datetime | None = None
+    cancel_retries: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
@@ -184,6 +185,15 @@ def _identity(path: Path | None) -> tuple[int, int] | None:
         return None if path is None else (path.stat().st_dev, path.stat().st_ino)
     except FileNotFoundError:
         return None
+
+
+CANCEL_LEDGER = "cancel_ledger"
+
+
+def _recent(ledger: Mapping[str, int], now: datetime) -> dict[str, int]:
+    """The grants of the last hour."""
+    start = now - timedelta(hours=1)
+    return {at: int(n) for at, n in ledger.items() if datetime.fromisoformat(at) > start}
 
 
 def _alembic_config() -> Config:
@@ -281,6 +291,7 @@ def _tracked(row: Mapping[Any, Any]) -> Tracked:
         cancel_projected_usd=row["cancel_projected_usd"],
         cancel_stuck_at=row["cancel_stuck_at"],
         cancelling_at=row["cancelling_at"],
+        cancel_retries=row["cancel_retries"] or 0,
     )
 
 
@@ -513,11 +524,17 @@ class Store:
         async with self.engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(query)).mappings()]
 
-    async def due_unsettled_cancels(self) -> int:
-        """Make every batch with a cancel_requested but no outcome due now, so the first
-        tick reconciles it from the provider's state (after a crash). How many."""
+    async def due_unsettled_cancels(self, now: datetime) -> int:
+        """Make every batch with a cancel_requested but no outcome, whose sender is gone
+        (its lease expired or released), due now, so the first tick reconciles it from
+        the provider's state (after a crash). A cancel another replica still has in
+        flight is left to it. How many."""
         c = batches.c
-        where = c.cancel_requested_at.is_not(None) & c.cancel_outcome.is_(None)
+        where = (
+            c.cancel_requested_at.is_not(None)
+            & c.cancel_outcome.is_(None)
+            & or_(c.lease_expires_at.is_(None), c.lease_expires_at < now)
+        )
         async with self.engine.begin() as conn:
             result = await conn.execute(update(batches).where(where).values(next_poll_at=None))
         return int(result.rowcount or 0)
@@ -562,6 +579,23 @@ class Store:
             if value is not None:
                 await conn.execute(insert(state).values(key=key, value=value, updated_at=now))
             await self._insert_events(conn, list(events))
+
+    async def reserve_cancels(self, want: int, per_hour: int, now: datetime) -> int:
+        """Take up to ``want`` cancels from the hourly budget all replicas share, in one
+        locked transaction (so two replicas cannot both spend the last ones): how many
+        were granted. The ledger keeps the last hour's grants by time (one entry per
+        tick that sent any), so no event scan is needed."""
+        key = state.c.key == CANCEL_LEDGER
+        seed = {"key": CANCEL_LEDGER, "value": {}, "updated_at": now}
+        async with self.engine.begin() as conn:
+            await conn.execute(_insert(self.engine)(state).values(seed).on_conflict_do_nothing())
+            found = await conn.execute(select(state.c.value).where(key).with_for_update())
+            ledger = _recent(found.scalar() or {}, now)
+            granted = max(0, min(want, per_hour - sum(ledger.values())))
+            if granted:
+                ledger[now.isoformat()] = ledger.get(now.isoformat(), 0) + granted
+            await conn.execute(update(state).where(key).values(value=ledger, updated_at=now))
+        return granted
 
     async def count_events(self, kind: str, since: datetime) -> int:
         c = batch_events.c

@@ -134,6 +134,8 @@ batches = Table(
     Column("cancel_requested_at", UTCDateTime),
     Column("cancel_attempts", Integer, nullable=False, server_default="0"),
     Column("cancel_outcome", String(32)),
+    # Transient failures in a row of the cancel under way (migration 0003): its backoff.
+    Column("cancel_retries", Integer, nullable=False, server_default="0"),
     Column("cancel_finished_at", UTCDateTime),
     Column("pricing_missing_at", UTCDateTime),
     # Safety (migration 0002): `for:` clocks, progress history, silences, follow-through.
@@ -194,5 +196,6 @@ EVENT_KINDS = frozenset(
         "provider_unavailable",
         "provider_recovered",
         "backlog",
+        "cancel_abandoned",
     }
 )

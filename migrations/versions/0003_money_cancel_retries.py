@@ -1,5 +1,6 @@
 """money as exact decimals: cost_usd and cancel_projected_usd from FLOAT to NUMERIC
-(text on SQLite, whose NUMERIC is a float underneath)
+(text on SQLite, whose NUMERIC is a float underneath); cancel_retries, the transient
+failures in a row of the cancel under way (its backoff)
 
 Revision ID: 0003
 Revises: 0002
@@ -30,6 +31,9 @@ def _using(column: str, cast: str) -> dict[str, str]:
 
 def upgrade() -> None:
     with op.batch_alter_table("batches") as batch:
+        batch.add_column(
+            sa.Column("cancel_retries", sa.Integer(), nullable=False, server_default="0")
+        )
         for column in MONEY:
             batch.alter_column(
                 column,
@@ -41,6 +45,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     with op.batch_alter_table("batches") as batch:
+        batch.drop_column("cancel_retries")
         for column in MONEY:
             batch.alter_column(
                 column,
