@@ -217,3 +217,31 @@ async def test_the_hourly_limit_is_shared_by_replicas(harness: Harness) -> None:
     assert cancels(h, *ids) == 10
     tripped = [e for e in await h.store.list_events() if e["kind"] == "safety_tripped"]
     assert len(tripped) >= 1
+
+
+@pytest.mark.parametrize(("offset", "cancelled"), [(0, 1), (-46_800, 0), (-120, 1)])
+async def test_a_local_clock_stepped_forward_cancels_nothing(
+    harness: Harness, offset: float, cancelled: int
+) -> None:
+    """The host clock stepped 13 hours forward (the provider's Date header that far
+    behind): `age_above: 12h` would hold for every batch, so nothing is cancelled, and
+    why is recorded (`clock_skew`, once) and logged. Two minutes off is within the
+    default skew."""
+    from structlog.testing import capture_logs
+
+    h = harness
+    h.configure(policies=[{"name": "old", "when": {"age_above": "12h"}, "action": "cancel"}])
+    expensive(h, "b")
+    h.sim.simulator.date_offset = offset
+    await h.track("b")
+    await h.tick()
+    h.clock.advance(46_800)  # the stepped clock: now everything looks 13 hours older
+    with capture_logs() as logs:
+        await h.tick()
+        await h.tick(advance=60)
+    assert cancels(h, "b") == cancelled
+    skew = [e for e in await h.store.list_events() if e["kind"] == "clock_skew"]
+    assert len(skew) == (1 - cancelled)
+    if not cancelled:
+        held = [e for e in logs if e["event"] == "cancel_held"]
+        assert held and "local clock is +46800s off sim's" in held[0]["reason"]

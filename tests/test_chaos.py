@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.daemons import Daemon, write_config
+from tests.databases import fresh_postgres
 from watchdog.chaos import KINDS, Chaos
 from watchdog.simulator import Simulator
 from watchdog.store import Store, create_engine, upgrade
@@ -108,3 +111,64 @@ async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
         recorded = [e["to_status"] for e in events if e["kind"] == "status_changed"]
         assert is_subsequence(expected, recorded), (batch_id, expected, recorded)
     await engine.dispose()
+
+
+@pytest.mark.parametrize("concurrency", [2, 16])
+async def test_chaos_replicas_on_postgres(
+    tmp_path: Path, aiohttp_server: Any, concurrency: int
+) -> None:
+    """Three replicas on one PostgreSQL, the simulator failing 10 % of requests, a
+    replica SIGKILLed at a random moment about every 1.5 s (30 kills, each restarted at
+    once): every violator gets exactly one cancel the provider acts on, no other batch
+    any, and no cancel is abandoned."""
+    chaos = Chaos(rate=0.10, seed=concurrency, hang_seconds=30)
+    sim = Simulator(chaos=chaos)
+    server = await aiohttp_server(sim.app())
+    rng = random.Random(concurrency)
+    violators = [f"batch_{i:03d}" for i in range(30)]
+    for i in range(120):
+        bad = i < 30
+        sim.add(
+            f"batch_{i:03d}",
+            model=LLAMA,
+            total=40_000 if bad else 3000,
+            rate=rng.uniform(150, 300),
+            cancel_delay=5,
+            input_tokens=30_000 if bad else 10,
+            output_tokens=60_000 if bad else 10,
+        )
+    async with fresh_postgres() as db:
+        engine = create_engine(db)
+        await upgrade(engine)
+        store = Store(engine)
+        from watchdog.engine import utcnow
+
+        for batch_id in sim.batches:
+            await store.track("sim", batch_id, {}, utcnow())
+        config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=str(server.make_url("/v1")))
+        text = config.read_text().replace("poll_interval: 2s", "poll_interval: 1s")
+        text = text.replace(
+            "api_key_env: SIM_TOKEN",
+            f"api_key_env: SIM_TOKEN\n    timeout: 2s\n    concurrency: {concurrency}",
+        )
+        config.write_text(text + "lease_duration: 3s\n")
+        replicas = [await Daemon.start(config) for _ in range(3)]
+        kills = 0
+        try:
+            while kills < 30:
+                await asyncio.sleep(rng.uniform(0.5, 2.5))
+                victim = rng.randrange(3)
+                assert replicas[victim].proc.returncode is None, "".join(replicas[victim].raw[-20:])
+                await replicas[victim].kill()
+                kills += 1
+                replicas[victim] = await Daemon.start(config)
+            await asyncio.sleep(20)  # the survivors settle what the killed left behind
+        finally:
+            codes = [await r.stop() for r in replicas]
+        assert codes == [0, 0, 0]
+        cancels = {b: sim.calls.get(b, {}).get("cancel", 0) for b in sim.batches}
+        assert {b: cancels[b] for b in violators if cancels[b] != 1} == {}
+        assert [b for b in cancels if b not in violators and cancels[b]] == []
+        kinds = [e["kind"] for e in await store.list_events()]
+        assert "cancel_abandoned" not in kinds
+        await engine.dispose()

@@ -65,3 +65,35 @@ async def test_an_early_tick_comes_for_a_batch_due_before_the_next_regular_one()
     loop = TickLoop(tick, timedelta(seconds=60), next_due=next_due)
     await asyncio.wait_for(loop.run(stop), timeout=10)
     assert (started[1] - started[0]).total_seconds() < 5
+
+
+async def test_ticks_go_on_when_the_wall_clock_steps_back() -> None:
+    """The wall clock stepped back an hour leaves APScheduler's next run an hour away;
+    the loop notices on the monotonic clock and ticks again within two intervals."""
+    stop = asyncio.Event()
+    started: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def tick() -> None:
+        started.append(loop.time())
+
+    ticks = TickLoop(tick, timedelta(seconds=0.2))
+    runner = asyncio.create_task(ticks.run(stop))
+    while len(started) < 2:
+        await asyncio.sleep(0.01)
+    assert ticks._scheduler is not None
+    job = ticks._scheduler.get_job("tick")
+    from datetime import UTC, datetime
+
+    job.modify(next_run_time=datetime.now(UTC) + timedelta(hours=1))  # the step back
+    stepped = loop.time()
+    await asyncio.sleep(0.2)  # a tick in flight may still land; then none for an hour
+    count = len(started)
+    with capture_logs() as logs:
+        async with asyncio.timeout(5):
+            while len(started) < count + 2:
+                await asyncio.sleep(0.01)
+    stop.set()
+    await runner
+    assert started[count] - stepped < 1.0
+    assert any(e["event"] == "clock_jumped" for e in logs)

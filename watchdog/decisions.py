@@ -25,6 +25,7 @@ class Candidate:
     cancel_outcome: str | None = None
     cancel_attempts: int = 0
     exempt: str | None = None  # why it must not be cancelled (metadata, a silence)
+    blocked: str | None = None  # why no cancel may go out now (the local clock is off)
 
 
 @dataclass(slots=True)
@@ -46,6 +47,8 @@ def hold_reason(candidate: Candidate) -> str | None:
         return f"gave up after {candidate.cancel_attempts} cancel attempts"
     if candidate.exempt is not None:
         return f"exempt: {candidate.exempt}"
+    if candidate.blocked is not None:
+        return candidate.blocked
     return None
 
 

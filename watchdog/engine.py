@@ -184,6 +184,7 @@ class Engine:
         self.last_summary: TickSummary | None = None
         self._next_rules: Rules | None = None
         self._in_backlog = False
+        self._skewed: dict[str, str] = {}  # provider -> why its cancels are held
         self.on_progress: Callable[[], None] | None = None
 
     def replace_rules(self, rules: Rules) -> None:
@@ -267,6 +268,7 @@ class Engine:
         """One chunk of a tick; returns what the rest of the tick may still cancel."""
         rec = Recorder(self.clock, summary)
         results = await asyncio.gather(*(self._fetch(t) for t in claimed))
+        await self._check_clocks()  # with the Date headers of these very answers
         # Judge and reschedule from when the answers arrived: a long tick must not leave
         # batches due again early.
         now = self.clock()
@@ -336,6 +338,27 @@ class Engine:
         self.metrics.safety_tripped.set(1)
         self._announce([event])
         return Gate(0, "safety tripped: alert-only until resume")
+
+    async def _check_clocks(self) -> None:
+        """Hold every cancel to a provider whose clock (its answers' Date header) is
+        further from ours than ``max_clock_skew``: a host clock stepped a day forward
+        must not cancel healthy batches through ``age_above``. Recorded (``clock_skew``)
+        when it starts; logged when it ends."""
+        limit, now, events = self.rules.safety.max_clock_skew, self.clock(), []
+        for name, client in self.clients.items():
+            offset = client.clock_offset
+            off = limit is not None and offset is not None and abs(offset) > limit.total_seconds()
+            if off and name not in self._skewed:
+                assert offset is not None
+                why = f"local clock is {-offset:+.0f}s off {name}'s (its Date header): not acting"
+                self._skewed[name] = why
+                events.append(Event(now, name, None, "clock_skew", detail={"offset_s": offset}))
+                log.error("clock_skew", provider=name, offset_s=offset, note=why)
+            elif not off and name in self._skewed:
+                del self._skewed[name]
+                log.warning("clock_skew_cleared", provider=name, offset_s=offset)
+        if events:
+            await self.store.apply([], events)
 
     async def _provider_changes(self) -> None:
         """Record providers going unavailable (circuit open) and coming back."""
@@ -707,6 +730,7 @@ class Engine:
             cancel_outcome=tracked.cancel_outcome,
             cancel_attempts=tracked.cancel_attempts,
             exempt=exempt,
+            blocked=self._skewed.get(tracked.view.provider),
         )
 
     def _request_cancel(self, item: Work, now: datetime, rec: Recorder) -> None:

@@ -190,6 +190,9 @@ class ProviderClient:
         self._session: aiohttp.ClientSession | None = None
         self._slots: asyncio.Semaphore | None = None
         self.breaker = Breaker()
+        # The provider's clock minus ours (seconds), from the last answer's Date header:
+        # a host clock stepped away from the world's must not drive age-based cancels.
+        self.clock_offset: float | None = None
 
     def __repr__(self) -> str:
         return f"ProviderClient({self.name!r}, base_url={self.base_url!r})"
@@ -294,6 +297,7 @@ class ProviderClient:
             async with self._slots, request as resp:
                 body = await _read_capped(resp)
                 status, headers = resp.status, resp.headers
+                self._note_clock(headers.get("Date"))
         except TimeoutError:
             raise TemporaryError(f"no answer within {self._timeout:g}s") from None
         except aiohttp.ClientConnectorError as exc:
@@ -314,6 +318,17 @@ class ProviderClient:
         if status == 404:
             raise NotFound(message, status=status)
         raise PermanentError(message, status=status)
+
+    def _note_clock(self, date: str | None) -> None:
+        if not date:
+            return
+        try:
+            theirs = parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            return
+        if theirs.tzinfo is None:
+            theirs = theirs.replace(tzinfo=UTC)
+        self.clock_offset = (theirs - datetime.now(UTC)).total_seconds()
 
     def _snippet(self, body: bytes) -> str:
         """The error's message, or the body's start: short, one line, key-free."""

@@ -117,6 +117,28 @@ class TickLoop:
             id=f"early-tick-{self._early_count}",
         )
 
+    async def _keep_cadence(self, stop: asyncio.Event) -> None:
+        """APScheduler plans by the wall clock: stepped back an hour, it would wait an
+        hour for the next tick. On the event loop's monotonic clock, this notices ticks
+        that stopped coming (or a next run further off than an interval) and brings the
+        regular tick back to now."""
+        loop = asyncio.get_running_loop()
+        seconds = self._interval.total_seconds()
+        last_seen, last_at = self.last_tick_started, loop.time()
+        while not stop.is_set():
+            await asyncio.sleep(seconds)
+            if self.last_tick_started != last_seen or self._inflight is not None:
+                last_seen, last_at = self.last_tick_started, loop.time()
+                continue
+            job = self._scheduler.get_job("tick") if self._scheduler else None
+            if job is None or job.next_run_time is None:
+                continue
+            ahead = (job.next_run_time - utcnow()).total_seconds()
+            if loop.time() - last_at > 2 * seconds or ahead > 1.5 * seconds:
+                log.warning("clock_jumped", next_run_in_s=round(ahead, 1), note="ticking now")
+                job.modify(next_run_time=utcnow())
+                last_at = loop.time()
+
     def _drop_early(self) -> None:
         if self._early is not None and self._scheduler is not None:
             with contextlib.suppress(JobLookupError):
@@ -138,9 +160,11 @@ class TickLoop:
         )
         scheduler.start()
         self._scheduler = scheduler
+        guard = asyncio.create_task(self._keep_cadence(stop))
         try:
             await stop.wait()
         finally:
+            guard.cancel()
             scheduler.pause()
             inflight = self._inflight
             if inflight is not None and not inflight.done():

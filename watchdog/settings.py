@@ -139,6 +139,11 @@ class SafetySettings(_Strict):
     cancel_stuck_after: Duration = Field(
         default=timedelta(minutes=15), description="cancelling longer than this: cancel_stuck"
     )
+    max_clock_skew: Duration | None = Field(
+        default=timedelta(minutes=5),
+        description="hold every cancel to a provider whose Date header is further than this "
+        "from the local clock (null: never check)",
+    )
 
 
 NotifyEvent = Literal[

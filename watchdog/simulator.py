@@ -13,6 +13,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 from aiohttp import web
@@ -170,6 +171,7 @@ class Simulator:
         self.log: list[tuple[float, str, str]] = []  # (time, "get" | "cancel", batch id)
         self.latency = 0.0  # seconds each GET of a batch takes to answer
         self.cancel_wait = 0.0  # seconds a cancel takes before the provider acts on it
+        self.date_offset = 0.0  # the Date header runs this many seconds off real time
         self._ids = itertools.count(1)
 
     def add(self, batch_id: str | None = None, *, age: float = 0.0, **params: Any) -> SimBatch:
@@ -180,7 +182,7 @@ class Simulator:
         return batch
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[self._faults_and_auth])
+        app = web.Application(middlewares=[self._server_date, self._faults_and_auth])
         app.router.add_post("/v1/batches", self._create)
         app.router.add_get("/v1/batches", self._list)
         app.router.add_get("/v1/batches/{id}", self._get)
@@ -188,6 +190,16 @@ class Simulator:
         app.router.add_get("/_sim/calls", self._calls)
         app.router.add_post("/_sim/faults", self._add_fault)
         return app
+
+    @web.middleware
+    async def _server_date(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """The provider's own clock in the Date header, ``date_offset`` off the real one
+        (to test a host whose clock was stepped)."""
+        result: web.StreamResponse = await handler(request)
+        if self.date_offset:
+            when = time.time() + self.date_offset
+            result.headers["Date"] = formatdate(when, usegmt=True)
+        return result
 
     @web.middleware
     async def _faults_and_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:

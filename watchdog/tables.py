@@ -197,5 +197,6 @@ EVENT_KINDS = frozenset(
         "provider_recovered",
         "backlog",
         "cancel_abandoned",
+        "clock_skew",
     }
 )
