@@ -811,19 +811,8 @@ class Engine:
         elif isinstance(answer, CancelRefused):  # finished, it says: learn its state now
             await self._refresh(tracked, now, update, rec)
             if tracked.view.status in ACTIVE:  # yet it runs on: say so, never resend
-                rec.add(
-                    tracked,
-                    "cancel_abandoned",
-                    policy=tracked.cancel_policy,
-                    to_status=tracked.view.status,
-                    level="warning",
-                    attempts=settled.attempts,
-                    why=f"the provider refused the cancel ({answer}) but the batch is "
-                    f"still {tracked.view.status}",
-                )
-                self.metrics.cancels_abandoned.labels(
-                    *tracked.key[:1], tracked.cancel_policy or ""
-                ).inc()
+                why = f"the provider refused the cancel ({answer}) but the batch is still "
+                self._abandon(tracked, settled.attempts, why + str(tracked.view.status), rec)
         if settled.retry_in is not None and tracked.view.status not in TERMINAL:
             update.values["next_poll_at"] = now + settled.retry_in
 
@@ -864,16 +853,22 @@ class Engine:
             retry_in_s=None if settled.retry_in is None else settled.retry_in.total_seconds(),
         )
         if settled.abandoned:
-            self.metrics.cancels_abandoned.labels(tracked.view.provider, policy or "").inc()
-            rec.add(
-                tracked,
-                "cancel_abandoned",
-                policy=policy,
-                from_status=tracked.view.status,
-                level="warning",
-                attempts=settled.attempts,
-                why=f"{settled.attempts} answers from the provider and none took: {error}",
-            )
+            why = f"{settled.attempts} answers from the provider and none took: {error}"
+            self._abandon(tracked, settled.attempts, why, rec)
+
+    def _abandon(self, tracked: Tracked, attempts: int, why: str, rec: Recorder) -> None:
+        """A cancel given up: a warning event with why, and a metric."""
+        policy = tracked.cancel_policy
+        self.metrics.cancels_abandoned.labels(tracked.view.provider, policy or "").inc()
+        rec.add(
+            tracked,
+            "cancel_abandoned",
+            policy=policy,
+            from_status=tracked.view.status,
+            level="warning",
+            attempts=attempts,
+            why=why,
+        )
 
     async def _refresh(
         self, tracked: Tracked, now: datetime, update: RowUpdate, rec: Recorder
