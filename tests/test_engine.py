@@ -267,8 +267,9 @@ async def test_cancel_refused_refreshes_and_does_not_retry(harness: Harness) -> 
     assert (row["cancel_outcome"], row["status"]) == ("refused", "completed")
 
 
-async def test_failed_cancel_is_retried_a_bounded_number_of_times(harness: Harness) -> None:
-    """A cancel that keeps failing is retried on later ticks, three attempts at most."""
+async def test_failed_cancel_is_retried_with_a_growing_backoff(harness: Harness) -> None:
+    """A cancel that keeps failing with a 500 (transient) is tried again after 15 s,
+    30 s, 60 s, 120 s…, never given up for it, and uses no attempt."""
     h = harness
     h.configure(policies=COST_CAP)
     progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
@@ -276,8 +277,11 @@ async def test_failed_cancel_is_retried_a_bounded_number_of_times(harness: Harne
     await h.track("batch_big")
     for _ in range(5):
         await h.tick(advance=60)
-    assert (await h.kinds("batch_big")).count("cancel_requested") == 3
-    assert (await h.row("batch_big"))["cancel_attempts"] == 3
+    events = await h.store.list_events("batch_big")
+    waits = [e["detail"]["retry_in_s"] for e in events if e["kind"] == "cancel_failed"]
+    assert waits == [15, 30, 60, 120]
+    assert "cancel_abandoned" not in [e["kind"] for e in events]
+    assert (await h.row("batch_big"))["cancel_attempts"] == 0
 
 
 async def test_crash_after_cancel_requested_reconciles(harness: Harness) -> None:

@@ -1,5 +1,6 @@
 """The wire model reads real provider payloads; batch ids are validated before URLs."""
 
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -11,6 +12,7 @@ from watchdog.models import (
     BatchPage,
     InvalidBatchId,
     is_unknown_status,
+    read_page,
     validate_batch_id,
     view_of,
 )
@@ -137,6 +139,7 @@ def test_a_malformed_list_item_costs_only_itself() -> None:
         good | {"id": "batch_c", "request_counts": {"total": 1e400, "completed": 0, "failed": 0}},
         good | {"id": "batch_d"},
     ]
-    page = BatchPage.model_validate({"object": "list", "data": items, "has_more": True})
+    body = json.dumps({"object": "list", "data": items, "has_more": True})
+    page = read_page(body.replace('"total": Infinity', '"total": 1e400').encode())
     assert [b.id for b in page.data] == ["batch_a", "batch_d"]
     assert page.skipped == 4 and page.cursor == "batch_d" and page.has_more

@@ -3,6 +3,7 @@ normalised view that policies read, the status sets and batch-id validation."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -200,34 +201,52 @@ class BatchObject(_Wire):
 
 
 class BatchPage(_Wire):
-    """One page of ``GET /batches``. Items are read one by one: a malformed item is
-    skipped (counted in ``skipped``; its batch is fetched singly), the rest kept."""
+    """One page of ``GET /batches`` (read with ``read_page``)."""
 
     object: str = "list"
     data: list[BatchObject]
     first_id: str | None = None
     last_id: str | None = None
     has_more: bool = False
-    skipped: int = 0
-    cursor: str | None = None  # the id to page on from: last_id, else the last item's
+    skipped: int = 0  # malformed items left out (their batches are fetched singly)
+    raw_last_id: str | None = None  # the last item's id, even when that item was bad
 
-    @model_validator(mode="before")
-    @classmethod
-    def _item_by_item(cls, value: Any) -> Any:
-        if not isinstance(value, dict) or not isinstance(value.get("data"), list):
-            return value
-        good, skipped = [], 0
-        for item in value["data"]:
-            try:
-                good.append(BatchObject.model_validate(item))
-            except ValidationError:
-                skipped += 1
-        raw = value["data"]
-        last = raw[-1].get("id") if raw and isinstance(raw[-1], dict) else None
-        cursor = value.get("last_id") or last
-        if not (isinstance(cursor, str) and _BATCH_ID.fullmatch(cursor)):
-            cursor = good[-1].id if good else None
-        return {**value, "data": good, "skipped": skipped, "cursor": cursor}
+    @property
+    def cursor(self) -> str | None:
+        """The id to page on from: last_id, else the last item's (valid ids only)."""
+        last = self.data[-1].id if self.data else None
+        for candidate in (self.last_id, self.raw_last_id, last):
+            if candidate is not None and _BATCH_ID.fullmatch(candidate):
+                return candidate
+        return None
+
+
+def read_page(body: bytes) -> BatchPage:
+    """A list page, in one pass when it is well formed; else item by item, so that one
+    malformed item costs only itself (ValidationError when the page itself is bad)."""
+    try:
+        return BatchPage.model_validate_json(body)
+    except ValidationError as exc:
+        try:
+            raw = json.loads(body)
+        except ValueError:
+            raise exc from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+            raise
+        return BatchPage.model_validate(_lenient(raw))
+
+
+def _lenient(raw: dict[str, Any]) -> dict[str, Any]:
+    good, skipped = [], 0
+    for item in raw["data"]:
+        try:
+            good.append(BatchObject.model_validate(item))
+        except ValidationError:
+            skipped += 1
+    tail = raw["data"][-1] if raw["data"] else None
+    last = tail.get("id") if isinstance(tail, dict) else None
+    raw_last = last if isinstance(last, str) else None
+    return {**raw, "data": good, "skipped": skipped, "raw_last_id": raw_last}
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from watchdog.models import BatchObject, BatchPage, validate_batch_id
+from watchdog.models import BatchObject, BatchPage, read_page, validate_batch_id
 
 SNIPPET = 200
 MAX_BODY = 16 * 1024 * 1024  # an answer larger than this fails its call, unread
@@ -239,20 +239,20 @@ class ProviderClient:
         if after is not None:
             params["after"] = validate_batch_id(after)
         body = await self._call("GET", f"{self.base_url}/batches", params)
-        return self._parse(BatchPage, body)
+        return self._parse(read_page, body)
 
     def _batch_url(self, batch_id: str) -> str:
         return f"{self.base_url}/batches/{validate_batch_id(batch_id)}"
 
     def _batch(self, body: bytes, batch_id: str) -> BatchObject:
-        batch = self._parse(BatchObject, body)
+        batch = self._parse(BatchObject.model_validate_json, body)
         if batch.id != batch_id:
             raise PermanentError(f"answer is for batch {batch.id[:130]!r}, not {batch_id!r}")
         return batch
 
-    def _parse(self, model: type[Model], body: bytes) -> Model:
+    def _parse(self, read: Callable[[bytes], Model], body: bytes) -> Model:
         try:
-            return model.model_validate_json(body)
+            return read(body)
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             where = ".".join(str(p) for p in error["loc"]) or "body"
