@@ -49,3 +49,38 @@ def test_benchmark_smoke_run(tmp_path: Path) -> None:
         assert key in watchdog
     assert figures["contenders"]["aiohttp"]["polls"] == 45
     assert figures["idle"]["tracked"] == 200 and figures["machine"]["cores"]
+
+
+def test_overshoot_benchmark_smoke_run(tmp_path: Path) -> None:
+    """A tiny accelerated run of the overshoot benchmark through the real tick loop
+    cancels every batch and writes the documented figures."""
+    out = tmp_path / "overshoot.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.overshoot",
+            "--batches",
+            "4",
+            "--speed",
+            "600",
+            "--timeout",
+            "60",
+            "--cancel-latency",
+            "2",
+            "--usage-lag",
+            "3",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    figures = json.loads(out.read_text())
+    for mode in ("fixed", "adaptive"):
+        assert figures[mode]["cancelled"] == figures[mode]["of"] == 4
+        assert set(figures[mode]) >= {"median_pct", "p90_pct", "max_pct"}
+    assert figures["params"]["cancel_latency"] == 2 and figures["params"]["usage_lag"] == 3
