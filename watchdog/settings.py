@@ -421,7 +421,14 @@ def explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
     loc = tuple(first["loc"])
     message = _message(first, loc)
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{_where(loc, data)}{message}{more}"
+    return _one_line(f"{_where(loc, data)}{message}{more}")
+
+
+def _one_line(text: str) -> str:
+    """Keys and values come from the file: a newline or escape in one is shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _where(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
