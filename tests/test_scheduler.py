@@ -85,15 +85,14 @@ async def test_ticks_go_on_when_the_wall_clock_steps_back() -> None:
     job = ticks._scheduler.get_job("tick")
     from datetime import UTC, datetime
 
-    job.modify(next_run_time=datetime.now(UTC) + timedelta(hours=1))  # the step back
-    stepped = loop.time()
-    await asyncio.sleep(0.2)  # a tick in flight may still land; then none for an hour
-    count = len(started)
     with capture_logs() as logs:
+        job.modify(next_run_time=datetime.now(UTC) + timedelta(hours=1))  # the step back
+        stepped, count = loop.time(), len(started)
         async with asyncio.timeout(5):
             while len(started) < count + 2:
                 await asyncio.sleep(0.01)
     stop.set()
     await runner
-    assert started[count] - stepped < 1.0
+    # Within two intervals and a margin for a loaded machine, not an hour later.
+    assert started[count + 1] - stepped < 2.0
     assert any(e["event"] == "clock_jumped" for e in logs)
