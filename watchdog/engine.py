@@ -45,6 +45,7 @@ log = structlog.get_logger("watchdog.engine")
 
 
 ADAPTIVE_MARGIN = timedelta(seconds=1)
+LEASE_SHARE_FOR_CANCELS = 0.8  # of lease_duration: a cancel call ends within it
 
 
 def _older(batch: BatchObject, than: datetime | None) -> bool:
@@ -760,7 +761,12 @@ class Engine:
 
     async def _send_cancels(self, sending: list[Work], now: datetime, summary: TickSummary) -> None:
         rec = Recorder(self.clock, summary)
-        answers = await asyncio.gather(*(self._cancel_one(w.tracked) for w in sending))
+        # The calls must end while the lease still holds (retries and Retry-After waits
+        # included): past it, another replica could poll the batch before the provider
+        # acted and send a second cancel. A call cut short is settled by the next poll,
+        # which the outcome schedules after the provider has had time to act.
+        budget = self.lease.total_seconds() * LEASE_SHARE_FOR_CANCELS
+        answers = await asyncio.gather(*(self._cancel_one(w.tracked, budget) for w in sending))
         updates = []
         for item, answer in zip(sending, answers, strict=True):
             update = RowUpdate(*item.tracked.key)
@@ -772,11 +778,15 @@ class Engine:
         self._report_lost(sending, written)
         self._announce([e for e in rec.events if (e.provider, e.batch_id) in written])
 
-    async def _cancel_one(self, tracked: Tracked) -> BatchObject | ProviderError:
+    async def _cancel_one(self, tracked: Tracked, budget: float) -> BatchObject | ProviderError:
+        client = self.clients[tracked.view.provider]
         try:
-            return await self.clients[tracked.view.provider].cancel(tracked.view.batch_id)
+            async with asyncio.timeout(budget):
+                return await client.cancel(tracked.view.batch_id)
         except ProviderError as exc:
             return exc
+        except TimeoutError:
+            return TemporaryError(f"cancel call ran past {budget:g}s, most of the lease")
         except Exception as exc:  # never let one cancel's bug lose the others' outcomes
             log.exception("cancel_crashed", batch_id=tracked.view.batch_id)
             return PermanentError(f"internal error: {type(exc).__name__}")

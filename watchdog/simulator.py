@@ -258,9 +258,9 @@ class Simulator:
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "No batch found with that id.", "invalid_request_error")
-        self._count(batch.id, "cancel")
-        if self.cancel_wait:
+        if self.cancel_wait:  # a request dropped meanwhile was never acted on: not counted
             await asyncio.sleep(self.cancel_wait)
+        self._count(batch.id, "cancel")
         now = self.clock()
         status, _ = batch.status(now)
         if status in ("completed", "failed", "expired", "cancelled"):
