@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.daemons import Daemon, write_config
 from tests.databases import fresh_postgres
@@ -48,6 +49,29 @@ def is_subsequence(needle: list[str], haystack: list[str]) -> bool:
     return all(any(x == y for y in it) for x in needle)
 
 
+async def tracking_all(db: str, sim: Simulator) -> tuple[AsyncEngine, Store]:
+    """A migrated database tracking every simulated batch."""
+    from watchdog.engine import utcnow
+
+    engine = create_engine(db)
+    await upgrade(engine)
+    store = Store(engine)
+    for batch_id in sim.batches:
+        await store.track("sim", batch_id, {}, utcnow())
+    return engine, store
+
+
+def chaos_config(tmp_path: Path, db: str, sim_url: str, provider: str, lease: str) -> Path:
+    """The daemons' config: a 1 s interval, 2 s timeouts, a short lease."""
+    config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=sim_url)
+    text = config.read_text().replace("poll_interval: 2s", "poll_interval: 1s")
+    text = text.replace(
+        "api_key_env: SIM_TOKEN", f"api_key_env: SIM_TOKEN\n    timeout: 2s\n    {provider}"
+    )
+    config.write_text(text + f"lease_duration: {lease}\n")
+    return config
+
+
 async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
     clock = FreezableClock()
     chaos = Chaos(rate=0.10, seed=1234, hang_seconds=30)
@@ -71,19 +95,8 @@ async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
         if bad:
             violators.append(f"batch_{i:03d}")
     db = f"sqlite+aiosqlite:///{tmp_path / 'chaos.db'}"
-    engine = create_engine(db)
-    await upgrade(engine)
-    store = Store(engine)
-    from watchdog.engine import utcnow
-
-    for batch_id in sim.batches:
-        await store.track("sim", batch_id, {}, utcnow())
-    config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=str(server.make_url("/v1")))
-    text = config.read_text().replace("poll_interval: 2s", "poll_interval: 1s")
-    text = text.replace(
-        "api_key_env: SIM_TOKEN", "api_key_env: SIM_TOKEN\n    timeout: 2s\n    max_retries: 2"
-    )
-    config.write_text(text + "lease_duration: 5s\n")
+    engine, store = await tracking_all(db, sim)
+    config = chaos_config(tmp_path, db, str(server.make_url("/v1")), "max_retries: 2", "5s")
     start = time.time()
     killed: list[int] = []
     daemon = await Daemon.start(config)
@@ -142,20 +155,9 @@ async def test_chaos_replicas_on_postgres(
             output_tokens=60_000 if bad else 10,
         )
     async with fresh_postgres() as db:
-        engine = create_engine(db)
-        await upgrade(engine)
-        store = Store(engine)
-        from watchdog.engine import utcnow
-
-        for batch_id in sim.batches:
-            await store.track("sim", batch_id, {}, utcnow())
-        config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=str(server.make_url("/v1")))
-        text = config.read_text().replace("poll_interval: 2s", "poll_interval: 1s")
-        text = text.replace(
-            "api_key_env: SIM_TOKEN",
-            f"api_key_env: SIM_TOKEN\n    timeout: 2s\n    concurrency: {concurrency}",
-        )
-        config.write_text(text + "lease_duration: 3s\n")
+        engine, store = await tracking_all(db, sim)
+        url = str(server.make_url("/v1"))
+        config = chaos_config(tmp_path, db, url, f"concurrency: {concurrency}", "3s")
         replicas = [await Daemon.start(config) for _ in range(3)]
         kills = 0
         try:

@@ -242,8 +242,8 @@ async def test_webhook_gets_one_message_per_cancel(harness: Harness, aiohttp_ser
     assert received[0]["text"].startswith("batch-watchdog: cancel_succeeded on sim/b")
 
 
-async def test_a_hung_webhook_never_holds_a_tick(harness: Harness, aiohttp_server: Any) -> None:
-    """With the receiver hanging, the tick still completes and records its cancel."""
+async def hanging_receiver(aiohttp_server: Any) -> tuple[asyncio.Event, str]:
+    """A webhook receiver that answers only once the event is set."""
     release = asyncio.Event()
 
     async def hang(request: web.Request) -> web.Response:
@@ -253,8 +253,14 @@ async def test_a_hung_webhook_never_holds_a_tick(harness: Harness, aiohttp_serve
     app = web.Application()
     app.router.add_post("/hook", hang)
     server = await aiohttp_server(app)
+    return release, str(server.make_url("/hook"))
+
+
+async def test_a_hung_webhook_never_holds_a_tick(harness: Harness, aiohttp_server: Any) -> None:
+    """With the receiver hanging, the tick still completes and records its cancel."""
+    release, url = await hanging_receiver(aiohttp_server)
     h = harness
-    hook = Webhook(url=str(server.make_url("/hook")), timeout="60s")
+    hook = Webhook(url=url, timeout="60s")
     async with WebhookSender([hook]) as sender:
         h.configure(policies=cost_cap())
         assert h.engine is not None
@@ -321,17 +327,9 @@ async def test_webhooks_undelivered_at_shutdown_are_said(
     from watchdog import webhooks
     from watchdog.store import Event
 
-    release = asyncio.Event()
-
-    async def hang(request: web.Request) -> web.Response:
-        await release.wait()
-        return web.Response(text="late")
-
-    app = web.Application()
-    app.router.add_post("/hook", hang)
-    server = await aiohttp_server(app)
+    release, url = await hanging_receiver(aiohttp_server)
     monkeypatch.setattr(webhooks, "DRAIN_SECONDS", 0.2)
-    hook = Webhook(url=str(server.make_url("/hook")), timeout="60s")
+    hook = Webhook(url=url, timeout="60s")
     now = datetime.now(UTC)
     events = [Event(now, "sim", f"b{i}", "cancel_succeeded", policy="p") for i in range(6)]
     with capture_logs() as logs:
