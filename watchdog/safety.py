@@ -15,7 +15,6 @@ from watchdog.store import Event, Store
 
 log = structlog.get_logger("watchdog.safety")
 KEY = "safety"
-HOUR = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -597,12 +597,6 @@ class Store:
             await conn.execute(update(state).where(key).values(value=ledger, updated_at=now))
         return granted
 
-    async def count_events(self, kind: str, since: datetime) -> int:
-        c = batch_events.c
-        query = select(func.count()).where(c.kind == kind, c.at > since)
-        async with self.engine.connect() as conn:
-            return int((await conn.execute(query)).scalar() or 0)
-
     async def stats(self) -> list[tuple[str, str | None, int, Decimal | None]]:
         """(provider, status, count, known cost) for the metrics gauges."""
         c = batches.c
