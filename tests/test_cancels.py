@@ -148,17 +148,17 @@ async def test_a_crash_before_the_request_costs_no_attempt(harness: Harness) -> 
     assert h.engine is not None
     expensive(h, "b")
     await h.track("b")
-    send = h.engine._send_cancels
+    send = h.engine._act
 
     async def crash(*args: Any) -> None:
         raise RuntimeError("killed")
 
-    h.engine._send_cancels = crash  # type: ignore[method-assign]
+    h.engine._act = crash  # type: ignore[method-assign]
     for _ in range(3):
         with pytest.raises(RuntimeError):
             await h.tick(advance=60)
     assert (await h.row("b"))["cancel_attempts"] == 0 and cancels(h, "b") == 0
-    h.engine._send_cancels = send  # type: ignore[method-assign]
+    h.engine._act = send  # type: ignore[method-assign]
     await h.tick(advance=60)
     assert cancels(h, "b") == 1
     assert (await h.row("b"))["cancel_outcome"] == "succeeded"

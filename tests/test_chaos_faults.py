@@ -11,7 +11,8 @@ from pydantic import SecretStr
 
 from watchdog.chaos import KINDS, Chaos
 from watchdog.models import implausible
-from watchdog.providers import PermanentError, ProviderClient, TemporaryError
+from watchdog.errors import PermanentError, TemporaryError
+from watchdog.providers import ProviderClient
 from watchdog.simulator import Simulator
 
 EXPECTED: dict[str, type[Exception] | None] = {

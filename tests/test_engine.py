@@ -292,23 +292,18 @@ async def test_crash_after_cancel_requested_reconciles(harness: Harness) -> None
     await h.track("batch_big")
     await h.store.apply([], [])
     # What a crash right after sending leaves behind: requested, no outcome; provider cancelling.
-    from watchdog.store import RowUpdate
+    from watchdog.models import BatchObject
+    from watchdog.rows import Change
 
-    await h.store.apply(
-        [
-            RowUpdate(
-                "sim",
-                "batch_big",
-                {
-                    "cancel_policy": "cost-cap",
-                    "cancel_requested_at": h.clock.now(),
-                    "cancel_attempts": 1,
-                    "status": "in_progress",
-                },
-            )
-        ],
-        [],
+    change = Change(
+        "sim",
+        "batch_big",
+        wire=BatchObject(id="batch_big", status="in_progress"),
+        cancel_policy="cost-cap",
+        cancel_requested_at=h.clock.now(),
+        cancel_attempts=1,
     )
+    await h.store.apply([change], [])
     h.sim.simulator.batches["batch_big"].cancel_at = h.clock.time()
     await h.tick(advance=1)
     assert h.sim.calls("batch_big", "cancel") == 0
@@ -474,7 +469,8 @@ async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> 
     back-off, provider_recovered is recorded."""
     from pydantic import SecretStr
 
-    from watchdog.providers import Breaker, ProviderClient
+    from watchdog.breaker import Breaker
+    from watchdog.providers import ProviderClient
 
     h = harness
     h.configure(policies=COST_CAP)
@@ -508,10 +504,18 @@ async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> 
 
 def test_breaker_doubles_its_back_off() -> None:
     """Failed probes double the delay (with jitter), up to the cap."""
-    from watchdog.providers import Breaker
+    from watchdog.breaker import Breaker
 
     now = [0.0]
-    breaker = Breaker(threshold=2, base=10, cap=35, clock=lambda: now[0], rng=lambda: 0.0)
+    heard: list[tuple[str, int]] = []
+    breaker = Breaker(
+        threshold=2,
+        base=10,
+        cap=35,
+        clock=lambda: now[0],
+        rng=lambda: 0.0,
+        listener=lambda change, failures: heard.append((change, failures)),
+    )
     breaker.failure()
     assert breaker.allow()
     breaker.failure()
@@ -525,7 +529,7 @@ def test_breaker_doubles_its_back_off() -> None:
         delays.append((breaker.open_until or 0) - start)
     assert delays == [20, 35, 35]
     breaker.success()
-    assert breaker.available and breaker.changes == ["unavailable", "recovered"]
+    assert breaker.available and heard == [("unavailable", 2), ("recovered", 5)]
 
 
 async def test_bulk_refresh_reads_pages_not_single_batches(harness: Harness) -> None:

@@ -12,8 +12,8 @@ from watchdog import logs
 def test_json_lines_are_redacted() -> None:
     """A known key in a message, a Bearer header and an api_key field are all masked."""
     stream = io.StringIO()
-    logs.configure("info", "json", stream)
-    logs.add_secret("sk-live-abcdef123456")
+    redact = logs.configure("info", "json", stream)
+    redact.add("sk-live-abcdef123456")
     log = structlog.get_logger("t")
     log.info(
         "poll_failed",

@@ -22,7 +22,8 @@ from watchdog.cli import build_parser
 from watchdog.models import InvalidBatchId, implausible, validate_batch_id, view_of
 from watchdog.policies import Facts, History, Policy, evaluate
 from watchdog.pricing import Price, batch_cost
-from watchdog.providers import PermanentError, ProviderClient
+from watchdog.errors import PermanentError
+from watchdog.providers import ProviderClient
 from watchdog.settings import ConfigError, load_settings
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

@@ -15,15 +15,9 @@ from pydantic import SecretStr
 
 from tests.conftest import API_KEY, Sim
 from watchdog.models import InvalidBatchId
-from watchdog.providers import (
-    CancelRefused,
-    NotFound,
-    PermanentError,
-    ProviderClient,
-    TemporaryError,
-    backoff,
-    retry_after,
-)
+from watchdog.errors import CancelRefused, NotFound, PermanentError, TemporaryError
+from watchdog.http import backoff, retry_after
+from watchdog.providers import ProviderClient
 from watchdog.simulator import Fault
 
 
@@ -283,9 +277,9 @@ async def test_an_answer_over_the_size_limit_fails_its_call(
     aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, declared: bool
 ) -> None:
     """A body larger than the cap is not read whole: that call fails, clearly."""
-    from watchdog import providers
+    from watchdog import http
 
-    monkeypatch.setattr(providers, "MAX_BODY", 10_000)
+    monkeypatch.setattr(http, "MAX_BODY", 10_000)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         if declared:

@@ -279,7 +279,7 @@ async def test_webhook_retries_and_never_logs_the_url(aiohttp_server: Any) -> No
 
     from structlog.testing import capture_logs
 
-    from watchdog.store import Event
+    from watchdog.events import Event
 
     answers = [500, 200]
     received: list[str] = []
@@ -325,7 +325,7 @@ async def test_webhooks_undelivered_at_shutdown_are_said(
     from structlog.testing import capture_logs
 
     from watchdog import webhooks
-    from watchdog.store import Event
+    from watchdog.events import Event
 
     release, url = await hanging_receiver(aiohttp_server)
     monkeypatch.setattr(webhooks, "DRAIN_SECONDS", 0.2)

@@ -13,7 +13,8 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from watchdog.providers import ProviderClient, TemporaryError
+from watchdog.errors import TemporaryError
+from watchdog.providers import ProviderClient
 from watchdog.settings import HttpSettings, ProviderSettings
 
 

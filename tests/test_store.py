@@ -14,8 +14,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
 from tests.conftest import database
+from watchdog.models import BatchObject
+from watchdog.rows import Change
 from watchdog.store import (
-    RowUpdate,
     Store,
     _alembic_config,
     create_engine,
@@ -25,6 +26,10 @@ from watchdog.store import (
 from watchdog.tables import metadata
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
+
+
+def wire(batch_id: str, status: str) -> BatchObject:
+    return BatchObject(id=batch_id, status=status)
 
 
 @pytest.fixture(params=["sqlite", "psycopg", "asyncpg"])
@@ -89,7 +94,7 @@ async def test_money_is_exact_and_survives_the_migration(db_url: str) -> None:
         store = Store(engine)
         exact = Decimal("12345678901.000000000015")
         await store.track("p", "new", {}, NOW)
-        await store.apply([RowUpdate("p", "new", {"cost_usd": exact})], [])
+        await store.apply([Change("p", "new", cost_usd=exact)], [])
         rows = {r["batch_id"]: r for r in await store.list_batches()}
         assert rows["old"]["cost_usd"] == Decimal("6.5")
         assert rows["old"]["cancel_projected_usd"] == Decimal("0.25")
@@ -159,14 +164,12 @@ async def test_claim_leases_each_due_batch_once(store: Store) -> None:
 
 async def test_claim_skips_not_yet_due_and_terminal(store: Store) -> None:
     """Only rows whose next_poll_at has come and whose status is not terminal are due."""
-    from watchdog.store import RowUpdate
-
     for name in ("due", "later", "done"):
         await store.track("p", name, {}, NOW)
     await store.apply(
         [
-            RowUpdate("p", "later", {"next_poll_at": NOW + timedelta(minutes=1)}),
-            RowUpdate("p", "done", {"status": "completed"}),
+            Change("p", "later", next_poll_at=NOW + timedelta(minutes=1)),
+            Change("p", "done", wire=wire("done", "completed")),
         ],
         [],
     )
@@ -177,30 +180,28 @@ async def test_times_round_trip_as_aware_utc(store: Store) -> None:
     """SQLite would drop offsets; the store gives back aware UTC datetimes."""
     from zoneinfo import ZoneInfo
 
-    from watchdog.store import RowUpdate
-
     await store.track("p", "b", {}, NOW)
     berlin = datetime(2026, 11, 28, 13, 0, tzinfo=ZoneInfo("Europe/Berlin"))
-    await store.apply([RowUpdate("p", "b", {"expires_at": berlin})], [])
+    await store.apply([Change("p", "b", cancel_requested_at=berlin)], [])
     row = (await store.list_batches())[0]
-    assert row["expires_at"] == NOW and row["expires_at"].tzinfo == UTC
+    assert row["cancel_requested_at"] == NOW and row["cancel_requested_at"].tzinfo == UTC
 
 
 async def test_lost_lease_fences_the_write(store: Store) -> None:
     """A replica whose lease ran out (and was taken over) writes nothing, events included."""
-    from watchdog.store import Event, RowUpdate
+    from watchdog.events import Event, Kind
 
     await store.track("p", "b1", {}, NOW)
     assert len(await store.claim_due(NOW, "slow", LEASE, 10)) == 1
     later = NOW + LEASE + timedelta(seconds=1)
     assert len(await store.claim_due(later, "fast", LEASE, 10)) == 1
-    late = [RowUpdate("p", "b1", {"status": "cancelling", "cancel_policy": "x"})]
-    event = Event(later, "p", "b1", "cancel_requested", policy="x")
+    late = [Change("p", "b1", wire=wire("b1", "cancelling"), cancel_policy="x")]
+    event = Event(later, "p", "b1", Kind.CANCEL_REQUESTED, policy="x")
     assert await store.apply(late, [event], owner="slow") == set()
     row = (await store.list_batches())[0]
     assert row["status"] is None and row["cancel_policy"] is None
     assert [e["kind"] for e in await store.list_events("b1")] == ["tracked"]
-    fresh = [RowUpdate("p", "b1", {"status": "in_progress"})]
+    fresh = [Change("p", "b1", wire=wire("b1", "in_progress"))]
     assert await store.apply(fresh, [], owner="fast") == {("p", "b1")}
 
 

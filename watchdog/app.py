@@ -21,6 +21,7 @@ from watchdog.engine import Engine, Rules, TickSummary, utcnow
 from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
 from watchdog.providers import ProviderClient
+from watchdog.record import log_event
 from watchdog.service import Service
 from watchdog.settings import Settings, redact_url
 from watchdog.store import Store, create_engine, instance_lock, schema_revision, upgrade
@@ -79,13 +80,14 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def open_clients(
-    settings: Settings, environ: Mapping[str, str]
+    settings: Settings, environ: Mapping[str, str], redact: logs.Redactor | None = None
 ) -> AsyncIterator[dict[str, ProviderClient]]:
-    """One client per provider; a missing key is a ConfigError before anything starts."""
+    """One client per provider; a missing key is a ConfigError before anything starts.
+    Each key is handed to the log redactor as soon as it is read."""
     keys = {name: p.read_key(name, environ) for name, p in settings.providers.items()}
     for key in keys.values():
-        if key is not None:
-            logs.add_secret(key.get_secret_value())
+        if key is not None and redact is not None:
+            redact.add(key.get_secret_value())
     async with AsyncExitStack() as stack:
         clients = {}
         for name, provider in settings.providers.items():
@@ -117,10 +119,15 @@ async def open_daemon(
     dry_run: bool = False,
     environ: Mapping[str, str] | None = None,
     metrics: Metrics | None = None,
+    redact: logs.Redactor | None = None,
 ) -> AsyncIterator[Daemon]:
     environ = os.environ if environ is None else environ
+    for hook in settings.notify.webhooks:  # their URLs often carry a token
+        if redact is not None:
+            redact.add(hook.url)
     with instance_lock(settings.database_url):
-        async with open_clients(settings, environ) as clients, open_store(settings) as store:
+        clients_cm = open_clients(settings, environ, redact)
+        async with clients_cm as clients, open_store(settings) as store:
             owner = owner_id()
             if is_sqlite(settings.database_url):
                 await store.release(None)  # the file is locked to us: old leases were ours
@@ -172,11 +179,16 @@ def _announce(daemon: Daemon, config: Path | None) -> None:
 
 
 async def run(
-    settings: Settings, *, once: bool, dry_run: bool, config: Path | None = None
+    settings: Settings,
+    *,
+    once: bool,
+    dry_run: bool,
+    config: Path | None = None,
+    redact: logs.Redactor | None = None,
 ) -> TickSummary | None:
     """The daemon: one tick with ``once``, else a service until SIGTERM or SIGINT."""
     metrics = Metrics()
-    async with open_daemon(settings, dry_run=dry_run, metrics=metrics) as daemon:
+    async with open_daemon(settings, dry_run=dry_run, metrics=metrics, redact=redact) as daemon:
         _announce(daemon, config)
         if once:
             return await daemon.engine.tick()
@@ -254,7 +266,10 @@ async def exempt(
 async def resume(settings: Settings) -> bool:
     """End a safety trip; False when none was in force."""
     async with open_store(settings) as store:
-        return await safety.resume(store, utcnow(), by="operator")
+        resumed = await safety.resume(store, utcnow(), by="operator")
+    if resumed is not None:
+        log_event(resumed)
+    return resumed is not None
 
 
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:

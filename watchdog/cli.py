@@ -86,7 +86,8 @@ def _duration(text: str) -> timedelta:
 
 def load(args: argparse.Namespace) -> Settings:
     settings = load_settings(config_path(args.config, os.environ))
-    logs.configure(settings.log_level, settings.log_format)
+    # The redactor goes with the command's arguments to whatever reads secrets (run).
+    args.redact = logs.configure(settings.log_level, settings.log_format)
     return settings
 
 
@@ -265,7 +266,9 @@ def command(args: argparse.Namespace) -> int:
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
     path = config_path(args.config, os.environ)
-    asyncio.run(app.run(settings, once=args.once, dry_run=args.dry_run, config=path))
+    asyncio.run(
+        app.run(settings, once=args.once, dry_run=args.dry_run, config=path, redact=args.redact)
+    )
     return EX_OK
 
 

@@ -120,15 +120,17 @@ async def _demo(config: Path, duration: float) -> list[dict[str, Any]]:
                 "providers": {"sim": {"base_url": url}},
             }
             settings = load_settings(config, overrides=overrides)
-            logs.configure(settings.log_level, settings.log_format)
+            redact = logs.configure(settings.log_level, settings.log_format)
             log.info("demo_started", simulator=url, database=f"{tmp}/demo.db", seconds=duration)
-            return await _demo_daemon(settings, sim, duration)
+            return await _demo_daemon(settings, sim, duration, redact)
     finally:
         await runner.cleanup()
 
 
-async def _demo_daemon(settings: Any, sim: Simulator, duration: float) -> list[dict[str, Any]]:
-    async with app.open_daemon(settings) as daemon:
+async def _demo_daemon(
+    settings: Any, sim: Simulator, duration: float, redact: logs.Redactor
+) -> list[dict[str, Any]]:
+    async with app.open_daemon(settings, redact=redact) as daemon:
         for batch_id in demo_scenario(sim):
             await daemon.store.track("sim", batch_id, {"source": "demo"}, utcnow())
         stop = asyncio.Event()

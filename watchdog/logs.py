@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -14,25 +14,6 @@ import structlog
 MASK = "[redacted]"
 _SECRET_KEY = re.compile(r"(?i)api[_-]?key|authorization|token|secret|password|cookie")
 _BEARER = re.compile(r"(?i)bearer\s+[^\s\"']+")
-_secrets: set[str] = set()
-
-
-def add_secret(value: str) -> None:
-    """Mask this exact value wherever it would appear in a log line."""
-    if len(value) >= 4:
-        _secrets.add(value)
-
-
-def _scrub(value: Any) -> Any:
-    if isinstance(value, str):
-        for secret in _secrets:
-            value = value.replace(secret, MASK)
-        return _BEARER.sub("Bearer " + MASK, value)
-    if isinstance(value, dict):
-        return {k: MASK if _is_secret_key(k) else _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_scrub(v) for v in value]
-    return value
 
 
 def _is_secret_key(key: Any) -> bool:
@@ -40,15 +21,57 @@ def _is_secret_key(key: Any) -> bool:
     return isinstance(key, str) and key != "api_key_env" and bool(_SECRET_KEY.search(key))
 
 
-def redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key, value in list(event.items()):
-        event[key] = MASK if _is_secret_key(key) else _scrub(value)
-    return event
+class Redactor:
+    """The structlog processor that masks secrets: known values (API keys, webhook URLs,
+    handed in by whoever reads them), Bearer tokens and secret-named fields. One per
+    ``configure``: nothing is remembered between configurations."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        for value in secrets:
+            self.add(value)
+
+    def add(self, value: str) -> None:
+        """Mask this exact value wherever it would appear in a log line."""
+        if len(value) >= 4:
+            self._secrets.add(value)
+
+    def __call__(
+        self, _logger: Any, _name: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in list(event.items()):
+            event[key] = MASK if _is_secret_key(key) else self._scrub(value)
+        return event
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                value = value.replace(secret, MASK)
+            return _BEARER.sub("Bearer " + MASK, value)
+        if isinstance(value, dict):
+            return {k: MASK if _is_secret_key(k) else self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        return value
 
 
-def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> None:
-    """Set up structlog and the stdlib root logger once, for the whole process."""
+HANDLER = "batch-watchdog"
+
+
+def reset() -> None:
+    """Undo ``configure``: structlog's defaults back, our handler gone (so that nothing
+    of one configuration outlives it, e.g. from one test to the next)."""
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if h.get_name() == HANDLER]:
+        root.removeHandler(handler)
+
+
+def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = None) -> Redactor:
+    """Set up structlog and the stdlib root logger for the whole process (replacing any
+    earlier setup); returns the redactor to hand the secrets it must mask."""
     stream = stream or sys.stderr
+    redact = Redactor()
     console = fmt == "console" or (fmt == "auto" and stream.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -73,6 +96,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
     )
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter)
+    handler.set_name(HANDLER)
     logging.basicConfig(handlers=[handler], level=level.upper(), force=True)
     for noisy in ("apscheduler", "aiohttp.access", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -87,3 +111,4 @@ def configure(level: str = "info", fmt: str = "auto", stream: TextIO | None = No
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
+    return redact

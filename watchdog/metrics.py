@@ -1,5 +1,5 @@
-"""Prometheus metrics (names ``watchdog_*``), on a registry of our own. The engine
-counts into it; the gauges of tracked batches are refreshed from the store per scrape."""
+"""Prometheus metrics (names ``watchdog_*``), on a registry of our own. Committed events
+count into it; the gauges of tracked batches are refreshed from the store per scrape."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from watchdog.events import Event, Kind
 from watchdog.models import KNOWN
 
 
@@ -77,6 +78,16 @@ class Metrics:
             "When the last tick finished (Unix time).",
             registry=r,
         )
+
+    def count(self, event: Event) -> None:
+        """A committed event's share of the counters (cancels by outcome)."""
+        detail, labels = event.detail or {}, (event.provider or "", event.policy or "")
+        if event.kind == Kind.CANCEL_SUCCEEDED and not detail.get("reconciled"):
+            self.cancels.labels(*labels, "succeeded").inc()
+        elif event.kind == Kind.CANCEL_FAILED:
+            self.cancels.labels(*labels, str(detail.get("outcome", "failed"))).inc()
+        elif event.kind == Kind.CANCEL_ABANDONED:
+            self.cancels_abandoned.labels(*labels).inc()
 
     def set_tracked(self, rows: Iterable[tuple[str, str | None, int, Decimal | None]]) -> None:
         """(provider, status, count, cost) rows replace the gauges' previous values."""

@@ -8,12 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import structlog
-
+from watchdog.events import Event, Kind
 from watchdog.settings import SafetySettings
-from watchdog.store import Event, Store
+from watchdog.store import Store
 
-log = structlog.get_logger("watchdog.safety")
 KEY = "safety"
 
 
@@ -29,16 +27,19 @@ def cooled_down(tripped_at: datetime, cool_down: timedelta | None, now: datetime
     return cool_down is not None and now >= tripped_at + cool_down
 
 
-async def open_gate(store: Store, limits: SafetySettings, now: datetime) -> Gate:
+async def open_gate(
+    store: Store, limits: SafetySettings, now: datetime
+) -> tuple[Gate, Event | None]:
     """The gate for a tick starting now (the per-tick limit; the hourly one is taken from
-    the shared ledger as cancels are sent); ends a trip whose cool-down has passed."""
+    the shared ledger as cancels are sent), and the ``safety_resumed`` event when a trip
+    whose cool-down has passed ends here."""
     tripped = await store.get_state(KEY)
-    if tripped is not None:
-        at = datetime.fromisoformat(tripped["tripped_at"])
-        if not cooled_down(at, limits.cool_down, now):
-            return Gate(0, f"safety tripped at {tripped['tripped_at']}: alert-only until resume")
-        await resume(store, now, by="cool_down")
-    return Gate(limits.max_cancels_per_tick)
+    if tripped is None:
+        return Gate(limits.max_cancels_per_tick), None
+    at = datetime.fromisoformat(tripped["tripped_at"])
+    if not cooled_down(at, limits.cool_down, now):
+        return Gate(0, f"safety tripped at {tripped['tripped_at']}: alert-only until resume"), None
+    return Gate(limits.max_cancels_per_tick), await resume(store, now, by="cool_down")
 
 
 async def reserve(store: Store, limits: SafetySettings, want: int, now: datetime) -> int:
@@ -49,22 +50,21 @@ async def reserve(store: Store, limits: SafetySettings, want: int, now: datetime
 
 
 async def trip(store: Store, now: datetime, **numbers: Any) -> Event:
-    """Switch every replica to alert-only and record why."""
+    """Switch every replica to alert-only; the committed ``safety_tripped`` event."""
     value = {"tripped_at": now.isoformat(), **numbers}
-    event = Event(now, None, None, "safety_tripped", detail=numbers)
+    note = "alert-only until `batch-watchdog resume`"
+    event = Event(now, None, None, Kind.SAFETY_TRIPPED, detail={**numbers, "note": note})
     await store.set_state(KEY, value, now, [event])
-    log.error("safety_tripped", **numbers, note="alert-only until `batch-watchdog resume`")
     return event
 
 
-async def resume(store: Store, now: datetime, *, by: str) -> bool:
-    """End a trip; False when there was none."""
+async def resume(store: Store, now: datetime, *, by: str) -> Event | None:
+    """End a trip: the committed ``safety_resumed`` event; None when there was none."""
     if await store.get_state(KEY) is None:
-        return False
-    event = Event(now, None, None, "safety_resumed", detail={"by": by})
+        return None
+    event = Event(now, None, None, Kind.SAFETY_RESUMED, detail={"by": by})
     await store.set_state(KEY, None, now, [event])
-    log.warning("safety_resumed", by=by)
-    return True
+    return event
 
 
 async def status(store: Store) -> dict[str, Any] | None:

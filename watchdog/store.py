@@ -7,7 +7,6 @@ import fcntl
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -37,7 +36,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from watchdog.events import Event, Kind
 from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
+from watchdog.rows import Change, Tracked
 from watchdog.tables import batch_events, batches, state
 
 TIMESTAMPS = (
@@ -51,59 +52,6 @@ TIMESTAMPS = (
     "cancelling_at",
     "cancelled_at",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One row of the audit log; ``kind`` is one of tables.EVENT_KINDS."""
-
-    at: datetime
-    provider: str | None  # None for daemon-wide events (safety_tripped, safety_resumed)
-    batch_id: str | None
-    kind: str
-    from_status: str | None = None
-    to_status: str | None = None
-    policy: str | None = None
-    detail: Mapping[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class Tracked:
-    """A claimed row of ``batches``: the last state seen and the daemon's bookkeeping."""
-
-    view: BatchView
-    cost_usd: Decimal | None
-    matched_policy: str | None
-    poll_failures: int
-    last_error: str | None
-    cancel_policy: str | None
-    cancel_requested_at: datetime | None
-    cancel_attempts: int
-    cancel_outcome: str | None
-    pricing_missing_at: datetime | None
-    tracked_at: datetime | None
-    last_polled_at: datetime | None = None
-    progress_at: datetime | None = None
-    pending: dict[str, datetime] = field(default_factory=dict)
-    exempt_until: datetime | None = None
-    exempt_reason: str | None = None
-    cancel_projected_usd: Decimal | None = None
-    cancel_stuck_at: datetime | None = None
-    cancelling_at: datetime | None = None
-    cancel_retries: int = 0
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.view.provider, self.view.batch_id)
-
-
-@dataclass(slots=True)
-class RowUpdate:
-    """Columns to set on one batch, keyed by (provider, batch_id)."""
-
-    provider: str
-    batch_id: str
-    values: dict[str, Any] = field(default_factory=dict)
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -249,6 +197,17 @@ def wire_columns(batch: BatchObject) -> dict[str, Any]:
     return values
 
 
+def columns(change: Change) -> dict[str, Any]:
+    """The ``batches`` columns a Change sets."""
+    values = change.set()
+    wire = values.pop("wire", None)
+    if wire is not None:
+        values |= wire_columns(wire)
+    if values.get("pending") is not None:
+        values["pending"] = {k: v.isoformat() for k, v in values["pending"].items()} or None
+    return values
+
+
 def _view(row: Mapping[Any, Any]) -> BatchView:
     counts = tokens = None
     if row["request_total"] is not None:
@@ -322,7 +281,7 @@ def _event_row(item: Event) -> dict[str, Any]:
         "at": item.at,
         "provider": item.provider,
         "batch_id": item.batch_id,
-        "kind": item.kind,
+        "kind": str(item.kind),
         "from_status": item.from_status,
         "to_status": item.to_status,
         "policy": item.policy,
@@ -365,7 +324,7 @@ class Store:
             added = await conn.execute(query.on_conflict_do_nothing().returning(batches.c.batch_id))
             if added.first() is None:
                 return False
-            await self._insert_events(conn, [Event(now, provider, batch_id, "tracked")])
+            await self._insert_events(conn, [Event(now, provider, batch_id, Kind.TRACKED)])
         return True
 
     async def untrack(self, batch_id: str, provider: str | None, now: datetime) -> list[str]:
@@ -378,7 +337,7 @@ class Store:
                 await conn.execute(select(batches.c.provider, batches.c.status).where(where))
             ).all()
             await conn.execute(batches.delete().where(where))
-            events = [Event(now, p, batch_id, "untracked", from_status=s) for p, s in rows]
+            events = [Event(now, p, batch_id, Kind.UNTRACKED, from_status=s) for p, s in rows]
             await self._insert_events(conn, events)
         return [p for p, _ in rows]
 
@@ -454,32 +413,31 @@ class Store:
         return {p: (int(n), oldest) for p, n, oldest in rows}
 
     async def apply(
-        self, updates: Sequence[RowUpdate], events: Iterable[Event], *, owner: str | None = None
+        self, changes: Sequence[Change], events: Iterable[Event], *, owner: str | None = None
     ) -> set[tuple[str, str]]:
         """Write row changes and their events in one transaction, rows with the same columns
         in one executemany. With ``owner``, only rows this owner still leases are written (a
         fence against a replica whose lease ran out), and the events of the others dropped.
         Returns the keys written."""
-        wanted = [u for u in updates if u.values]
+        wanted = {c.key: columns(c) for c in changes}
         async with self.engine.begin() as conn:
-            written = await self._held(conn, wanted, owner)
+            written = await self._held(conn, set(wanted), owner)
             groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for change in wanted:
-                if (change.provider, change.batch_id) in written:
-                    params = {f"v_{k}": v for k, v in change.values.items()}
-                    params |= {"k_provider": change.provider, "k_batch_id": change.batch_id}
-                    groups.setdefault(tuple(sorted(change.values)), []).append(params)
-            for columns, rows in groups.items():
-                await conn.execute(_bulk_update(columns), rows)
-            lost = {(u.provider, u.batch_id) for u in wanted} - written
-            kept = [e for e in events if (e.provider, e.batch_id) not in lost]
+            for (provider, batch_id), values in wanted.items():
+                if (provider, batch_id) in written and values:
+                    params = {f"v_{k}": v for k, v in values.items()}
+                    params |= {"k_provider": provider, "k_batch_id": batch_id}
+                    groups.setdefault(tuple(sorted(values)), []).append(params)
+            for names, rows in groups.items():
+                await conn.execute(_bulk_update(names), rows)
+            lost = set(wanted) - written
+            kept = [e for e in events if e.key not in lost]
             await self._insert_events(conn, kept)
         return written
 
     async def _held(
-        self, conn: AsyncConnection, wanted: Sequence[RowUpdate], owner: str | None
+        self, conn: AsyncConnection, keys: set[tuple[str, str]], owner: str | None
     ) -> set[tuple[str, str]]:
-        keys = {(u.provider, u.batch_id) for u in wanted}
         if owner is None or not keys:
             return keys
         c = batches.c
@@ -551,7 +509,7 @@ class Store:
         where = batches.c.batch_id == batch_id
         if provider is not None:
             where &= batches.c.provider == provider
-        kind = "exempted" if until is not None else "unexempted"
+        kind = Kind.EXEMPTED if until is not None else Kind.UNEXEMPTED
         async with self.engine.begin() as conn:
             rows = (await conn.execute(select(batches.c.provider).where(where))).all()
             values: dict[str, Any] = {"exempt_until": until, "exempt_reason": reason}

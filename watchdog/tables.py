@@ -25,6 +25,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
+from watchdog.events import Kind
+
 metadata = MetaData(
     naming_convention={
         "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -175,28 +177,4 @@ state = Table(
     Column("updated_at", UTCDateTime, nullable=False),
 )
 
-EVENT_KINDS = frozenset(
-    {
-        "tracked",
-        "untracked",
-        "status_changed",
-        "counts_changed",
-        "policy_matched",
-        "cancel_requested",
-        "cancel_succeeded",
-        "cancel_failed",
-        "poll_failed",
-        "pricing_missing",
-        "exempted",
-        "unexempted",
-        "cancel_stuck",
-        "cancel_settled",
-        "safety_tripped",
-        "safety_resumed",
-        "provider_unavailable",
-        "provider_recovered",
-        "backlog",
-        "cancel_abandoned",
-        "clock_skew",
-    }
-)
+EVENT_KINDS = frozenset(str(kind) for kind in Kind)  # one list: events.Kind

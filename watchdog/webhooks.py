@@ -1,7 +1,7 @@
 """Webhook notifications: a JSON POST per event of the kinds a hook asks for (a
 Slack-compatible ``text`` plus the structured event), sent by background workers with
-retries, so a slow or dead receiver never slows a tick. URLs, which often carry a
-token, are logged by scheme and host only."""
+retries (the HTTP base's, Retry-After included), so a slow or dead receiver never slows
+a tick. URLs, which often carry a token, are logged by scheme and host only."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
 
-from watchdog import logs
-from watchdog.providers import USER_AGENT, backoff
+from watchdog.errors import ProviderError
+from watchdog.events import Event
+from watchdog.http import HttpClient
 from watchdog.settings import Webhook
-from watchdog.store import Event
 
 log = structlog.get_logger("watchdog.webhooks")
 QUEUE_SIZE = 1000
@@ -65,16 +64,19 @@ class WebhookSender:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.hooks = list(hooks)
-        self._sleep = sleep
+        self.http = HttpClient(
+            "webhooks",
+            secrets=[hook.url for hook in self.hooks],
+            max_retries=ATTEMPTS - 1,
+            concurrency=WORKERS,
+            sleep=sleep,
+        )
         self._queue: asyncio.Queue[tuple[Webhook, dict[str, Any]]] = asyncio.Queue(QUEUE_SIZE)
-        self._session: aiohttp.ClientSession | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._unsent: Counter[str] = Counter()  # by event kind, until delivered or given up
-        for hook in self.hooks:
-            logs.add_secret(hook.url)
 
     async def __aenter__(self) -> WebhookSender:
-        self._session = aiohttp.ClientSession(headers={"User-Agent": USER_AGENT})
+        await self.http.__aenter__()
         self._workers = [asyncio.create_task(self._work()) for _ in range(WORKERS)]
         return self
 
@@ -92,8 +94,7 @@ class WebhookSender:
         for worker in self._workers:
             worker.cancel()
         await asyncio.gather(*self._workers, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        await self.http.__aexit__(*exc_info)
 
     def submit(self, events: Sequence[Event]) -> None:
         """Queue a message per event and hook that wants it; never waits."""
@@ -119,21 +120,13 @@ class WebhookSender:
                 self._queue.task_done()
 
     async def _deliver(self, hook: Webhook, body: dict[str, Any]) -> None:
-        assert self._session is not None
-        timeout = aiohttp.ClientTimeout(total=hook.timeout.total_seconds())
-        problem = ""
-        for attempt in range(ATTEMPTS):
-            try:
-                async with self._session.post(hook.url, json=body, timeout=timeout) as resp:
-                    if resp.status < 300:
-                        return
-                    problem = f"HTTP {resp.status}"
-                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
-                        break
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                problem = type(exc).__name__
-            if attempt + 1 < ATTEMPTS:
-                await self._sleep(backoff(attempt + 1))
-        log.warning(
-            "webhook_failed", url=shown(hook.url), kind=body["event"]["kind"], error=problem
-        )
+        # At least once: a POST whose answer was lost is sent again (receivers see the
+        # event's time and kind and can drop a duplicate).
+        try:
+            await self.http.request(
+                "POST", hook.url, json_body=body, timeout=hook.timeout.total_seconds()
+            )
+        except ProviderError as exc:
+            log.warning(
+                "webhook_failed", url=shown(hook.url), kind=body["event"]["kind"], error=str(exc)
+            )
