@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +15,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.databases import fresh_postgres
+from watchdog import logs
 from watchdog.engine import Engine, Rules, TickSummary
 from watchdog.providers import ProviderClient
 from watchdog.settings import Settings
@@ -46,6 +47,13 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """No test inherits another's logging setup (a CLI test in-process configures it)."""
+    yield
+    logs.reset()
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import pytest
 from pydantic import SecretStr
 
 from watchdog.chaos import KINDS, Chaos
-from watchdog.models import implausible
 from watchdog.errors import PermanentError, TemporaryError
+from watchdog.models import implausible
 from watchdog.providers import ProviderClient
 from watchdog.simulator import Simulator
 

@@ -1,9 +1,13 @@
-"""The command line as users run it: real subprocesses, a simulator on a real port,
-a SQLite file. Exit codes, one-line errors, and the key in no output at all."""
+"""The command line as users run it, against a simulator on a real port and a real
+database: exit codes, one-line errors, and the key in no output at all. Commands run
+in-process (main() with its own environment, stdout and stderr) unless a real process
+proves something more: exit statuses as the shell sees them, signals, the lock."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import os
 import sys
@@ -15,6 +19,8 @@ import pytest
 from tests.conftest import API_KEY, Sim
 from tests.daemons import Daemon
 from tests.databases import dump, has_schema
+from watchdog import cli as cli_module
+from watchdog import logs
 from watchdog.simulator import Fault
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -57,25 +63,55 @@ policies:
 {extra}""")
 
     async def __call__(
-        self, *args: str, env: dict[str, str] | None = None, config: bool = True
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        config: bool = True,
+        process: bool = False,
     ) -> Result:
         base = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
         full_env = base | {"SIM_TOKEN": API_KEY} | (env or {})
         argv = [*args, "--config", str(self.config)] if config else list(args)
+        if process:
+            result = await self._process(argv, full_env)
+        else:  # main() runs its own event loop: off this one's thread
+            result = await asyncio.to_thread(self._in_process, argv, full_env)
+        self.outputs += [result.out, result.err]
+        return result
+
+    def _in_process(self, argv: list[str], env: dict[str, str]) -> Result:
+        """``main(argv)`` as the process would run it: its environment, working
+        directory, stdout and stderr; its logging setup undone after."""
+        out, err, saved, cwd = io.StringIO(), io.StringIO(), dict(os.environ), os.getcwd()
+        os.environ.clear()
+        os.environ.update(env)
+        os.chdir(self.tmp)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = cli_module.main(argv)
+                except SystemExit as exc:  # argparse: usage errors and --help
+                    code = exc.code if isinstance(exc.code, int) else 1
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+            os.chdir(cwd)
+            logs.reset()
+        return Result(code, out.getvalue(), err.getvalue())
+
+    async def _process(self, argv: list[str], env: dict[str, str]) -> Result:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "watchdog",
             *argv,
-            env=full_env,
+            env=env,
             cwd=self.tmp,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
         out, err = await proc.communicate()
-        result = Result(proc.returncode or 0, out.decode(), err.decode())
-        self.outputs += [result.out, result.err]
-        return result
+        return Result(proc.returncode or 0, out.decode(), err.decode())
 
     def add_expensive(self, batch_id: str) -> None:
         batch = self.sim.simulator.add(
@@ -90,6 +126,9 @@ policies:
         batch.rate = 1000 / (self.sim.simulator.clock() - batch.run_start)
 
 
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
 async def cli(tmp_path: Path, sim: Sim, db_url: str) -> Cli:
     """The CLI on SQLite and on PostgreSQL (which, unlike SQLite, is migrated explicitly)."""
@@ -99,6 +138,7 @@ async def cli(tmp_path: Path, sim: Sim, db_url: str) -> Cli:
     return runner
 
 
+@SQLITE_ONLY
 async def test_check_config_prints_the_policies(cli: Cli) -> None:
     """check-config exits 0 and shows what it understood."""
     result = await cli("check-config")
@@ -107,17 +147,19 @@ async def test_check_config_prints_the_policies(cli: Cli) -> None:
     assert "sim: " in result.out and "key from $SIM_TOKEN" in result.out
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("command", [["check-config"], ["run", "--once"], ["list"]])
 async def test_bad_config_exits_78_with_one_line(cli: Cli, command: list[str]) -> None:
     """A config error never starts anything: exit 78, one line naming file, policy, field."""
     cli.write_config("  - {name: broken, when: {cost_usd_abov: 1}, action: cancel}\n")
-    result = await cli(*command)
+    result = await cli(*command, process=command[0] == "run")
     assert result.code == 78
     assert result.err.count("\n") == 1 and "Traceback" not in result.err
     assert f"{cli.config}: policy 'broken': when.cost_usd_abov: unknown key" in result.err
     assert await untouched(cli)
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("command", [["run", "--once"], ["check-config"]])
 async def test_missing_key_variable_is_a_config_error(cli: Cli, command: list[str]) -> None:
     """run without the provider's key variable exits 78 naming the variable, and
@@ -143,12 +185,13 @@ async def test_check_config_hides_the_database_password_and_the_keys(
 async def test_unknown_watchdog_variable_never_starts_anything(tmp_path: Path, sim: Sim) -> None:
     """A typo such as WATCHDOG_DRYRUN=true exits 78 with one line; nothing is created."""
     cli = Cli(tmp_path, sim, f"sqlite+aiosqlite:///{tmp_path / 'w.db'}")
-    result = await cli("run", "--once", env={"WATCHDOG_DRYRUN": "true"})
+    result = await cli("run", "--once", env={"WATCHDOG_DRYRUN": "true"}, process=True)
     assert result.code == 78 and result.err.count("\n") == 1
     assert "environment variable WATCHDOG_DRYRUN: no such setting" in result.err
     assert not (tmp_path / "w.db").exists()
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("batch_id", ["../files/x", "a b", "", ".", ".."])
 async def test_track_refuses_bad_ids(cli: Cli, batch_id: str) -> None:
     """A bad id exits 2 with one line; nothing is stored and nothing is sent."""
@@ -159,6 +202,7 @@ async def test_track_refuses_bad_ids(cli: Cli, batch_id: str) -> None:
     assert await untouched(cli)
 
 
+@SQLITE_ONLY
 async def test_track_refuses_unknown_provider(cli: Cli) -> None:
     """An unknown provider exits 2 and lists the known ones."""
     result = await cli("track", "batch_1", "--provider", "openai")
@@ -166,9 +210,10 @@ async def test_track_refuses_unknown_provider(cli: Cli) -> None:
     assert "unknown provider 'openai'; known: sim" in result.err
 
 
+@SQLITE_ONLY
 async def test_usage_errors_exit_2(cli: Cli) -> None:
     """argparse mistakes exit 2."""
-    assert (await cli("frobnicate", config=False)).code == 2
+    assert (await cli("frobnicate", config=False, process=True)).code == 2
     assert (await cli("track", "x")).code == 2  # --provider missing
 
 
@@ -220,6 +265,7 @@ async def test_track_run_list_events_end_to_end(cli: Cli) -> None:
     await assert_no_key(cli)
 
 
+@SQLITE_ONLY
 async def test_transient_failures_still_cancel_in_one_run(cli: Cli) -> None:
     """One 503 and one 429 (Retry-After: 1) on polls: both batches are judged and cancelled."""
     for name in ("batch_503", "batch_429"):
@@ -234,6 +280,7 @@ async def test_transient_failures_still_cancel_in_one_run(cli: Cli) -> None:
     assert cli.sim.calls("batch_429", "cancel") == 1
 
 
+@SQLITE_ONLY
 async def test_dry_run_flag_sends_no_cancel(cli: Cli) -> None:
     """run --once --dry-run records policy_matched and sends nothing."""
     cli.add_expensive("batch_big")
@@ -245,6 +292,7 @@ async def test_dry_run_flag_sends_no_cancel(cli: Cli) -> None:
     assert "policy_matched" in kinds and "cancel_requested" not in kinds
 
 
+@SQLITE_ONLY
 async def test_key_echoed_by_a_provider_is_masked_everywhere(cli: Cli) -> None:
     """Even a provider that echoes the key back leaves no trace of it."""
     cli.sim.simulator.faults.append(
@@ -318,7 +366,7 @@ async def test_second_daemon_on_one_sqlite_file_is_refused(tmp_path: Path, sim: 
     first = await Daemon.start(cli.config)
     try:
         await first.wait_for(lambda: len(first.ticks()) >= 1)
-        second = await cli("run", "--once")
+        second = await cli("run", "--once", process=True)
         assert second.code == 1
         assert "another batch-watchdog is running on" in second.err
         assert "use PostgreSQL to run several" in second.err

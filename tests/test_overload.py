@@ -118,7 +118,8 @@ async def test_an_early_tick_planned_inside_an_early_tick_runs() -> None:
     await asyncio.wait_for(loop.run(stop), timeout=10)
     assert len(started) == 4
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(started)]
-    assert all(0.2 <= gap < 5 for gap in gaps), gaps  # never closer than the minimum gap
+    # A lower bound only: a loaded machine makes gaps longer, never shorter.
+    assert all(gap >= 0.2 for gap in gaps), gaps  # never closer than the minimum gap
 
 
 def answer(h: Harness, batch_id: str, **change: Any) -> None:

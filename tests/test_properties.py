@@ -19,10 +19,10 @@ from pydantic import SecretStr
 from tests.conftest import payload
 from tests.test_settings import GOOD
 from watchdog.cli import build_parser
+from watchdog.errors import PermanentError
 from watchdog.models import InvalidBatchId, implausible, validate_batch_id, view_of
 from watchdog.policies import Facts, History, Policy, evaluate
 from watchdog.pricing import Price, batch_cost
-from watchdog.errors import PermanentError
 from watchdog.providers import ProviderClient
 from watchdog.settings import ConfigError, load_settings
 

@@ -14,9 +14,9 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from tests.conftest import API_KEY, Sim
-from watchdog.models import InvalidBatchId
 from watchdog.errors import CancelRefused, NotFound, PermanentError, TemporaryError
 from watchdog.http import backoff, retry_after
+from watchdog.models import InvalidBatchId
 from watchdog.providers import ProviderClient
 from watchdog.simulator import Fault
 

@@ -13,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from watchdog import logs, safety
 from watchdog.engine import Engine, Rules, TickSummary, utcnow
@@ -23,10 +21,22 @@ from watchdog.models import validate_batch_id
 from watchdog.providers import ProviderClient
 from watchdog.record import log_event
 from watchdog.service import Service
-from watchdog.settings import Settings, redact_url
-from watchdog.store import Store, create_engine, instance_lock, schema_revision, upgrade
+from watchdog.settings import Settings
+from watchdog.store import (
+    AlreadyRunning,
+    SchemaError,
+    Store,
+    create_engine,
+    instance_lock,
+    is_sqlite,
+    prepare_schema,
+    redact_url,
+    schema_revision,
+    upgrade,
+)
 from watchdog.webhooks import WebhookSender
 
+__all__ = ["AlreadyRunning", "SchemaError", "UsageError", "redact_url"]
 log = structlog.get_logger("watchdog.app")
 
 
@@ -34,16 +44,8 @@ class UsageError(Exception):
     """A bad argument (batch id, provider name); the CLI exits 2."""
 
 
-class SchemaError(Exception):
-    """The database schema is not at head and will not be migrated implicitly."""
-
-
 def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
 
 
 def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
@@ -53,19 +55,6 @@ def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
         dry_run=dry_run or settings.dry_run,
         safety=settings.safety,
     )
-
-
-async def prepare_schema(db: AsyncEngine, url: str) -> None:
-    """SQLite is brought to head on the spot; PostgreSQL must be migrated explicitly."""
-    if is_sqlite(url):
-        await upgrade(db)
-        return
-    current, head = await schema_revision(db)
-    if current != head:
-        raise SchemaError(
-            f"database schema is at {current or 'nothing'}, head is {head}: "
-            "run 'batch-watchdog migrate' first"
-        )
 
 
 @asynccontextmanager

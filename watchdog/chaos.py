@@ -98,13 +98,13 @@ class Chaos:
             return stream
         data = json.loads(body)
         for item in data.get("data", [data]) if isinstance(data, dict) else []:
-            _garble(kind, item)
+            _garble(kind, item, self._rng)
         if kind == "endless_list" and "data" in data:
             data["has_more"] = True
         return web.json_response(data, status=response.status)
 
 
-def _garble(kind: str, item: dict[str, Any]) -> None:
+def _garble(kind: str, item: dict[str, Any], rng: random.Random) -> None:
     if kind == "missing_field":
         item.pop("status", None)
     elif kind == "wrong_type":
@@ -112,7 +112,7 @@ def _garble(kind: str, item: dict[str, Any]) -> None:
     elif kind == "unknown_status":
         item["status"] = "queued_for_gpu"
     elif kind == "odd_timestamps":
-        item["created_at"] = 0 if random.random() < 0.5 else 32_503_680_000
+        item["created_at"] = 0 if rng.random() < 0.5 else 32_503_680_000
 
 
 def _retry_headers(kind: str) -> dict[str, str]:

@@ -10,13 +10,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from watchdog import app, logs
 from watchdog.durations import format_duration, parse_duration
-from watchdog.policies import describe
-from watchdog.settings import ConfigError, Settings, config_path, load_settings, redact_url
-from watchdog.store import AlreadyRunning
+
+if TYPE_CHECKING:
+    from watchdog.settings import Settings
+
+# Settings, logging and watchdog.app (with the database, HTTP and scheduler libraries)
+# are imported by the commands that use them: `--help` and argument errors answer at once.
 
 EX_OK, EX_ERROR, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 
@@ -85,6 +87,9 @@ def _duration(text: str) -> timedelta:
 
 
 def load(args: argparse.Namespace) -> Settings:
+    from watchdog import logs
+    from watchdog.settings import config_path, load_settings
+
     settings = load_settings(config_path(args.config, os.environ))
     # The redactor goes with the command's arguments to whatever reads secrets (run).
     args.redact = logs.configure(settings.log_level, settings.log_format)
@@ -201,9 +206,12 @@ def event_table(rows: list[dict[str, Any]]) -> str:
 
 
 def show_config(settings: Settings, path: str) -> str:
+    from watchdog import app
+
     lines = [
         f"config OK: {path}",
-        f"database: {redact_url(settings.database_url)}" + _source(settings.origin("database_url")),
+        f"database: {app.redact_url(settings.database_url)}"
+        + _source(settings.origin("database_url")),
         f"poll_interval: {format_duration(settings.poll_interval)}",
         f"dry_run: {str(settings.dry_run).lower()}",
         f"safety: at most {settings.safety.max_cancels_per_tick} cancels a tick, "
@@ -226,6 +234,8 @@ def show_config(settings: Settings, path: str) -> str:
             f"output {price.output}"
         )
     lines.append(f"policies ({len(settings.policies)}, first match acts):")
+    from watchdog.policies import describe
+
     lines.extend(f"  {describe(p)}" for p in settings.policies)
     if settings.origins:
         lines.append("overridden, not from the file:")
@@ -265,6 +275,9 @@ def command(args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+    from watchdog.settings import config_path
+
     path = config_path(args.config, os.environ)
     asyncio.run(
         app.run(settings, once=args.once, dry_run=args.dry_run, config=path, redact=args.redact)
@@ -273,12 +286,16 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     current, head = asyncio.run(app.migrate(settings))
     print(f"database schema at {current} (head {head})")
     return EX_OK
 
 
 def _track(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     added = asyncio.run(app.track(settings, args.batch_id, args.provider, args.label))
     print(
         f"tracking {args.provider}/{args.batch_id}"
@@ -289,6 +306,8 @@ def _track(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _untrack(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     removed = asyncio.run(app.untrack(settings, args.batch_id, args.provider))
     if not removed:
         print(f"error: batch {args.batch_id!r} is not tracked", file=sys.stderr)
@@ -299,6 +318,8 @@ def _untrack(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _exempt(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     done = asyncio.run(
         app.exempt(settings, args.batch_id, args.provider, args.duration, args.reason)
     )
@@ -306,6 +327,8 @@ def _exempt(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _unexempt(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     done = asyncio.run(app.exempt(settings, args.batch_id, args.provider, None, None))
     return _report(done, args.batch_id, "no longer exempt")
 
@@ -320,6 +343,8 @@ def _report(providers: list[str], batch_id: str, what: str) -> int:
 
 
 def _resume(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     resumed = asyncio.run(app.resume(settings))
     print(
         "safety trip ended: cancels resume on the next tick"
@@ -330,18 +355,25 @@ def _resume(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _list(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     rows = asyncio.run(app.list_batches(settings, args.status))
     print(dump([batch_json(r) for r in rows]) if args.json else batch_table(rows))
     return EX_OK
 
 
 def _events(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
     rows = asyncio.run(app.list_events(settings, args.batch_id))
     print(dump([event_json(r) for r in rows]) if args.json else event_table(rows))
     return EX_OK
 
 
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+    from watchdog.settings import config_path
+
     app.check_keys(settings)  # what `run` checks, so that OK here means `run` starts
     print(show_config(settings, str(config_path(args.config, os.environ))))
     return EX_OK
@@ -365,21 +397,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return command(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    except app.UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EX_USAGE
-    except (AlreadyRunning, app.SchemaError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EX_ERROR
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # one readable line, never a traceback, for any failure
-        message = " ".join(f"{type(exc).__name__}: {exc}".split())
-        print(f"error: {message[:500]}", file=sys.stderr)
+        return failure(exc)
+
+
+def failure(exc: Exception) -> int:
+    """The exit code and one line for a command that failed."""
+    settings = sys.modules.get("watchdog.settings")  # loaded by whatever raises these
+    if settings is not None and isinstance(exc, settings.ConfigError):
+        print(f"config error: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    known = sys.modules.get("watchdog.app")
+    if known is not None and isinstance(exc, known.UsageError):
+        print(f"error: {exc}", file=sys.stderr)
+        return EX_USAGE
+    if known is not None and isinstance(exc, known.AlreadyRunning | known.SchemaError):
+        print(f"error: {exc}", file=sys.stderr)
         return EX_ERROR
+    message = " ".join(f"{type(exc).__name__}: {exc}".split())
+    print(f"error: {message[:500]}", file=sys.stderr)
+    return EX_ERROR
 
 
 if __name__ == "__main__":

@@ -99,8 +99,10 @@ class HttpClient:
         concurrency: int = 16,
         breaker: Breaker | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self.name = name
+        self._rng = rng
         self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
         self._secrets = [s for s in secrets if s]
         self.timeout = timeout
@@ -148,7 +150,9 @@ class HttpClient:
             try:
                 body = await self._once(method, url, params, json_body, timeout)
             except TemporaryError as exc:
-                delay = exc.retry_after if exc.retry_after is not None else backoff(attempt)
+                delay = exc.retry_after
+                if delay is None:
+                    delay = backoff(attempt, self._rng)
                 final = attempt >= self._max_retries or delay > MAX_SERVER_DELAY
                 if final or not (idempotent or exc.unsent):
                     self._note(ok=False)

@@ -36,7 +36,6 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 from pydantic_settings.sources.utils import parse_env_vars
-from sqlalchemy.engine import make_url
 
 from watchdog.durations import Duration
 from watchdog.policies import Policy
@@ -404,14 +403,6 @@ def load_settings(
         raise ConfigError(f"{path}: {explain(exc, data)}") from None
     settings._origins = origins
     return settings
-
-
-def redact_url(url: str) -> str:
-    """A database URL fit to print or log: the password masked."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy reads: show nothing of it
-        return "(unparseable URL)"
 
 
 def explain(exc: ValidationError, data: Mapping[str, Any]) -> str:

@@ -54,6 +54,22 @@ TIMESTAMPS = (
 )
 
 
+class SchemaError(Exception):
+    """The database schema is not at head and will not be migrated implicitly."""
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def redact_url(url: str) -> str:
+    """A database URL fit to print or log: the password masked."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: show nothing of it
+        return "(unparseable URL)"
+
+
 def create_engine(url: str) -> AsyncEngine:
     """An engine for the URL; SQLite gets WAL, a busy timeout, and a 0600 file."""
     parsed = make_url(url)
@@ -160,6 +176,19 @@ async def upgrade(engine: AsyncEngine) -> None:
 
     async with engine.begin() as connection:
         await connection.run_sync(run)
+
+
+async def prepare_schema(db: AsyncEngine, url: str) -> None:
+    """SQLite is brought to head on the spot; PostgreSQL must be migrated explicitly."""
+    if is_sqlite(url):
+        await upgrade(db)
+        return
+    current, head = await schema_revision(db)
+    if current != head:
+        raise SchemaError(
+            f"database schema is at {current or 'nothing'}, head is {head}: "
+            "run 'batch-watchdog migrate' first"
+        )
 
 
 async def schema_revision(engine: AsyncEngine) -> tuple[str | None, str | None]:
