@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,14 @@ async def tracking_all(db: str, sim: Simulator) -> tuple[AsyncEngine, Store]:
     return engine, store
 
 
+async def until(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Wait (polling) for a condition instead of a fixed time; the assertions after it
+    say what is wrong if it never came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not await check():
+        await asyncio.sleep(0.5)
+
+
 def chaos_config(tmp_path: Path, db: str, sim_url: str, provider: str, lease: str) -> Path:
     """The daemons' config: a 1 s interval, 2 s timeouts, a short lease."""
     config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=sim_url)
@@ -108,7 +118,21 @@ async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
         daemon = await Daemon.start(config)
     await asyncio.sleep(max(0.0, 55 - (time.time() - start)))
     clock.frozen = time.time()
-    await asyncio.sleep(15)  # let it see where everything ended
+    expected = {b: statuses_between(batch, start, clock.frozen) for b, batch in sim.batches.items()}
+
+    async def recorded() -> dict[str, list[str]]:
+        events = await store.list_events()
+        seen: dict[str, list[str]] = {b: [] for b in sim.batches}
+        for e in events:
+            if e["kind"] == "status_changed":
+                seen[e["batch_id"]].append(e["to_status"])
+        return seen
+
+    async def caught_up() -> bool:  # it has seen where everything ended
+        seen = await recorded()
+        return all(is_subsequence(expected[b], seen[b]) for b in sim.batches)
+
+    await until(caught_up, timeout=30)
     assert daemon.proc.returncode is None, "".join(daemon.raw[-20:])
     assert await daemon.stop() == 0
     assert killed == [-9, -9, -9]
@@ -118,12 +142,17 @@ async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
     assert [b for b in violators if cancels[b] != 1] == []
     assert [b for b in cancels if b not in violators and cancels[b]] == []
 
-    for batch_id, batch in sim.batches.items():
-        expected = statuses_between(batch, start, clock.frozen)
-        events = await store.list_events(batch_id)
-        recorded = [e["to_status"] for e in events if e["kind"] == "status_changed"]
-        assert is_subsequence(expected, recorded), (batch_id, expected, recorded)
+    seen = await recorded()
+    for batch_id in sim.batches:
+        assert is_subsequence(expected[batch_id], seen[batch_id]), (batch_id, expected, seen)
     await engine.dispose()
+
+
+async def all_settled(store: Store, sim: Simulator, violators: list[str]) -> bool:
+    if any(sim.calls.get(b, {}).get("cancel", 0) < 1 for b in violators):
+        return False
+    rows = await store.list_batches()
+    return not any(r["cancel_requested_at"] and r["cancel_outcome"] is None for r in rows)
 
 
 @pytest.mark.parametrize("concurrency", [2, 16])
@@ -168,7 +197,11 @@ async def test_chaos_replicas_on_postgres(
                 await replicas[victim].kill()
                 kills += 1
                 replicas[victim] = await Daemon.start(config)
-            await asyncio.sleep(20)  # the survivors settle what the killed left behind
+            # The survivors settle what the killed left behind: every violator cancelled
+            # and no cancel without an outcome; then a lease and a poll more, the time
+            # a second cancel would need to show.
+            await until(partial(all_settled, store, sim, violators), timeout=40)
+            await asyncio.sleep(3 + 3)
         finally:
             codes = [await r.stop() for r in replicas]
         assert codes == [0, 0, 0]
