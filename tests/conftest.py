@@ -85,6 +85,10 @@ async def database(kind: str, tmp_path: Path) -> AsyncIterator[str]:
         yield url
 
 
+# For a test of the engine's judgement, not of the database: SQLite alone.
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "psycopg"])
 async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """The store, engine and CLI suites run on both backends through this one fixture."""

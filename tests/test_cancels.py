@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Harness
+from tests.conftest import SQLITE_ONLY, Harness
 from tests.test_safety import cancels, cost_cap, expensive
 from watchdog.decisions import MAX_CANCEL_ATTEMPTS, Answer, settle
 from watchdog.engine import Engine
@@ -64,6 +64,7 @@ def test_what_a_cancel_answer_means(
     assert wait == retry_in
 
 
+@SQLITE_ONLY
 async def test_transient_failures_retry_until_the_cancel_lands(harness: Harness) -> None:
     """Three cancels answered 503 use up nothing: each is tried again after its backoff
     (once the poll shows the batch still running), and the fourth lands."""
@@ -82,6 +83,7 @@ async def test_transient_failures_retry_until_the_cancel_lands(harness: Harness)
     assert row["cancel_outcome"] == "succeeded" and row["cancel_attempts"] == 1
 
 
+@SQLITE_ONLY
 async def test_a_long_retry_after_is_honoured_not_used_up(harness: Harness) -> None:
     """429 with Retry-After: 600 (more than a tick waits): the cancel is not sent again
     before the provider's time, then is, and takes."""
@@ -103,6 +105,7 @@ async def test_a_long_retry_after_is_honoured_not_used_up(harness: Harness) -> N
     assert (await h.row("b"))["cancel_outcome"] == "succeeded" and cancels(h, "b") == 1
 
 
+@SQLITE_ONLY
 async def test_a_cancel_that_does_not_take_is_abandoned_loudly(harness: Harness) -> None:
     """A 200 whose batch stays in_progress is no success; after three such answers the
     cancel is given up with a warning event and a metric, and never sent again."""
@@ -125,6 +128,7 @@ async def test_a_cancel_that_does_not_take_is_abandoned_loudly(harness: Harness)
     assert counted == 1
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("status", [400, 409])
 async def test_a_refused_cancel_is_never_sent_again(harness: Harness, status: int) -> None:
     """400/409 mean finished: one request, however many ticks; a batch still running

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY, Sim
+from tests.conftest import API_KEY, SQLITE_ONLY, Sim
 from tests.daemons import Daemon
 from tests.databases import dump, has_schema
 from watchdog import cli as cli_module
@@ -124,9 +124,6 @@ policies:
             output_tokens=100_000,
         )
         batch.rate = 1000 / (self.sim.simulator.clock() - batch.run_start)
-
-
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from tests.conftest import Harness
+from tests.conftest import SQLITE_ONLY, Harness
 from watchdog.simulator import Fault
 
 COST_CAP = [
@@ -74,6 +74,7 @@ async def test_cached_and_reasoning_tokens_cost_exactly(harness: Harness) -> Non
     assert (await h.row("batch_gpt"))["cost_usd"] == 3.25
 
 
+@SQLITE_ONLY
 async def test_expiring_slow_batch(harness: Harness) -> None:
     """expires_within 1h + progress_below 0.5: 40 min left at 30 % is cancelled, at 90 % not."""
     h = harness
@@ -95,6 +96,7 @@ async def test_expiring_slow_batch(harness: Harness) -> None:
     assert h.sim.calls("batch_nearly", "cancel") == 0
 
 
+@SQLITE_ONLY
 async def test_failure_ratio_with_min_requests(harness: Harness) -> None:
     """failure_ratio_above 0.2 + min_requests 50: 80/40 is cancelled, 4/4 is spared."""
     h = harness
@@ -117,6 +119,7 @@ async def test_failure_ratio_with_min_requests(harness: Harness) -> None:
     assert h.sim.calls("batch_few", "cancel") == 0
 
 
+@SQLITE_ONLY
 async def test_never_cancelled_and_never_break_a_tick(harness: Harness) -> None:
     """Completed, cancelling, unknown-status and bare batches are tracked, never cancelled."""
     h = harness
@@ -152,6 +155,7 @@ async def test_never_cancelled_and_never_break_a_tick(harness: Harness) -> None:
     assert bare["cost_usd"] is None and bare["model"] is None
 
 
+@SQLITE_ONLY
 async def test_unknown_status_is_recorded_once_and_never_cancelled(harness: Harness) -> None:
     """A status we have never seen: status_changed once, no cancel, polling goes on."""
     h = harness
@@ -181,6 +185,7 @@ async def test_unknown_status_is_recorded_once_and_never_cancelled(harness: Harn
     assert (await h.row("batch_odd"))["status"] == "queued_for_gpu"
 
 
+@SQLITE_ONLY
 async def test_one_503_or_429_still_judges_in_the_same_tick(harness: Harness) -> None:
     """A transient failure is retried inside the tick: the batch is judged and cancelled."""
     h = harness
@@ -226,6 +231,7 @@ async def test_two_ticks_cancel_nothing_twice(harness: Harness) -> None:
     assert (await h.row("batch_big"))["next_poll_at"] is None  # terminal: never polled again
 
 
+@SQLITE_ONLY
 async def test_dry_run_records_but_never_cancels(harness: Harness) -> None:
     """dry_run: policy_matched is recorded, no cancel is sent, the hold is counted."""
     h = harness
@@ -242,6 +248,7 @@ async def test_dry_run_records_but_never_cancels(harness: Harness) -> None:
     assert matched[0]["detail"]["dry_run"] is True
 
 
+@SQLITE_ONLY
 async def test_cancel_refused_refreshes_and_does_not_retry(harness: Harness) -> None:
     """The batch finished between poll and cancel: 409, cancel_failed (already terminal),
     the batch refreshed at once, and no cancel is ever sent again."""
@@ -267,6 +274,7 @@ async def test_cancel_refused_refreshes_and_does_not_retry(harness: Harness) -> 
     assert (row["cancel_outcome"], row["status"]) == ("refused", "completed")
 
 
+@SQLITE_ONLY
 async def test_failed_cancel_is_retried_with_a_growing_backoff(harness: Harness) -> None:
     """A cancel that keeps failing with a 500 (transient) is tried again after 15 s,
     30 s, 60 s, 120 s…, never given up for it, and uses no attempt."""
@@ -313,6 +321,7 @@ async def test_crash_after_cancel_requested_reconciles(harness: Harness) -> None
     assert succeeded[0]["detail"] == {"reconciled": True}
 
 
+@SQLITE_ONLY
 async def test_404_records_poll_failed_and_keeps_the_batch(harness: Harness) -> None:
     """An unknown batch: poll_failed once per streak; it stays tracked."""
     h = harness
@@ -326,6 +335,7 @@ async def test_404_records_poll_failed_and_keeps_the_batch(harness: Harness) -> 
     assert row["next_poll_at"] is not None
 
 
+@SQLITE_ONLY
 async def test_bad_answer_does_not_break_the_tick(harness: Harness) -> None:
     """Garbage for one batch is that batch's poll_failed; the others are judged as usual."""
     h = harness
@@ -357,6 +367,7 @@ async def test_row_inserted_by_another_program_is_filled_in(harness: Harness) ->
     assert row["request_total"] == 10
 
 
+@SQLITE_ONLY
 async def test_bad_id_or_provider_in_the_table_never_reaches_the_network(harness: Harness) -> None:
     """A row another program wrote with a bad id or provider fails its poll, sends nothing."""
     h = harness
@@ -373,6 +384,7 @@ async def test_bad_id_or_provider_in_the_table_never_reaches_the_network(harness
     assert "provider 'nope' is not configured" in errors["batch_1"]
 
 
+@SQLITE_ONLY
 async def test_pricing_missing_is_logged_once(harness: Harness) -> None:
     """A model with usage but no price: unknown cost, one pricing_missing event."""
     h = harness
@@ -385,6 +397,7 @@ async def test_pricing_missing_is_logged_once(harness: Harness) -> None:
     assert (await h.row("batch_x"))["cost_usd"] is None
 
 
+@SQLITE_ONLY
 async def test_max_cancels_per_tick(harness: Harness) -> None:
     """No more than max_cancels_per_tick cancels go out in one tick; the rest wait."""
     h = harness
@@ -398,6 +411,7 @@ async def test_max_cancels_per_tick(harness: Harness) -> None:
     assert sum(h.sim.calls(n, "cancel") for n in names) == 2
 
 
+@SQLITE_ONLY
 async def test_logs_carry_event_names_and_context(harness: Harness) -> None:
     """Log lines use the event kinds and bind batch_id, provider, policy and statuses."""
     from structlog.testing import capture_logs
@@ -424,6 +438,7 @@ async def test_logs_carry_event_names_and_context(harness: Harness) -> None:
     assert len(summary) == 1 and summary[0]["cancel_succeeded"] == 1
 
 
+@SQLITE_ONLY
 async def test_batch_without_usage_counts_or_model(harness: Harness) -> None:
     """A bare answer (no usage, request_counts or model) is tracked, judged, never cancelled."""
     h = harness
@@ -463,6 +478,7 @@ async def test_batch_without_usage_counts_or_model(harness: Harness) -> None:
     assert row["cost_usd"] is None and row["request_total"] is None
 
 
+@SQLITE_ONLY
 async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> None:
     """A provider that keeps failing opens its circuit (provider_unavailable), stops being
     called, and the other providers are served as usual; once it answers again after the
@@ -551,6 +567,7 @@ async def test_bulk_refresh_reads_pages_not_single_batches(harness: Harness) -> 
     assert second.polled == 250 and h.sim.calls("(list)", "list") == 6
 
 
+@SQLITE_ONLY
 async def test_bulk_refresh_survives_an_endless_list(harness: Harness) -> None:
     """A list whose has_more never turns false is cut short; nothing is lost."""
     from watchdog.chaos import Chaos
@@ -569,6 +586,7 @@ async def test_bulk_refresh_survives_an_endless_list(harness: Harness) -> None:
     assert h.sim.calls("(list)", "list") <= 150 // 100 + 20
 
 
+@SQLITE_ONLY
 async def test_adaptive_polling_comes_back_as_the_cap_is_passed(harness: Harness) -> None:
     """Spending $0.30 a minute with 10-minute polls: at $4 the next poll comes as the $5
     cap is passed (about 200 s later), not a whole interval later."""
@@ -598,6 +616,7 @@ async def test_adaptive_polling_comes_back_as_the_cap_is_passed(harness: Harness
     assert h.sim.calls("batch_x", "cancel") == 1
 
 
+@SQLITE_ONLY
 async def test_adaptive_polling_for_clock_driven_limits(harness: Harness) -> None:
     """A batch 40 minutes from expiry under `expires_within: 30m` is polled again when it
     enters the last 30 minutes, not an hour later."""

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import insert
 from structlog.testing import capture_logs
 
-from tests.conftest import Harness, Sim
+from tests.conftest import SQLITE_ONLY, Harness, Sim
 from tests.daemons import Daemon
 from tests.test_service import endpoint, http_port
 from watchdog.scheduler import TickLoop
@@ -38,6 +38,7 @@ def racing(h: Harness, step: float) -> None:
     h.engine.clock = now
 
 
+@SQLITE_ONLY
 async def test_a_tick_polls_what_was_due_when_it_started(harness: Harness) -> None:
     """35 batches in chunks of 10 while the clock runs far past the 10 s interval: each
     batch is polled once, the tick ends, and the backlog is reported (a warning, a
@@ -68,6 +69,7 @@ async def test_a_tick_polls_what_was_due_when_it_started(harness: Harness) -> No
     assert [e["kind"] for e in await h.store.list_events()].count("backlog") == 1
 
 
+@SQLITE_ONLY
 async def test_bulk_answers_are_used_once_under_load(harness: Harness) -> None:
     """With the bulk refresh on and a tick slower than the interval, a batch cancelled
     early in the tick is never 'polled' again from the list answer read at its start:
@@ -158,6 +160,7 @@ async def test_values_no_column_or_clock_holds_fail_one_batch(harness: Harness) 
     assert (await h.tick(advance=60)).polled == 2  # batch_inf's fault was a one-off
 
 
+@SQLITE_ONLY
 async def test_a_bad_list_item_costs_only_its_own_batch(harness: Harness) -> None:
     """One item of a list page with a time no clock holds: the other 149 are still read
     from the pages; that one gets its own GET (and fails it alone)."""

@@ -10,12 +10,11 @@ import pytest
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
-from tests.conftest import Harness
+from tests.conftest import SQLITE_ONLY, Harness
 from tests.test_engine import COST_CAP, progressed
 from watchdog.events import Event
 
 TOLD = {"status_changed", "policy_matched", "cancel_requested", "cancel_succeeded"}
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def expensive(h: Harness) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.conftest import Harness
+from tests.conftest import SQLITE_ONLY, Harness
 from watchdog.settings import Webhook
 from watchdog.webhooks import WebhookSender
 
@@ -41,6 +41,7 @@ def cancels(h: Harness, *ids: str) -> int:
     return sum(h.sim.calls(i, "cancel") for i in ids)
 
 
+@SQLITE_ONLY
 async def test_for_acts_after_continuous_match_only(harness: Harness) -> None:
     """for: 2m acts on the first tick at or after two minutes of continuous match."""
     h = harness
@@ -57,6 +58,7 @@ async def test_for_acts_after_continuous_match_only(harness: Harness) -> None:
     assert matched[0]["detail"]["observed"]["held_for"] == 120
 
 
+@SQLITE_ONLY
 async def test_for_clock_restarts_after_a_gap(harness: Harness) -> None:
     """A poll where the condition does not hold resets the clock."""
     h = harness
@@ -88,6 +90,7 @@ async def test_for_clock_survives_a_restart(harness: Harness) -> None:
     assert cancels(h, "b") == 1
 
 
+@SQLITE_ONLY
 async def test_eta_after_expiry(harness: Harness) -> None:
     """At the observed rate, one batch cannot finish 1h before expiry (cancelled) and
     one can (spared); without two polls there is no rate to judge by."""
@@ -111,6 +114,7 @@ async def test_eta_after_expiry(harness: Harness) -> None:
     assert (cancels(h, "slow"), cancels(h, "quick")) == (1, 0)
 
 
+@SQLITE_ONLY
 async def test_stalled_for(harness: Harness) -> None:
     """No movement of completed+failed for the given time, while in progress."""
     h = harness
@@ -172,6 +176,7 @@ async def test_hour_cap_and_cool_down(harness: Harness) -> None:
     assert kinds == ["safety_tripped", "safety_resumed"]
 
 
+@SQLITE_ONLY
 async def test_exempt_by_metadata_is_judged_never_cancelled(harness: Harness) -> None:
     """metadata watchdog=off: policy_matched is recorded, no cancel is sent."""
     h = harness
@@ -183,6 +188,7 @@ async def test_exempt_by_metadata_is_judged_never_cancelled(harness: Harness) ->
     assert "policy_matched" in await h.kinds("b")
 
 
+@SQLITE_ONLY
 async def test_silence_expires(harness: Harness) -> None:
     """A silence holds the cancel until it expires; then the batch is cancelled."""
     h = harness
@@ -215,6 +221,7 @@ async def test_cancel_follow_through(harness: Harness) -> None:
     assert (await h.kinds("b")).count("cancel_stuck") == 1
 
 
+@SQLITE_ONLY
 async def test_webhook_gets_one_message_per_cancel(harness: Harness, aiohttp_server: Any) -> None:
     """A real local receiver gets a Slack-compatible message for each cancel."""
     received: list[dict[str, Any]] = []
@@ -256,6 +263,7 @@ async def hanging_receiver(aiohttp_server: Any) -> tuple[asyncio.Event, str]:
     return release, str(server.make_url("/hook"))
 
 
+@SQLITE_ONLY
 async def test_a_hung_webhook_never_holds_a_tick(harness: Harness, aiohttp_server: Any) -> None:
     """With the receiver hanging, the tick still completes and records its cancel."""
     release, url = await hanging_receiver(aiohttp_server)
