@@ -17,24 +17,22 @@ from watchdog.rows import Change, Tracked
 
 
 def request(obs: Observation, now: datetime, owner: str, lease: timedelta) -> Observation:
-    """``cancel_requested``, written before the request goes out. The batch stays this
-    replica's (its lease renewed) until the outcome is recorded, so no other replica
-    polls it, judges it and sends a second cancel meanwhile. It is not an attempt yet:
-    a crash here must not use one up."""
+    """The observation with ``cancel_requested`` added, to be written before the request
+    goes out. The batch stays this replica's (its lease renewed) until the outcome is
+    recorded, so no other replica polls it, judges it and sends a second cancel
+    meanwhile. It is not an attempt yet: a crash here must not use one up."""
     tracked, verdict = obs.after, obs.verdict
     assert verdict is not None
-    obs.events.append(
-        event(
-            tracked,
-            Kind.CANCEL_REQUESTED,
-            now,
-            policy=verdict.policy,
-            from_status=tracked.view.status,
-            attempt=tracked.cancel_attempts + 1,
-        )
+    requested = event(
+        tracked,
+        Kind.CANCEL_REQUESTED,
+        now,
+        policy=verdict.policy,
+        from_status=tracked.view.status,
+        attempt=tracked.cancel_attempts + 1,
     )
-    obs.after = replace(tracked, cancel_policy=verdict.policy)
-    obs.change.merge(
+    change = replace(obs.change)
+    change.merge(
         Change(
             *tracked.key,
             cancel_policy=verdict.policy,
@@ -45,7 +43,8 @@ def request(obs: Observation, now: datetime, owner: str, lease: timedelta) -> Ob
             lease_expires_at=now + lease,
         )
     )
-    return obs
+    after = replace(tracked, cancel_policy=verdict.policy)
+    return replace(obs, after=after, change=change, events=[*obs.events, requested])
 
 
 def answer_of(answer: BatchObject | ProviderError) -> Answer:

@@ -176,14 +176,15 @@ class Engine:
         now = self.clock()
         seen = [self._observe(t, r, now, summary) for t, r in zip(claimed, results, strict=True)]
         chosen, gate = await self._decide(seen, gate, now, summary)
-        sending = [cancels.request(o, now, self.owner, self.lease) for o in chosen]
+        requested = {o.key: cancels.request(o, now, self.owner, self.lease) for o in chosen}
+        seen = [requested.get(o.key, o) for o in seen]
         # Everything seen and cancel_requested are stored before any cancel goes out, and
         # only for rows this replica still holds: a lost lease means another one has them.
         written = await self.emitter.write(
             [o.change for o in seen], [e for o in seen for e in o.events], owner=self.owner
         )
         summary.count(written.events)
-        sending = [o for o in sending if o.key in written.rows]
+        sending = [o for o in requested.values() if o.key in written.rows]
         if sending:
             await self._act(sending, summary)
         if self.on_progress is not None:
