@@ -250,3 +250,15 @@ def test_shipped_configs_load() -> None:
         assert settings.providers and settings.pricing and settings.policies, path
         assert settings.origins == {}
     assert load_settings(paths[-1], environ={}).dry_run
+
+
+def test_webhooks_take_any_event_kind(tmp_path: Path) -> None:
+    """A hook may ask for any event kind (provider_unavailable, backlog, …); a typo is
+    one line listing the kinds there are."""
+    hook = "notify:\n  webhooks:\n    - {url: 'https://hooks.example/x', events: [%s]}\n"
+    settings = load_settings(write(tmp_path, GOOD + hook % "provider_unavailable, backlog"))
+    assert settings.notify.webhooks[0].events == ["provider_unavailable", "backlog"]
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, GOOD + hook % "policy_matchd"))
+    assert "notify.webhooks.0.events.0" in str(caught.value)
+    assert "'provider_unavailable'" in str(caught.value) and "\n" not in str(caught.value)

@@ -38,6 +38,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from watchdog.durations import Duration
+from watchdog.events import Kind
 from watchdog.policies import Policy
 from watchdog.pricing import Price
 
@@ -145,17 +146,20 @@ class SafetySettings(_Strict):
     )
 
 
-NotifyEvent = Literal[
-    "policy_matched", "cancel_succeeded", "cancel_failed", "cancel_stuck", "safety_tripped"
-]
-NOTIFY_EVENTS: tuple[NotifyEvent, ...] = typing.get_args(NotifyEvent)
+NOTIFY_EVENTS = (  # what a webhook gets unless it names its kinds (any event kind)
+    Kind.POLICY_MATCHED,
+    Kind.CANCEL_SUCCEEDED,
+    Kind.CANCEL_FAILED,
+    Kind.CANCEL_STUCK,
+    Kind.SAFETY_TRIPPED,
+)
 
 
 class Webhook(_Strict):
     """A receiver of JSON messages (Slack-compatible ``text`` plus the event)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
-    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    events: list[Kind] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
     timeout: Timeout = timedelta(seconds=10)
 
 
