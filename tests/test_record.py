@@ -17,8 +17,15 @@ from watchdog.events import Event
 TOLD = {"status_changed", "policy_matched", "cancel_requested", "cancel_succeeded"}
 
 
-def expensive(h: Harness) -> None:
+async def over_the_cap(h: Harness) -> list[Event]:
+    """Batch "b", tracked, over the cost cap; the list the webhooks would be handed."""
+    h.configure(policies=COST_CAP)
+    assert h.engine is not None
+    sent: list[Event] = []
+    h.engine.on_events = sent.extend
     progressed(h, "b", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
+    await h.track("b")
+    return sent
 
 
 @SQLITE_ONLY
@@ -26,12 +33,8 @@ async def test_a_lost_lease_is_neither_logged_nor_sent(harness: Harness) -> None
     """Another replica takes the batch over while this one waits for the provider: this
     one's policy_matched and cancel_requested are dropped, and nothing says they were."""
     h = harness
-    h.configure(policies=COST_CAP)
+    sent = await over_the_cap(h)
     assert h.engine is not None
-    sent: list[Event] = []
-    h.engine.on_events = sent.extend
-    expensive(h)
-    await h.track("b")
     fetch = h.engine.refresher.fetch_all
 
     async def slow_fetch(*args: Any) -> Any:
@@ -57,12 +60,7 @@ async def test_a_failed_commit_is_neither_logged_nor_sent(harness: Harness) -> N
     the tick fails, no cancel goes out, and no event of it is logged or sent. Once the
     database takes writes again, the next tick records, logs and sends them once."""
     h = harness
-    h.configure(policies=COST_CAP)
-    assert h.engine is not None
-    sent: list[Event] = []
-    h.engine.on_events = sent.extend
-    expensive(h)
-    await h.track("b")
+    sent = await over_the_cap(h)
     refuse = (
         "CREATE TRIGGER refuse BEFORE INSERT ON batch_events "
         "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
