@@ -341,7 +341,9 @@ async def test_daemon_ticks_until_sigterm_then_exits_0(cli: Cli) -> None:
     assert proc.stderr is not None
     ticks = 0
     lines: list[bytes] = []
-    while ticks < 2:
+    # Until it has ticked twice and polled the batch again (after the cancel, on the
+    # cancel's follow-up schedule): counted, not timed.
+    while ticks < 2 or cli.sim.calls("batch_big", "get") < 2:
         line = await asyncio.wait_for(proc.stderr.readline(), timeout=20)
         assert line, b"".join(lines).decode()
         lines.append(line)
