@@ -399,7 +399,7 @@ async def test_exempt_unexempt_resume(cli: Cli) -> None:
 async def test_migrate(cli: Cli) -> None:
     """migrate brings a new database to head and says so."""
     result = await cli("migrate")
-    assert result.code == 0 and "database schema at 0003 (head 0003)" in result.out
+    assert result.code == 0 and "database schema at 0004 (head 0004)" in result.out
 
 
 async def test_console_script_is_installed() -> None:

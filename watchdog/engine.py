@@ -203,7 +203,7 @@ class Engine:
         if not threshold:
             return Prefetched({})
         return await self.refresher.prefetch(
-            await self.store.due_by_provider(self.clock(), at_least=threshold)
+            await self.store.due_ids(self.clock(), at_least=threshold)
         )
 
     @property

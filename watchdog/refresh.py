@@ -17,6 +17,7 @@ from watchdog.rows import Tracked
 
 log = structlog.get_logger("watchdog.refresh")
 Result = BatchObject | ProviderError
+MIN_SHARE = 0.25  # of the listed batches that must be due for paging to go on
 
 
 def _older(batch: BatchObject, than: datetime | None) -> bool:
@@ -56,29 +57,32 @@ class Refresher:
         self.clock = clock
         self.bulk_threshold = bulk_threshold
 
-    async def prefetch(self, due: Mapping[str, tuple[int, datetime | None]]) -> Prefetched:
-        """For each provider with at least ``bulk_threshold`` batches due (count, oldest
-        creation), its list pages, 100 a batch, instead of one GET each; the ones the
-        pages miss are fetched singly."""
+    async def prefetch(self, due: Mapping[str, tuple[set[str], datetime | None]]) -> Prefetched:
+        """For each provider with at least ``bulk_threshold`` batches due (their ids, the
+        oldest one's creation), the due ones' answers from its list pages, 100 a
+        request, instead of one GET each; the ones the pages miss are fetched singly."""
         found: dict[tuple[str, str], tuple[BatchObject, datetime]] = {}
-        for provider, (count, oldest) in due.items():
+        for provider, (ids, oldest) in due.items():
             client = self.clients.get(provider)
-            if client is None or not self.bulk_threshold or count < self.bulk_threshold:
+            if client is None or not self.bulk_threshold or len(ids) < self.bulk_threshold:
                 continue
             read_at = self.clock()
-            listed = await self._list_recent(client, oldest, count)
+            listed = await self._list_due(client, ids, oldest)
             found.update({(provider, b.id): (b, read_at) for b in listed})
-            log.debug("bulk_refreshed", provider=provider, due=count, listed=len(listed))
+            log.debug("bulk_refreshed", provider=provider, due=len(ids), found=len(listed))
         return Prefetched(found)
 
-    async def _list_recent(
-        self, client: ProviderClient, oldest: datetime | None, due: int
+    async def _list_due(
+        self, client: ProviderClient, due: set[str], oldest: datetime | None
     ) -> list[BatchObject]:
-        """Pages newest first until past the oldest due batch's creation. A provider whose
-        ``has_more`` never ends, or whose cursor does not move, is cut short."""
-        listed: dict[str, BatchObject] = {}
-        after = None
-        for _ in range(due // 100 + 20):
+        """Pages newest first, keeping only the due batches, until every due one was
+        seen, the list is past the oldest due batch's creation, or the pages stop paying
+        (less than MIN_SHARE of what they list is due: the rest is cheaper singly). A
+        provider whose ``has_more`` never ends, or whose cursor does not move, is cut
+        short."""
+        kept: dict[str, BatchObject] = {}
+        after, listed = None, 0
+        for _ in range(len(due) // 100 + 20):
             try:
                 page = await client.list(limit=100, after=after)
             except (ProviderError, InvalidBatchId) as exc:
@@ -86,13 +90,15 @@ class Refresher:
                 break
             if page.skipped:  # those batches are fetched singly, like any the pages miss
                 log.info("list_items_skipped", provider=client.name, skipped=page.skipped)
-            fresh = [b for b in page.data if b.id not in listed]
-            listed.update((b.id, b) for b in fresh)
+            listed += len(page.data)
+            kept.update((b.id, b) for b in page.data if b.id in due)
             moved = page.cursor is not None and page.cursor != after
-            if not moved or not page.has_more or (fresh and _older(fresh[-1], oldest)):
+            past = bool(page.data) and _older(page.data[-1], oldest)
+            unpaid = listed >= 200 and len(kept) < MIN_SHARE * listed
+            if not moved or not page.has_more or past or unpaid or len(kept) == len(due):
                 break
             after = page.cursor
-        return list(listed.values())
+        return list(kept.values())
 
     async def fetch_all(self, claimed: list[Tracked], prefetched: Prefetched) -> list[Result]:
         """Each claimed batch's answer, in order (the list's when it may be used)."""

@@ -21,7 +21,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    TextClause,
     Update,
+    and_,
     bindparam,
     event,
     func,
@@ -37,9 +39,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from watchdog.events import Event, Kind
-from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
+from watchdog.models import BatchObject, BatchView, Counts, Tokens, from_unix
 from watchdog.rows import Change, Tracked
-from watchdog.tables import batch_events, batches, state
+from watchdog.tables import NOT_FINISHED, batch_events, batches, state
 
 TIMESTAMPS = (
     "created_at",
@@ -283,13 +285,15 @@ def _tracked(row: Mapping[Any, Any]) -> Tracked:
     )
 
 
-def _due(now: datetime, due_by: datetime | None = None) -> tuple[ColumnElement[bool], ...]:
+def _due(
+    now: datetime, due_by: datetime | None = None
+) -> tuple[ColumnElement[bool] | TextClause, ...]:
     """Due: not terminal, its poll time has come (by ``due_by``, default now), and nobody
     holds a lease on it."""
     c = batches.c
     return (
         or_(c.next_poll_at.is_(None), c.next_poll_at <= (due_by or now)),
-        or_(c.status.is_(None), c.status.not_in(TERMINAL)),
+        NOT_FINISHED,
         or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
     )
 
@@ -406,7 +410,7 @@ class Store:
         (None: none, or only never-polled ones, which the next tick takes)."""
         c = batches.c
         query = select(func.min(c.next_poll_at)).where(
-            or_(c.status.is_(None), c.status.not_in(TERMINAL)),
+            NOT_FINISHED,
             or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
         )
         async with self.engine.connect() as conn:
@@ -420,26 +424,27 @@ class Store:
             count, oldest = (await conn.execute(query)).one()
         return int(count), oldest
 
-    async def due_by_provider(
+    async def due_ids(
         self, now: datetime, at_least: int = 1
-    ) -> dict[str, tuple[int, datetime | None]]:
-        """For each provider: how many batches are due now, and the oldest one's creation;
-        empty when fewer than ``at_least`` are due in all (checked first, cheaply, through
-        the next_poll_at index, so an idle tick stays idle)."""
+    ) -> dict[str, tuple[set[str], datetime | None]]:
+        """For each provider: the ids of the batches due now, and the oldest one's
+        creation; empty when fewer than ``at_least`` are due in all (checked first,
+        cheaply, through the due index, so that an idle tick stays idle)."""
         c = batches.c
         enough = select(c.batch_id).where(*_due(now)).limit(at_least).subquery()
-        query = (
-            select(c.provider, func.count(), func.min(c.created_at))
-            .where(*_due(now))
-            .group_by(c.provider)
-        )
+        query = select(c.provider, c.batch_id, c.created_at).where(*_due(now))
+        found: dict[str, tuple[set[str], datetime | None]] = {}
         async with self.engine.connect() as conn:
-            if (
-                await conn.execute(select(func.count()).select_from(enough))
-            ).scalar_one() < at_least:
+            count = (await conn.execute(select(func.count()).select_from(enough))).scalar_one()
+            if count < at_least:
                 return {}
-            rows = (await conn.execute(query)).all()
-        return {p: (int(n), oldest) for p, n, oldest in rows}
+            for provider, batch_id, created in await conn.execute(query):
+                ids, oldest = found.get(provider, (set(), None))
+                ids.add(batch_id)
+                if created is not None and (oldest is None or created < oldest):
+                    oldest = created
+                found[provider] = (ids, oldest)
+        return found
 
     async def apply(
         self, changes: Sequence[Change], events: Iterable[Event], *, owner: str | None = None
@@ -470,9 +475,15 @@ class Store:
         if owner is None or not keys:
             return keys
         c = batches.c
+        by_provider: dict[str, list[str]] = {}
+        for provider, batch_id in keys:
+            by_provider.setdefault(provider, []).append(batch_id)
+        # Per provider, ``batch_id IN (…)``: a primary-key lookup on both databases (a
+        # row-value IN of pairs makes SQLite scan the whole table).
+        rows = or_(*(and_(c.provider == p, c.batch_id.in_(ids)) for p, ids in by_provider.items()))
         query = (
             select(c.provider, c.batch_id)
-            .where(c.lease_owner == owner, tuple_(c.provider, c.batch_id).in_(list(keys)))
+            .where(c.lease_owner == owner, rows)
             .with_for_update()  # nobody takes them over before this transaction commits
         )
         return {(p, b) for p, b in await conn.execute(query)}

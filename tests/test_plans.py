@@ -1,0 +1,105 @@
+"""Ticks cost what is due, not what is history: every statement a real tick runs (and
+the `events` queries) is EXPLAINed on both databases, full of finished batches and old
+events, and none may scan `batch_events` or the finished batches."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+
+from tests.conftest import Harness
+from tests.test_engine import COST_CAP
+from watchdog.models import TERMINAL
+from watchdog.tables import batches
+
+FINISHED, ACTIVE, EVENTS = 3000, 40, 20_000
+
+
+async def history(h: Harness) -> None:
+    """Much history, little work: finished batches and their events, a few running."""
+    statuses = sorted(TERMINAL)
+    now = h.clock.now()
+    async with h.store.engine.begin() as conn:
+        await conn.execute(
+            batches.insert(),
+            [
+                {"provider": "sim", "batch_id": f"old_{i}", "status": statuses[i % 4]}
+                for i in range(FINISHED)
+            ],
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO batch_events (at, provider, batch_id, kind) "
+                "VALUES (:at, 'sim', :batch_id, :kind)"
+            ),
+            [
+                {
+                    "at": now - timedelta(minutes=i % 600),
+                    "batch_id": f"old_{i % FINISHED}",
+                    "kind": "counts_changed" if i % 3 else "cancel_requested",
+                }
+                for i in range(EVENTS)
+            ],
+        )
+        await conn.execute(text("ANALYZE"))
+
+
+def capture(h: Harness) -> list[tuple[str, Any]]:
+    """The statements the store sends, with their parameters (the first row of a batch)."""
+    seen: list[tuple[str, Any]] = []
+
+    def record(
+        conn: Connection, cursor: Any, statement: str, params: Any, context: Any, many: bool
+    ) -> None:
+        if re.match(r"\s*(SELECT|UPDATE|DELETE|WITH)", statement, re.I):
+            seen.append((statement, params[0] if many and params else params))
+
+    event.listen(h.store.engine.sync_engine, "before_cursor_execute", record)
+    return seen
+
+
+SCANS = re.compile(r"SCAN (batch_events|batches)\b(?! USING (COVERING )?INDEX ix_batches_due)")
+
+
+async def plans(h: Harness, statements: list[tuple[str, Any]]) -> dict[str, str]:
+    """Each statement's plan, with sequential scans discouraged on PostgreSQL (so that a
+    scan in the plan means no index could serve it)."""
+    found = {}
+    sqlite = h.store.engine.dialect.name == "sqlite"
+    async with h.store.engine.connect() as conn:
+        if not sqlite:
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+        for statement, params in statements:
+            explain = ("EXPLAIN QUERY PLAN " if sqlite else "EXPLAIN ") + statement
+            rows = (await conn.exec_driver_sql(explain, params)).all()
+            found[statement] = "\n".join(str(r[-1] if sqlite else r[0]) for r in rows)
+    return found
+
+
+def full_scans(plan: str) -> list[str]:
+    seq = re.findall(r"Seq Scan on (batch_events|batches)", plan)
+    return seq + [m.group(0) for m in SCANS.finditer(plan)]
+
+
+async def test_no_tick_statement_scans_history(harness: Harness) -> None:
+    h = harness
+    h.configure(policies=COST_CAP)
+    assert h.engine is not None
+    h.engine.bulk_threshold = 1  # the bulk refresh's queries too
+    await history(h)
+    for i in range(ACTIVE):
+        h.sim.simulator.add(f"batch_{i}", total=100, rate=1)
+        await h.track(f"batch_{i}")
+    statements = capture(h)
+    await h.tick()
+    await h.tick(advance=120)
+    await h.store.next_due(h.clock.now())
+    await h.store.list_events("old_7")
+    tick = {s for s, _ in statements}
+    assert any("lease_owner" in s for s in tick)  # the claim was seen
+    bad = {s: p for s, p in (await plans(h, statements)).items() if full_scans(p)}
+    assert not bad, "\n\n".join(f"{s}\n→ {p}" for s, p in bad.items())
