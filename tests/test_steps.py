@@ -98,12 +98,15 @@ def test_observe_touches_nothing_it_was_given() -> None:
     assert obs.change.wire is not None and obs.change.cost_usd == Decimal(0)
 
 
-def test_an_unchanged_batch_writes_no_wire_columns() -> None:
-    before = tracked()
-    first = observe(before, wire(), NOW, JUDGING)
+def test_an_unchanged_batch_writes_only_its_schedule() -> None:
+    """No wire columns, no bookkeeping that would write what the row holds: when it was
+    polled, when it is due again, the lease given back."""
+    first = observe(tracked(), wire(), NOW, JUDGING)
+    assert first.change.wire is not None and first.change.cost_usd == Decimal(0)
     again = observe(first.after, wire(), NOW + timedelta(minutes=1), JUDGING)
-    assert again.change.wire is None and again.events == []
-    assert again.change.matched_policy is None and again.change.cancel_outcome is UNSET
+    assert again.events == [] and again.change.cancel_outcome is UNSET
+    written = set(again.change.set())
+    assert written == {"last_polled_at", "next_poll_at", "lease_owner", "lease_expires_at"}
 
 
 SENT = tracked(cancel_policy="cap", cancel_requested_at=NOW)

@@ -112,6 +112,7 @@ def observe(
     change.pending = evaluation.pending or None
     obs.verdict = evaluation.verdict
     obs.events += _matched(tracked, after.view, evaluation.verdict, now, judging, change)
+    change.unchanged_dropped(tracked)
     return obs
 
 
@@ -154,7 +155,7 @@ def absorb(
     change.cost_usd = cost
     crossing = _crossing(tracked, new, cost, now, judging) if adaptive else None
     change.merge(schedule(tracked.key, now, new.status, judging, crossing))
-    after = replace(tracked, view=new)
+    after = replace(tracked, view=new, cost_usd=cost)
     return Observation(tracked, after, change, _changes(tracked, old, new, now), cost=cost)
 
 

@@ -52,6 +52,9 @@ class _Unset(Enum):
 UNSET: Final = _Unset.TOKEN
 
 
+KEPT = frozenset({"wire", "lease_owner", "lease_expires_at", "next_poll_at"})
+
+
 @dataclass(slots=True)
 class Change:
     """What to set on one batch's row; a field left ``UNSET`` is not written (``None``
@@ -95,6 +98,17 @@ class Change:
         """Take every field ``other`` sets (a later step's word wins)."""
         for name, value in other.set().items():
             setattr(self, name, value)
+
+    def unchanged_dropped(self, tracked: Tracked) -> Change:
+        """Itself, less the fields that would write what the row already holds (an
+        unchanged poll then writes its schedule and lease, not its bookkeeping)."""
+        for name, value in self.set().items():
+            if name in KEPT or not hasattr(tracked, name):
+                continue
+            held = getattr(tracked, name)
+            if value == held or (name == "pending" and (value or {}) == held):
+                setattr(self, name, UNSET)
+        return self
 
     def release(self) -> None:
         """Give the row's lease back."""

@@ -239,6 +239,48 @@ def columns(change: Change) -> dict[str, Any]:
     return values
 
 
+# What a claim reads back: the view the policies judge and the tick's bookkeeping, not
+# every column (file ids, errors, the other timestamps and labels stay where they are).
+CLAIMED = tuple(
+    batches.c[name]
+    for name in (
+        "provider",
+        "batch_id",
+        "status",
+        "model",
+        "metadata",
+        "created_at",
+        "expires_at",
+        "request_total",
+        "request_completed",
+        "request_failed",
+        "input_tokens",
+        "cached_tokens",
+        "output_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+        "matched_policy",
+        "poll_failures",
+        "last_error",
+        "cancel_policy",
+        "cancel_requested_at",
+        "cancel_attempts",
+        "cancel_outcome",
+        "pricing_missing_at",
+        "tracked_at",
+        "last_polled_at",
+        "progress_at",
+        "pending",
+        "exempt_until",
+        "exempt_reason",
+        "cancel_projected_usd",
+        "cancel_stuck_at",
+        "cancelling_at",
+        "cancel_retries",
+    )
+)
+
+
 def _view(row: Mapping[Any, Any]) -> BatchView:
     counts = tokens = None
     if row["request_total"] is not None:
@@ -399,7 +441,7 @@ class Store:
             update(batches)
             .where(tuple_(c.provider, c.batch_id).in_(due))
             .values(lease_owner=owner, lease_expires_at=now + lease)
-            .returning(*batches.c)
+            .returning(*CLAIMED)
         )
         async with self.engine.begin() as conn:
             rows = (await conn.execute(claim)).mappings().all()
