@@ -18,9 +18,9 @@ from typing import Any
 CONTENDERS = ("watchdog", "openai", "aiohttp")
 
 
-def start_simulator(n: int) -> tuple[subprocess.Popen[str], str]:
+def start_simulator(n: int, mix: str = "mixed") -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.simserver", "--batches", str(n)],
+        [sys.executable, "-m", "benchmarks.simserver", "--batches", str(n), "--mix", mix],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -36,9 +36,27 @@ def populate(sim: Simulator, n: int) -> None:
         sim.add(f"batch_{i:07d}", **params)  # type: ignore[arg-type]
 
 
-async def serve(n: int) -> None:
+def steady(sim: Simulator, n: int) -> None:
+    """A day in production: 90 % of the batches unchanged between polls (stalled in a
+    queue), 9 % progressing, 1 % over the $5 cap."""
+    for i in range(n):
+        kind = i % 100
+        params: dict[str, object] = {
+            "model": LLAMA,
+            "total": 1_000_000,
+            "rate": 0.0 if kind >= 10 else 2.0,
+            "age": 3600.0,
+            "input_tokens": 100,
+            "output_tokens": 50,
+        }
+        if kind == 0:
+            params |= {"input_tokens": 30_000, "output_tokens": 15_000, "rate": 1.0}
+        sim.add(f"batch_{i:07d}", **params)  # type: ignore[arg-type]
+
+
+async def serve(n: int, mix: str = "mixed") -> None:
     sim = Simulator()
-    populate(sim, n)
+    (steady if mix == "steady" else populate)(sim, n)
     runner = web.AppRunner(sim.app(), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0, backlog=1024).start()
@@ -52,7 +70,9 @@ async def serve(n: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, required=True)
-    asyncio.run(serve(parser.parse_args().batches))
+    parser.add_argument("--mix", choices=["mixed", "steady"], default="mixed")
+    args = parser.parse_args()
+    asyncio.run(serve(args.batches, args.mix))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from decimal import Decimal
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,6 +53,13 @@ class Price(BaseModel):
 
 def find_price(prices: Sequence[Price], provider: str, model: str | None) -> Price | None:
     """The first price row for this provider and model, or None (cost unknown)."""
+    if isinstance(prices, tuple):  # the daemon's (immutable) rules: looked up once a model
+        return _first_price(prices, provider, model)
+    return next((p for p in prices if p.matches(provider, model)), None)
+
+
+@lru_cache(maxsize=4096)
+def _first_price(prices: tuple[Price, ...], provider: str, model: str | None) -> Price | None:
     return next((p for p in prices if p.matches(provider, model)), None)
 
 

@@ -90,9 +90,10 @@ class Change:
 
     def set(self) -> dict[str, Any]:
         """The fields given a value (``wire`` included when set), by name."""
-        given = {f.name: getattr(self, f.name) for f in fields(self)[3:]}
-        found = {k: v for k, v in given.items() if v is not UNSET}
-        return found | ({"wire": self.wire} if self.wire is not None else {})
+        found = {name: value for name in _COLUMNS if (value := getattr(self, name)) is not UNSET}
+        if self.wire is not None:
+            found["wire"] = self.wire
+        return found
 
     def merge(self, other: Change) -> None:
         """Take every field ``other`` sets (a later step's word wins)."""
@@ -113,3 +114,6 @@ class Change:
     def release(self) -> None:
         """Give the row's lease back."""
         self.lease_owner, self.lease_expires_at = None, None
+
+
+_COLUMNS = tuple(f.name for f in fields(Change))[3:]  # after provider, batch_id, wire
