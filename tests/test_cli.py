@@ -13,6 +13,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -490,3 +491,75 @@ def test_list_shows_control_characters_escaped() -> None:
     out = batch_table([row])
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert "\\x1b[2J" in out
+
+
+@SQLITE_ONLY
+async def test_events_filters_and_streams(cli: Cli) -> None:
+    """events takes --provider, --kind (repeatable, checked), --since/--until (a duration
+    ago or an ISO time) and --limit (the newest N); --json is one JSON array."""
+    for batch_id in ("b1", "b2", "b3"):
+        assert (await cli("track", batch_id, "--provider", "sim")).code == 0
+    assert (await cli("untrack", "b2")).code == 0
+
+    async def kinds(*args: str) -> list[tuple[str, str]]:
+        result = await cli("events", "--json", *args)
+        assert result.code == 0, result.err
+        return [(e["batch_id"], e["kind"]) for e in json.loads(result.out)]
+
+    assert await kinds() == [
+        ("b1", "tracked"),
+        ("b2", "tracked"),
+        ("b3", "tracked"),
+        ("b2", "untracked"),
+    ]
+    assert await kinds("--kind", "untracked") == [("b2", "untracked")]
+    assert await kinds("b2") == [("b2", "tracked"), ("b2", "untracked")]
+    assert await kinds("--limit", "2") == [("b3", "tracked"), ("b2", "untracked")]
+    assert await kinds(
+        "--since", "1h", "--kind", "tracked", "--kind", "untracked", "--limit", "1"
+    ) == [("b2", "untracked")]
+    assert await kinds("--until", "2020-01-01") == []
+    assert await kinds("--since", "2999-01-01T00:00:00Z") == []
+    table = (await cli("events", "--provider", "sim")).out
+    assert table.splitlines()[0].split() == [
+        "AT",
+        "PROVIDER",
+        "BATCH",
+        "KIND",
+        "STATUS",
+        "POLICY",
+        "DETAIL",
+    ]
+    assert len(table.splitlines()) == 5
+    for bad in (["--kind", "trackd"], ["--since", "yesterday"], ["--limit", "0"]):
+        result = await cli("events", *bad)
+        assert result.code == 2 and result.err.count("\n") == 1, bad
+
+
+async def test_a_long_event_table_streams_in_aligned_columns(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Past the rows that size its columns, a streamed table keeps their widths."""
+    from datetime import UTC, datetime
+
+    from watchdog.cli import HEAD_ROWS, write_events
+
+    async def rows() -> Any:
+        for i in range(HEAD_ROWS + 50):
+            yield {
+                "at": datetime(2026, 11, 29, tzinfo=UTC),
+                "provider": "sim",
+                "batch_id": f"batch_{i:04d}",
+                "kind": "tracked",
+                "from_status": None,
+                "to_status": None,
+                "policy": None,
+                "detail": None,
+            }
+
+    await write_events(rows(), as_json=False)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == HEAD_ROWS + 51
+    assert len({line.index("tracked") for line in lines[1:]}) == 1  # one column
+    await write_events(rows(), as_json=True)
+    assert len(json.loads(capsys.readouterr().out)) == HEAD_ROWS + 50

@@ -24,6 +24,7 @@ from watchdog.service import Service
 from watchdog.settings import Settings
 from watchdog.store import (
     AlreadyRunning,
+    EventFilter,
     SchemaError,
     Store,
     create_engine,
@@ -36,7 +37,7 @@ from watchdog.store import (
 )
 from watchdog.webhooks import WebhookSender
 
-__all__ = ["AlreadyRunning", "SchemaError", "UsageError", "redact_url"]
+__all__ = ["AlreadyRunning", "EventFilter", "SchemaError", "UsageError", "redact_url"]
 log = structlog.get_logger("watchdog.app")
 
 
@@ -266,6 +267,8 @@ async def list_batches(settings: Settings, status: str | None) -> list[dict[str,
         return await store.list_batches(status)
 
 
-async def list_events(settings: Settings, batch_id: str | None) -> list[dict[str, Any]]:
+async def stream_events(settings: Settings, wanted: EventFilter) -> AsyncIterator[dict[str, Any]]:
+    """The audit log's matching events, oldest first, as they are read."""
     async with open_store(settings) as store:
-        return await store.list_events(batch_id)
+        async for row in store.stream_events(wanted):
+            yield row

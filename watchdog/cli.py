@@ -8,11 +8,12 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from watchdog.durations import format_duration, parse_duration
+from watchdog.events import Kind
 
 if TYPE_CHECKING:
     from watchdog.settings import Settings
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
 # are imported by the commands that use them: `--help` and argument errors answer at once.
 
 EX_OK, EX_ERROR, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+KINDS = [str(kind) for kind in Kind]
+HEAD_ROWS = 200  # a streamed table's columns are as wide as its first rows need
 
 
 class Parser(argparse.ArgumentParser):
@@ -55,9 +58,16 @@ def build_parser() -> Parser:
     lister = sub.add_parser("list", parents=[common], help="tracked batches")
     lister.add_argument("--status", metavar="S")
     lister.add_argument("--json", action="store_true")
-    events = sub.add_parser("events", parents=[common], help="the audit log")
+    events = sub.add_parser("events", parents=[common], help="the audit log, streamed")
     events.add_argument("batch_id", nargs="?", metavar="ID")
-    events.add_argument("--json", action="store_true")
+    events.add_argument("--provider", metavar="NAME")
+    events.add_argument(
+        "--kind", action="append", default=[], choices=KINDS, metavar="KIND", help="repeatable"
+    )
+    events.add_argument("--since", type=_when, metavar="WHEN", help="7d (ago) or an ISO time")
+    events.add_argument("--until", type=_when, metavar="WHEN", help="7d (ago) or an ISO time")
+    events.add_argument("--limit", type=_positive, metavar="N", help="the newest N")
+    events.add_argument("--json", action="store_true", help="a JSON array, written as it comes")
     exempt = sub.add_parser("exempt", parents=[common], help="never cancel a batch for a while")
     exempt.add_argument("batch_id", metavar="ID")
     exempt.add_argument("--provider", metavar="NAME")
@@ -77,6 +87,27 @@ def build_parser() -> Parser:
     demo = sub.add_parser("demo", parents=[common], help="simulator + daemon, end to end")
     demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS")
     return parser
+
+
+def _when(text: str) -> datetime:
+    """A moment: a duration ago (``7d``), or an ISO 8601 time (UTC unless it says)."""
+    try:
+        return datetime.now(UTC) - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (7d, 12h) nor an ISO 8601 time"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _duration(text: str) -> timedelta:
@@ -185,24 +216,53 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
     return table(out, header) if out else "no batches tracked"
 
 
+def event_cells(row: dict[str, Any]) -> list[str]:
+    e = event_json(row)
+    change = f"{e['from_status'] or '-'} -> {e['to_status'] or '-'}"
+    detail = json.dumps(e["detail"], separators=(",", ":")) if e["detail"] else ""
+    cells = [e["at"], e["provider"], e["batch_id"], e["kind"], change, e["policy"] or ""]
+    return [printable("-" if c is None else str(c)) for c in cells] + [printable(detail[:120])]
+
+
+EVENT_HEADER = ["AT", "PROVIDER", "BATCH", "KIND", "STATUS", "POLICY", "DETAIL"]
+
+
 def event_table(rows: list[dict[str, Any]]) -> str:
-    out = []
-    for e in map(event_json, rows):
-        change = f"{e['from_status'] or '-'} -> {e['to_status'] or '-'}"
-        detail = json.dumps(e["detail"], separators=(",", ":")) if e["detail"] else ""
-        out.append(
-            [
-                e["at"],
-                e["provider"],
-                e["batch_id"],
-                e["kind"],
-                change,
-                e["policy"] or "",
-                detail[:120],
-            ]
-        )
-    header = ["AT", "PROVIDER", "BATCH", "KIND", "STATUS", "POLICY", "DETAIL"]
-    return table(out, header) if out else "no events"
+    return table([event_cells(r) for r in rows], EVENT_HEADER) if rows else "no events"
+
+
+async def write_events(rows: AsyncIterator[dict[str, Any]], as_json: bool) -> None:
+    """Print events as they come: a JSON array, or a table whose columns are as wide
+    as its first rows need (memory does not grow with the number of events)."""
+    out, first = sys.stdout, True
+    if as_json:
+        out.write("[")
+        async for row in rows:
+            out.write(("\n  " if first else ",\n  ") + json.dumps(event_json(row), default=str))
+            first = False
+        out.write("\n]\n" if not first else "]\n")
+        return
+    head: list[list[str]] = []
+    async for row in rows:
+        if len(head) < HEAD_ROWS:
+            head.append(event_cells(row))
+            continue
+        if first:
+            widths = _widths(head, EVENT_HEADER)
+            out.write(_line(EVENT_HEADER, widths) + "\n")
+            out.writelines(_line(r, widths) + "\n" for r in head)
+            first = False
+        out.write(_line(event_cells(row), widths) + "\n")
+    if first:
+        print(table(head, EVENT_HEADER) if head else "no events")
+
+
+def _widths(rows: list[list[str]], header: list[str]) -> list[int]:
+    return [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
 def show_config(settings: Settings, path: str) -> str:
@@ -365,8 +425,15 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 def _events(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
 
-    rows = asyncio.run(app.list_events(settings, args.batch_id))
-    print(dump([event_json(r) for r in rows]) if args.json else event_table(rows))
+    wanted = app.EventFilter(
+        batch_id=args.batch_id,
+        provider=args.provider,
+        kinds=tuple(args.kind),
+        since=args.since,
+        until=args.until,
+        limit=args.limit,
+    )
+    asyncio.run(write_events(app.stream_events(settings, wanted), args.json))
     return EX_OK
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
@@ -364,6 +365,35 @@ def _event_row(item: Event) -> dict[str, Any]:
     }
 
 
+STREAM_ROWS = 1000  # rows fetched at a time when streaming
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events to read: of one batch, a provider, some kinds, a time window."""
+
+    batch_id: str | None = None
+    provider: str | None = None
+    kinds: tuple[str, ...] = ()
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int | None = None
+
+    def terms(self) -> list[ColumnElement[bool]]:
+        e, terms = batch_events.c, []
+        if self.batch_id is not None:
+            terms.append(e.batch_id == self.batch_id)
+        if self.provider is not None:
+            terms.append(e.provider == self.provider)
+        if self.kinds:
+            terms.append(e.kind.in_(self.kinds))
+        if self.since is not None:
+            terms.append(e.at >= self.since)
+        if self.until is not None:
+            terms.append(e.at < self.until)
+        return terms
+
+
 class DatabaseGone(Exception):
     """The SQLite file the daemon opened was deleted or replaced under it."""
 
@@ -556,13 +586,25 @@ class Store:
     async def list_events(
         self, batch_id: str | None = None, provider: str | None = None
     ) -> list[dict[str, Any]]:
-        query = select(batch_events).order_by(batch_events.c.id)
-        if batch_id is not None:
-            query = query.where(batch_events.c.batch_id == batch_id)
-        if provider is not None:
-            query = query.where(batch_events.c.provider == provider)
+        """Every matching event, oldest first (tests and small reads; ``events`` streams)."""
+        wanted = EventFilter(batch_id=batch_id, provider=provider)
+        return [row async for row in self.stream_events(wanted)]
+
+    async def stream_events(self, wanted: EventFilter) -> AsyncIterator[dict[str, Any]]:
+        """The matching events, oldest first, as the database hands them over (a
+        server-side cursor on PostgreSQL): memory does not grow with their number.
+        With ``limit``, the newest that many."""
+        query = select(batch_events).where(*wanted.terms())
+        e = batch_events.c
+        if wanted.limit is not None:  # the newest N, then in order
+            newest = query.order_by(e.id.desc()).limit(wanted.limit).subquery()
+            query = select(newest).order_by(newest.c.id)
+        else:
+            query = query.order_by(e.id)
         async with self.engine.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
+            rows = await conn.stream(query.execution_options(yield_per=STREAM_ROWS))
+            async for row in rows.mappings():
+                yield dict(row)
 
     async def due_unsettled_cancels(self, now: datetime) -> int:
         """Make every batch with a cancel_requested but no outcome, whose sender is gone
