@@ -51,6 +51,7 @@ IO_MODULES = {
     "metrics",
     "safety",
     "systemd",
+    "retention",
 }
 SQL = {"sqlalchemy", "alembic", "asyncpg", "aiosqlite"}
 SQL_LAYER = {"store", "tables"}  # tables only declares the schema the store speaks

@@ -272,3 +272,27 @@ def test_one_daemon_per_sqlite_file_also_through_a_symlink(tmp_path: Path) -> No
         instance_lock(alias),
     ):
         pass
+
+
+async def test_retention_prunes_old_routine_events_in_bounded_batches(store: Store) -> None:
+    """counts_changed older than its age go, a batch at a time within the run's bound;
+    newer ones and decision events stay."""
+    from watchdog.events import Event, Kind
+    from watchdog.retention import prune
+    from watchdog.settings import RetentionSettings
+
+    old, new = NOW - timedelta(days=8), NOW - timedelta(days=1)
+    events = [Event(old, "p", f"b{i}", Kind.COUNTS_CHANGED) for i in range(25)]
+    events += [
+        Event(new, "p", "b0", Kind.COUNTS_CHANGED),
+        Event(old, "p", "b0", Kind.CANCEL_REQUESTED),
+    ]
+    await store.apply([], events)
+    bounded = RetentionSettings(batch=10, max_batches=2)
+    assert await prune(store, bounded, NOW) == {"counts_changed": 20}  # bounded: 2 batches of 10
+    assert await prune(store, bounded, NOW) == {"counts_changed": 5}
+    assert await prune(store, bounded, NOW) == {"counts_changed": 0}
+    left = [(e["kind"], e["at"]) for e in await store.list_events()]
+    assert left == [("counts_changed", new), ("cancel_requested", old)]
+    keep_all = RetentionSettings(events={"counts_changed": None})
+    assert await prune(store, keep_all, NOW + timedelta(days=30)) == {}

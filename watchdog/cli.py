@@ -277,6 +277,16 @@ def show_config(settings: Settings, path: str) -> str:
         f"safety: at most {settings.safety.max_cancels_per_tick} cancels a tick, "
         f"{settings.safety.max_cancels_per_hour} an hour; exempt metadata "
         f"{settings.safety.exempt_metadata or '(none)'}",
+        "retention: "
+        + (
+            ", ".join(
+                f"{kind} after {format_duration(age)}"
+                for kind, age in settings.retention.events.items()
+                if age is not None
+            )
+            or "every event kept"
+        )
+        + f" (pruned every {format_duration(settings.retention.every)})",
         f"providers ({len(settings.providers)}):",
     ]
     for name, p in settings.providers.items():

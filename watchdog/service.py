@@ -14,6 +14,7 @@ from watchdog import safety
 from watchdog.engine import Engine, Rules, TickSummary
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
+from watchdog.retention import prune
 from watchdog.scheduler import TickLoop, utcnow
 from watchdog.settings import ConfigError, Settings, load_settings
 from watchdog.store import Store
@@ -75,12 +76,14 @@ class Service:
         if self.settings.http.enabled:
             await self.health.start(self.settings.http.host, self.settings.http.port)
         heartbeat = asyncio.create_task(self._heartbeat())
+        pruning = asyncio.create_task(self._retention())
         self.notifier.notify("READY=1", status_line(None))
         try:
             timeout = self.settings.shutdown_timeout.total_seconds()
             await self.ticks.run(self.stop, drain_timeout=timeout)
         finally:
             heartbeat.cancel()
+            pruning.cancel()
             await self.health.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -134,6 +137,16 @@ class Service:
 
     async def _refresh(self) -> None:
         self.metrics.set_tracked(await self.store.stats())
+
+    async def _retention(self) -> None:
+        """Prune old events on their own schedule; a failed run is said and retried."""
+        retention = self.settings.retention
+        while True:
+            try:
+                await prune(self.store, retention, self.engine.clock())
+            except Exception as exc:  # the database may be away: the next run tries again
+                log.warning("prune_failed", error=" ".join(str(exc).split())[:200])
+            await asyncio.sleep(retention.every.total_seconds())
 
     async def _heartbeat(self) -> None:
         """WATCHDOG=1 at half of WATCHDOG_USEC, but only while the tick loop is alive:

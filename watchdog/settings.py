@@ -167,6 +167,22 @@ class NotifySettings(_Strict):
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
+ROUTINE: dict[Kind, timedelta | None] = {Kind.COUNTS_CHANGED: timedelta(days=7)}
+
+
+class RetentionSettings(_Strict):
+    """How long events of each kind are kept (the rest: for ever)."""
+
+    events: dict[Kind, Duration | None] = Field(
+        default_factory=lambda: dict(ROUTINE),
+        description="kind: age after which its events are deleted (null: kept); "
+        "replaces the default map when given",
+    )
+    every: Timeout = Field(default=timedelta(minutes=10), description="how often to prune")
+    batch: int = Field(default=1000, ge=1, le=100_000, description="rows per delete")
+    max_batches: int = Field(default=50, ge=1, description="deletes per run, at most")
+
+
 class Settings(BaseSettings):
     """Everything the daemon is told, after the YAML file and the environment."""
 
@@ -179,6 +195,7 @@ class Settings(BaseSettings):
     dry_run: bool = False
     safety: SafetySettings = Field(default_factory=SafetySettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     lease_duration: Duration = Field(
         default=timedelta(minutes=5),
         description="how long a claimed batch stays a replica's; a dead one's come back after it",

@@ -606,6 +606,17 @@ class Store:
             async for row in rows.mappings():
                 yield dict(row)
 
+    async def prune_events(self, kind: str, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest events of ``kind`` from before ``before``,
+        in one short transaction (through the (kind, at) index): how many."""
+        e = batch_events.c
+        oldest = (
+            select(e.id).where(e.kind == kind, e.at < before).order_by(e.at).limit(limit)
+        ).scalar_subquery()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(batch_events.delete().where(e.id.in_(oldest)))
+        return int(result.rowcount or 0)
+
     async def due_unsettled_cancels(self, now: datetime) -> int:
         """Make every batch with a cancel_requested but no outcome, whose sender is gone
         (its lease expired or released), due now, so the first tick reconciles it from
