@@ -165,7 +165,9 @@ def _changes(tracked: Tracked, old: BatchView, new: BatchView, now: datetime) ->
     if new.status != old.status:
         unknown = is_unknown_status(new.status)
         detail: dict[str, Any] = {"unknown_status": True} if unknown else {}
-        level = "warning" if unknown else None
+        # First sight (from null) is recorded, but is no news to a reader of the log:
+        # tracking ten thousand batches must not print ten thousand lines.
+        level = "warning" if unknown else "debug" if old.status is None else None
         events.append(
             event(
                 tracked,
