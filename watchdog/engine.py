@@ -29,6 +29,7 @@ from watchdog.safety import Gate, open_gate, reserve, trip
 from watchdog.store import Store
 
 __all__ = ["Engine", "Rules", "TickSummary", "usd", "utcnow"]
+NOTHING_LISTED = Prefetched({})
 log = structlog.get_logger("watchdog.engine")
 
 
@@ -144,10 +145,10 @@ class Engine:
         started, summary, cutoff = time.perf_counter(), TickSummary(), self.clock()
         self.store.check_file()
         gate = await self._open_gate(cutoff)
-        prefetched = await self._prefetch()
         try:
+            gate = await self._bulk(cutoff, gate, summary)
             while claimed := await self._claim(cutoff, summary):
-                gate = await self._chunk(claimed, prefetched, gate, summary)
+                gate = await self._chunk(claimed, NOTHING_LISTED, gate, summary)
                 if len(claimed) < self.chunk:
                     break
         except BaseException:
@@ -191,20 +192,30 @@ class Engine:
             self.on_progress()
         return gate
 
-    async def _claim(self, cutoff: datetime, summary: TickSummary) -> list[Tracked]:
+    async def _claim(
+        self, cutoff: datetime, summary: TickSummary, only: list[tuple[str, str]] | None = None
+    ) -> list[Tracked]:
+        limit = len(only) if only else self.chunk
         claimed = await self.store.claim_due(
-            self.clock(), self.owner, self.lease, self.chunk, due_by=cutoff
+            self.clock(), self.owner, self.lease, limit, due_by=cutoff, only=only or ()
         )
         summary.claimed += len(claimed)
         return claimed
 
-    async def _prefetch(self) -> Prefetched:
+    async def _bulk(self, cutoff: datetime, gate: Gate, summary: TickSummary) -> Gate:
+        """Providers with many batches due: their list pages read a chunk at a time, and
+        each chunk of due batches found there claimed and judged at once (memory holds a
+        chunk, not the list). What the pages miss is claimed and fetched afterwards."""
         threshold = self.refresher.bulk_threshold
         if not threshold:
-            return Prefetched({})
-        return await self.refresher.prefetch(
-            await self.store.due_ids(self.clock(), at_least=threshold)
-        )
+            return gate
+        due = self.refresher.bulk(await self.store.due_ids(self.clock(), at_least=threshold))
+        for provider, (ids, oldest) in due.items():
+            async for listed in self.refresher.pages(provider, ids, oldest, self.chunk):
+                claimed = await self._claim(cutoff, summary, only=listed.keys())
+                if claimed:
+                    gate = await self._chunk(claimed, listed, gate, summary)
+        return gate
 
     @property
     def _judging(self) -> Judging:

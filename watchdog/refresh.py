@@ -5,7 +5,7 @@ start of the tick. The only step that reads from providers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
 
 import structlog
@@ -35,6 +35,9 @@ class Prefetched:
     def __len__(self) -> int:
         return len(self._found)
 
+    def keys(self) -> list[tuple[str, str]]:
+        return list(self._found)
+
     def take(self, tracked: Tracked) -> BatchObject | None:
         found = self._found.pop(tracked.key, None)
         if found is None:
@@ -57,48 +60,56 @@ class Refresher:
         self.clock = clock
         self.bulk_threshold = bulk_threshold
 
-    async def prefetch(self, due: Mapping[str, tuple[set[str], datetime | None]]) -> Prefetched:
-        """For each provider with at least ``bulk_threshold`` batches due (their ids, the
-        oldest one's creation), the due ones' answers from its list pages, 100 a
-        request, instead of one GET each; the ones the pages miss are fetched singly."""
-        found: dict[tuple[str, str], tuple[BatchObject, datetime]] = {}
-        for provider, (ids, oldest) in due.items():
-            client = self.clients.get(provider)
-            if client is None or not self.bulk_threshold or len(ids) < self.bulk_threshold:
-                continue
-            read_at = self.clock()
-            listed = await self._list_due(client, ids, oldest)
-            found.update({(provider, b.id): (b, read_at) for b in listed})
-            log.debug("bulk_refreshed", provider=provider, due=len(ids), found=len(listed))
-        return Prefetched(found)
+    def bulk(
+        self, due: Mapping[str, tuple[set[str], datetime | None]]
+    ) -> dict[str, tuple[set[str], datetime | None]]:
+        """The providers whose due batches are worth reading from the list pages (at
+        least ``bulk_threshold`` of them): the others are fetched one GET each."""
+        if not self.bulk_threshold:
+            return {}
+        return {
+            provider: found
+            for provider, found in due.items()
+            if provider in self.clients and len(found[0]) >= self.bulk_threshold
+        }
 
-    async def _list_due(
-        self, client: ProviderClient, due: set[str], oldest: datetime | None
-    ) -> list[BatchObject]:
-        """Pages newest first, keeping only the due batches, until every due one was
-        seen, the list is past the oldest due batch's creation, or the pages stop paying
-        (less than MIN_SHARE of what they list is due: the rest is cheaper singly). A
-        provider whose ``has_more`` never ends, or whose cursor does not move, is cut
-        short."""
-        kept: dict[str, BatchObject] = {}
-        after, listed = None, 0
+    async def pages(
+        self, provider: str, due: set[str], oldest: datetime | None, chunk: int
+    ) -> AsyncIterator[Prefetched]:
+        """The due batches' answers from the provider's list pages (newest first, 100 a
+        request), handed on ``chunk`` at a time as they are read, so that memory holds
+        one chunk, not the list. Paging stops once every due batch was seen, the list is
+        past the oldest due batch's creation, or the pages stop paying (less than
+        MIN_SHARE of what they list is due: the rest is cheaper singly); a provider
+        whose ``has_more`` never ends, or whose cursor does not move, is cut short."""
+        client = self.clients[provider]
+        kept: dict[tuple[str, str], tuple[BatchObject, datetime]] = {}
+        after, listed, seen = None, 0, 0
         for _ in range(len(due) // 100 + 20):
             try:
                 page = await client.list(limit=100, after=after)
             except (ProviderError, InvalidBatchId) as exc:
-                log.warning("bulk_refresh_stopped", provider=client.name, error=str(exc)[:200])
+                log.warning("bulk_refresh_stopped", provider=provider, error=str(exc)[:200])
                 break
             if page.skipped:  # those batches are fetched singly, like any the pages miss
-                log.info("list_items_skipped", provider=client.name, skipped=page.skipped)
-            listed += len(page.data)
-            kept.update((b.id, b) for b in page.data if b.id in due)
+                log.info("list_items_skipped", provider=provider, skipped=page.skipped)
+            read_at, listed = self.clock(), listed + len(page.data)
+            for batch in page.data:
+                if batch.id in due and (provider, batch.id) not in kept:
+                    kept[(provider, batch.id)] = (batch, read_at)
+                    seen += 1
+            if len(kept) >= chunk:
+                yield Prefetched(kept)
+                kept = {}
             moved = page.cursor is not None and page.cursor != after
             past = bool(page.data) and _older(page.data[-1], oldest)
-            unpaid = listed >= 200 and len(kept) < MIN_SHARE * listed
-            if not moved or not page.has_more or past or unpaid or len(kept) == len(due):
+            unpaid = listed >= 200 and seen < MIN_SHARE * listed
+            if not moved or not page.has_more or past or unpaid or seen >= len(due):
                 break
             after = page.cursor
-        return list(kept.values())
+        if kept:
+            yield Prefetched(kept)
+        log.debug("bulk_refreshed", provider=provider, due=len(due), found=seen, listed=listed)
 
     async def fetch_all(self, claimed: list[Tracked], prefetched: Prefetched) -> list[Result]:
         """Each claimed batch's answer, in order (the list's when it may be used)."""

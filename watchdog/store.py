@@ -341,6 +341,16 @@ def _due(
     )
 
 
+def _among(keys: Sequence[tuple[str, str]]) -> tuple[ColumnElement[bool], ...]:
+    """These batches only (all of one provider): a primary-key lookup."""
+    if not keys:
+        return ()
+    providers = {provider for provider, _ in keys}
+    assert len(providers) == 1, "one provider's batches at a time"
+    c = batches.c
+    return (c.provider == providers.pop(), c.batch_id.in_([b for _, b in keys]))
+
+
 @lru_cache(maxsize=64)
 def _bulk_update(columns: tuple[str, ...]) -> Update:
     """One UPDATE for every row that sets these columns (an executemany)."""
@@ -454,16 +464,18 @@ class Store:
         limit: int,
         *,
         due_by: datetime | None = None,
+        only: Sequence[tuple[str, str]] = (),
     ) -> list[Tracked]:
         """Lease up to ``limit`` non-terminal batches due by ``due_by`` (default now) to
-        ``owner`` and return them."""
+        ``owner`` and return them; with ``only``, of those batches alone (one provider's,
+        as a list page found them)."""
         c = batches.c
         due = (
             select(c.provider, c.batch_id)
-            .where(*_due(now, due_by))
+            .where(*_due(now, due_by), *_among(only))
             # No ORDER BY: every due row is taken within the tick anyway, and without it
-            # both databases answer from the next_poll_at index (an OR of two lookups)
-            # instead of walking it whole — what keeps an idle tick cheap.
+            # both databases answer from the due index (an OR of two lookups) instead of
+            # walking it whole — what keeps an idle tick cheap.
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
