@@ -144,3 +144,40 @@ def test_a_refused_cancel_of_a_running_batch_is_given_up() -> None:
     cancels.take_in(done, wire("in_progress"), NOW, JUDGING)
     cancels.after_refusal(done, NOW)
     assert kinds(done.events)[-1] == Kind.CANCEL_ABANDONED
+
+
+async def test_read_ahead_produces_the_next_item_while_this_one_is_worked_on() -> None:
+    """The next chunk's claim and requests run while the caller judges this one; when
+    the caller fails, the source is closed and nothing is left running."""
+    import asyncio
+    import contextlib
+
+    from watchdog.refresh import read_ahead
+
+    log: list[str] = []
+    closed = asyncio.Event()
+
+    async def source() -> Any:
+        try:
+            for i in range(3):
+                log.append(f"make {i}")
+                await asyncio.sleep(0)
+                yield i
+        finally:
+            closed.set()
+
+    async for item in read_ahead(source()):
+        log.append(f"start {item}")
+        await asyncio.sleep(0.01)  # working on it: the next one is made meanwhile
+        log.append(f"done {item}")
+    assert log.index("make 1") < log.index("done 0")
+    assert log.index("make 2") < log.index("done 1")
+    assert closed.is_set()
+
+    closed.clear()
+    with pytest.raises(RuntimeError, match="judging failed"):
+        async with contextlib.aclosing(read_ahead(source())) as items:  # as the engine does
+            async for _ in items:
+                raise RuntimeError("judging failed")
+    assert closed.is_set()
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []

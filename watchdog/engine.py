@@ -5,7 +5,8 @@ cancels); the engine passes values between them. One batch's failure is its own.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -23,7 +24,7 @@ from watchdog.models import BatchObject
 from watchdog.observe import Judging, Observation, Rules, failed, observe, usd
 from watchdog.providers import ProviderClient
 from watchdog.record import Emitter, Listener
-from watchdog.refresh import Prefetched, Refresher, Result
+from watchdog.refresh import Prefetched, Refresher, Result, read_ahead
 from watchdog.rows import Tracked
 from watchdog.safety import Gate, open_gate, reserve, trip
 from watchdog.store import Store
@@ -146,11 +147,11 @@ class Engine:
         self.store.check_file()
         gate = await self._open_gate(cutoff)
         try:
-            gate = await self._bulk(cutoff, gate, summary)
-            while claimed := await self._claim(cutoff, summary):
-                gate = await self._chunk(claimed, NOTHING_LISTED, gate, summary)
-                if len(claimed) < self.chunk:
-                    break
+            # The next chunk is claimed and fetched while this one is judged and written;
+            # closed before the claims are given back, should this one fail.
+            async with aclosing(read_ahead(self._fetched(cutoff, summary))) as chunks:
+                async for claimed, results in chunks:
+                    gate = await self._chunk(claimed, results, gate, summary)
         except BaseException:
             await self._release_claims()
             raise
@@ -166,11 +167,23 @@ class Engine:
         self.last_summary = summary
         return summary
 
+    async def _fetched(
+        self, cutoff: datetime, summary: TickSummary
+    ) -> AsyncGenerator[tuple[list[Tracked], list[Result]], None]:
+        """Claim and refresh, a chunk at a time: first the batches the list pages of the
+        busiest providers show (step "refresh" in bulk), then every other due batch, one
+        GET each."""
+        async for claimed, listed in self._listed(cutoff, summary):
+            yield claimed, await self.refresher.fetch_all(claimed, listed)
+        while claimed := await self._claim(cutoff, summary):
+            yield claimed, await self.refresher.fetch_all(claimed, NOTHING_LISTED)
+            if len(claimed) < self.chunk:
+                break
+
     async def _chunk(
-        self, claimed: list[Tracked], prefetched: Prefetched, gate: Gate, summary: TickSummary
+        self, claimed: list[Tracked], results: list[Result], gate: Gate, summary: TickSummary
     ) -> Gate:
         """One chunk of a tick; returns what the rest of the tick may still cancel."""
-        results = await self.refresher.fetch_all(claimed, prefetched)
         await self._check_clocks()  # with the Date headers of these very answers
         # Judge and reschedule from when the answers arrived: a long tick must not leave
         # batches due again early.
@@ -202,20 +215,20 @@ class Engine:
         summary.claimed += len(claimed)
         return claimed
 
-    async def _bulk(self, cutoff: datetime, gate: Gate, summary: TickSummary) -> Gate:
+    async def _listed(
+        self, cutoff: datetime, summary: TickSummary
+    ) -> AsyncIterator[tuple[list[Tracked], Prefetched]]:
         """Providers with many batches due: their list pages read a chunk at a time, and
-        each chunk of due batches found there claimed and judged at once (memory holds a
-        chunk, not the list). What the pages miss is claimed and fetched afterwards."""
+        the due batches each chunk shows claimed at once (memory holds a chunk, not the
+        list). What the pages miss is claimed and fetched afterwards."""
         threshold = self.refresher.bulk_threshold
         if not threshold:
-            return gate
+            return
         due = self.refresher.bulk(await self.store.due_ids(self.clock(), at_least=threshold))
         for provider, (ids, oldest) in due.items():
             async for listed in self.refresher.pages(provider, ids, oldest, self.chunk):
-                claimed = await self._claim(cutoff, summary, only=listed.keys())
-                if claimed:
-                    gate = await self._chunk(claimed, listed, gate, summary)
-        return gate
+                if claimed := await self._claim(cutoff, summary, only=listed.keys()):
+                    yield claimed, listed
 
     @property
     def _judging(self) -> Judging:

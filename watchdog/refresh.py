@@ -5,8 +5,10 @@ start of the tick. The only step that reads from providers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Mapping
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from datetime import datetime
+from typing import Any, TypeVar
 
 import structlog
 
@@ -23,6 +25,25 @@ MIN_SHARE = 0.25  # of the listed batches that must be due for paging to go on
 def _older(batch: BatchObject, than: datetime | None) -> bool:
     """Created before ``than``: the list (newest first) is past every due batch."""
     return than is not None and batch.created_at is not None and batch.created_at < than.timestamp()
+
+
+T = TypeVar("T")
+_END: Any = object()
+
+
+async def read_ahead(source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+    """The items of ``source``, the next one already being produced (its claim, its
+    requests) while the caller works on this one. Closing this closes the source."""
+    pending = asyncio.ensure_future(anext(source, _END))
+    try:
+        while (item := await pending) is not _END:
+            pending = asyncio.ensure_future(anext(source, _END))
+            yield item
+    finally:
+        pending.cancel()  # nothing when it is done; its outcome is collected either way
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await pending
+        await source.aclose()
 
 
 class Prefetched:
