@@ -84,3 +84,33 @@ def test_overshoot_benchmark_smoke_run(tmp_path: Path) -> None:
         assert figures[mode]["cancelled"] == figures[mode]["of"] == 4
         assert set(figures[mode]) >= {"median_pct", "p90_pct", "max_pct"}
     assert figures["params"]["cancel_latency"] == 2 and figures["params"]["usage_lag"] == 3
+
+
+def test_steady_and_history_benchmarks_smoke_run(tmp_path: Path) -> None:
+    """Tiny runs of the steady-state and the history benchmarks (SQLite; PostgreSQL is
+    the same code with --database) print their documented figures."""
+    out = tmp_path / "steady.json"
+    steady_run = ["benchmarks.steady", "--batches", "200", "--passes", "1", "--json", str(out)]
+    subprocess.run(
+        [sys.executable, "-m", *steady_run],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    steady = json.loads(out.read_text())
+    assert steady["first_pass"]["polls"] == 200 and steady["first_pass"]["cancels"] == 2
+    assert steady["passes"][0]["polls"] == 200  # the two cancelled still cancelling
+    assert {"cpu_s_per_1000_polls", "rows_per_poll", "tick_s"} <= steady["passes"][0].keys()
+    history = subprocess.run(
+        [sys.executable, "-m", "benchmarks.history", "--finished", "500", "--events", "500"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    figures = json.loads(history.stdout)
+    assert figures["finished"] == 500 and figures["idle_tick_ms"]["median"] > 0
+    assert figures["events_json"]["peak_rss_mb"] > 0
