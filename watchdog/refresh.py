@@ -1,6 +1,6 @@
 """Step "refresh" of a tick: the batches' current state from their providers — one
-GET each, or, when many of one provider are due, pages of its list read once at the
-start of the tick. The only step that reads from providers."""
+GET each, or, when many of one provider are due, its list pages, handed on a chunk at
+a time as they are read. The only step that reads from providers."""
 
 from __future__ import annotations
 
