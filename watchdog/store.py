@@ -609,7 +609,9 @@ class Store:
         query = select(batch_events).where(*wanted.terms())
         e = batch_events.c
         if wanted.limit is not None:  # the newest N, then in order
-            newest = query.order_by(e.id.desc()).limit(wanted.limit).subquery()
+            # Newest by time: an index (at, or kind and at) walked backwards serves it;
+            # by id, SQLite would walk the whole table backwards for a rare kind.
+            newest = query.order_by(e.at.desc(), e.id.desc()).limit(wanted.limit).subquery()
             query = select(newest).order_by(newest.c.id)
         else:
             query = query.order_by(e.id)
