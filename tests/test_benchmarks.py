@@ -10,30 +10,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_benchmark_smoke_run(tmp_path: Path) -> None:
-    """A tiny run of two contenders writes the documented figures; the watchdog cancels
-    exactly the simulated violators (every third batch)."""
-    out = tmp_path / "bench.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--batches",
-            "45",
-            "--idle",
-            "200",
-            "--only",
-            "watchdog",
-            "aiohttp",
-            "--json",
-            str(out),
-        ],
+def bench(module: str, *args: str) -> str:
+    """``python -m benchmarks.MODULE ARGS`` from the repository root; its stdout."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
         cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
         timeout=300,
+    )
+    return done.stdout
+
+
+def test_benchmark_smoke_run(tmp_path: Path) -> None:
+    """A tiny run of two contenders writes the documented figures; the watchdog cancels
+    exactly the simulated violators (every third batch)."""
+    out = tmp_path / "bench.json"
+    bench(
+        "run",
+        "--batches",
+        "45",
+        "--idle",
+        "200",
+        "--only",
+        "watchdog",
+        "aiohttp",
+        "--json",
+        str(out),
     )
     figures = json.loads(out.read_text())
     watchdog = figures["contenders"]["watchdog"]
@@ -55,30 +59,8 @@ def test_overshoot_benchmark_smoke_run(tmp_path: Path) -> None:
     """A tiny accelerated run of the overshoot benchmark through the real tick loop
     cancels every batch and writes the documented figures."""
     out = tmp_path / "overshoot.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.overshoot",
-            "--batches",
-            "4",
-            "--speed",
-            "600",
-            "--timeout",
-            "60",
-            "--cancel-latency",
-            "2",
-            "--usage-lag",
-            "3",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=200,
-    )
+    overshoot = ["--batches", "4", "--speed", "600", "--timeout", "60"]
+    bench("overshoot", *overshoot, "--cancel-latency", "2", "--usage-lag", "3", "--json", str(out))
     figures = json.loads(out.read_text())
     for mode in ("fixed", "adaptive"):
         assert figures[mode]["cancelled"] == figures[mode]["of"] == 4
@@ -90,27 +72,11 @@ def test_steady_and_history_benchmarks_smoke_run(tmp_path: Path) -> None:
     """Tiny runs of the steady-state and the history benchmarks (SQLite; PostgreSQL is
     the same code with --database) print their documented figures."""
     out = tmp_path / "steady.json"
-    steady_run = ["benchmarks.steady", "--batches", "200", "--passes", "1", "--json", str(out)]
-    subprocess.run(
-        [sys.executable, "-m", *steady_run],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    bench("steady", "--batches", "200", "--passes", "1", "--json", str(out))
     steady = json.loads(out.read_text())
     assert steady["first_pass"]["polls"] == 200 and steady["first_pass"]["cancels"] == 2
     assert steady["passes"][0]["polls"] == 200  # the two cancelled still cancelling
     assert {"cpu_s_per_1000_polls", "rows_per_poll", "tick_s"} <= steady["passes"][0].keys()
-    history = subprocess.run(
-        [sys.executable, "-m", "benchmarks.history", "--finished", "500", "--events", "500"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    figures = json.loads(history.stdout)
+    figures = json.loads(bench("history", "--finished", "500", "--events", "500"))
     assert figures["finished"] == 500 and figures["idle_tick_ms"]["median"] > 0
     assert figures["events_json"]["peak_rss_mb"] > 0

@@ -21,6 +21,14 @@ from watchdog.providers import ProviderClient
 from watchdog.simulator import Fault
 
 
+async def serving(aiohttp_server: Any, handler: Any) -> str:
+    """A server answering every ``GET /v1/batches/{id}`` with ``handler``; its base URL."""
+    app = web.Application()
+    app.router.add_get("/v1/batches/{id}", handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/v1"))
+
+
 class Sleeps(list[float]):
     async def __call__(self, seconds: float) -> None:
         self.append(seconds)
@@ -164,10 +172,8 @@ async def test_answer_for_another_batch_is_refused(aiohttp_server: Any) -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.json_response({"id": "batch_other", "status": "completed", "created_at": 1})
 
-    app = web.Application()
-    app.router.add_get("/v1/batches/{id}", handler)
-    server = await aiohttp_server(app)
-    async with client(str(server.make_url("/v1")), Sleeps()) as c:
+    url = await serving(aiohttp_server, handler)
+    async with client(url, Sleeps()) as c:
         with pytest.raises(PermanentError, match="answer is for batch 'batch_other'"):
             await c.get("batch_1")
 
@@ -178,10 +184,8 @@ async def test_error_bodies_are_truncated_and_scrubbed(aiohttp_server: Any) -> N
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=400, text=f"bad key {API_KEY} " + "x" * 5000)
 
-    app = web.Application()
-    app.router.add_get("/v1/batches/{id}", handler)
-    server = await aiohttp_server(app)
-    async with client(str(server.make_url("/v1")), Sleeps()) as c:
+    url = await serving(aiohttp_server, handler)
+    async with client(url, Sleeps()) as c:
         with pytest.raises(PermanentError) as caught:
             await c.get("b")
     message = str(caught.value)
@@ -196,11 +200,9 @@ async def test_slow_server_times_out_as_temporary(aiohttp_server: Any) -> None:
         await asyncio.sleep(5)
         return web.json_response({})
 
-    app = web.Application()
-    app.router.add_get("/v1/batches/{id}", handler)
-    server = await aiohttp_server(app)
+    url = await serving(aiohttp_server, handler)
     sleeps = Sleeps()
-    async with client(str(server.make_url("/v1")), sleeps, timeout=0.2, max_retries=1) as c:
+    async with client(url, sleeps, timeout=0.2, max_retries=1) as c:
         with pytest.raises(TemporaryError, match=r"no answer within 0\.2s"):
             await c.get("b")
     assert len(sleeps) == 1
@@ -261,10 +263,8 @@ async def test_a_key_across_the_cut_leaves_no_piece(aiohttp_server: Any) -> None
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=400, text=" " * 780 + API_KEY + " tail")
 
-    app = web.Application()
-    app.router.add_get("/v1/batches/{id}", handler)
-    server = await aiohttp_server(app)
-    async with client(str(server.make_url("/v1")), Sleeps()) as c:
+    url = await serving(aiohttp_server, handler)
+    async with client(url, Sleeps()) as c:
         with pytest.raises(PermanentError) as caught:
             await c.get("b")
     message = str(caught.value)
@@ -290,10 +290,8 @@ async def test_an_answer_over_the_size_limit_fails_its_call(
             await resp.write(b"x" * 1000)
         return resp
 
-    app = web.Application()
-    app.router.add_get("/v1/batches/{id}", handler)
-    server = await aiohttp_server(app)
-    async with client(str(server.make_url("/v1")), Sleeps()) as c:
+    url = await serving(aiohttp_server, handler)
+    async with client(url, Sleeps()) as c:
         with pytest.raises(PermanentError, match="over the 10000 byte limit"):
             await c.get("b")
 

@@ -70,13 +70,13 @@ async def open_store(settings: Settings) -> AsyncIterator[Store]:
 
 @asynccontextmanager
 async def open_clients(
-    settings: Settings, environ: Mapping[str, str], redact: logs.Redactor | None = None
+    settings: Settings, environ: Mapping[str, str], redact: logs.Redactor
 ) -> AsyncIterator[dict[str, ProviderClient]]:
     """One client per provider; a missing key is a ConfigError before anything starts.
     Each key is handed to the log redactor as soon as it is read."""
     keys = {name: p.read_key(name, environ) for name, p in settings.providers.items()}
     for key in keys.values():
-        if key is not None and redact is not None:
+        if key is not None:
             redact.add(key.get_secret_value())
     async with AsyncExitStack() as stack:
         clients = {}
@@ -112,12 +112,12 @@ async def open_daemon(
     redact: logs.Redactor | None = None,
 ) -> AsyncIterator[Daemon]:
     environ = os.environ if environ is None else environ
+    redact = redact or logs.Redactor()  # without logging set up, one that masks nothing
     for hook in settings.notify.webhooks:  # their URLs often carry a token
-        if redact is not None:
-            redact.add(hook.url)
+        redact.add(hook.url)
     with instance_lock(settings.database_url):
-        clients_cm = open_clients(settings, environ, redact)
-        async with clients_cm as clients, open_store(settings) as store:
+        opening = open_clients(settings, environ, redact)
+        async with opening as clients, open_store(settings) as store:
             owner = owner_id()
             if is_sqlite(settings.database_url):
                 await store.release(None)  # the file is locked to us: old leases were ours

@@ -185,12 +185,8 @@ def printable(text: str) -> str:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     rows = [[printable(cell) for cell in row] for row in rows]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *rows]
-    ]
-    return "\n".join(lines)
+    widths = _widths(rows, header)
+    return "\n".join(_line(r, widths) for r in [header, *rows])
 
 
 def batch_table(rows: list[dict[str, Any]]) -> str:
@@ -225,10 +221,6 @@ def event_cells(row: dict[str, Any]) -> list[str]:
 
 
 EVENT_HEADER = ["AT", "PROVIDER", "BATCH", "KIND", "STATUS", "POLICY", "DETAIL"]
-
-
-def event_table(rows: list[dict[str, Any]]) -> str:
-    return table([event_cells(r) for r in rows], EVENT_HEADER) if rows else "no events"
 
 
 async def write_events(rows: AsyncIterator[dict[str, Any]], as_json: bool) -> None:

@@ -55,22 +55,20 @@ class TickSummary:
     def count(self, committed: list[Event]) -> None:
         """The committed events' share of the summary."""
         for event in committed:
-            name = COUNTED.get(event.kind)
-            if name is not None:
-                setattr(self, name, getattr(self, name) + 1)
+            if event.kind in COUNTED:  # each such kind is a field of the same name
+                setattr(self, event.kind, getattr(self, event.kind) + 1)
 
 
-COUNTED = {
-    kind: str(kind)
-    for kind in (
+COUNTED = frozenset(
+    {
         Kind.STATUS_CHANGED,
         Kind.POLICY_MATCHED,
         Kind.CANCEL_REQUESTED,
         Kind.CANCEL_SUCCEEDED,
         Kind.CANCEL_FAILED,
         Kind.SAFETY_TRIPPED,
-    )
-}
+    }
+)
 
 
 class Engine:
@@ -188,7 +186,11 @@ class Engine:
         # Judge and reschedule from when the answers arrived: a long tick must not leave
         # batches due again early.
         now = self.clock()
-        seen = [self._observe(t, r, now, summary) for t, r in zip(claimed, results, strict=True)]
+        judging = self._judging  # one view of the rules for the whole chunk
+        seen = [
+            self._observe(t, r, now, judging, summary)
+            for t, r in zip(claimed, results, strict=True)
+        ]
         chosen, gate = await self._decide(seen, gate, now, summary)
         requested = {o.key: cancels.request(o, now, self.owner, self.lease) for o in chosen}
         seen = [requested.get(o.key, o) for o in seen]
@@ -235,16 +237,21 @@ class Engine:
         return Judging(self.rules, self.poll_interval, self.adaptive)
 
     def _observe(
-        self, tracked: Tracked, result: Result, now: datetime, summary: TickSummary
+        self,
+        tracked: Tracked,
+        result: Result,
+        now: datetime,
+        judging: Judging,
+        summary: TickSummary,
     ) -> Observation:
         """A batch whose answer trips a bug fails its own poll, never the tick."""
         try:
-            obs = observe(tracked, result, now, self._judging)
+            obs = observe(tracked, result, now, judging)
         except Exception as exc:
             provider, batch_id = tracked.key
             log.exception("observe_crashed", batch_id=batch_id, provider=provider)
             error = PermanentError(f"internal error: {type(exc).__name__}: {exc}"[:300])
-            obs = failed(tracked, error, now, self._judging)
+            obs = failed(tracked, error, now, judging)
         self.metrics.polls.labels(tracked.view.provider, "ok" if obs.ok else "failed").inc()
         if obs.ok:
             summary.polled += 1
@@ -347,7 +354,7 @@ class Engine:
         answers = await send_cancels(self.clients, batches, self.lease.total_seconds())
         now, judging = self.clock(), self._judging
         settled = [
-            await self._settle(cancels.outcome(t, a, now, judging), now)
+            await self._settle(cancels.outcome(t, a, now, judging), now, judging)
             for t, a in zip(batches, answers, strict=True)
         ]
         written = await self.emitter.write(
@@ -355,11 +362,13 @@ class Engine:
         )
         summary.count(written.events)
 
-    async def _settle(self, done: cancels.Outcome, now: datetime) -> cancels.Outcome:
+    async def _settle(
+        self, done: cancels.Outcome, now: datetime, judging: Judging
+    ) -> cancels.Outcome:
         if done.refused is not None:  # finished, it says: learn its state now
             result = await self.refresher.get(done.tracked)
             if isinstance(result, BatchObject):
-                cancels.take_in(done, result, now, self._judging)
+                cancels.take_in(done, result, now, judging)
             cancels.after_refusal(done, now)
         return cancels.finish(done, now)
 

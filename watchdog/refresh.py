@@ -53,9 +53,6 @@ class Prefetched:
     def __init__(self, found: dict[tuple[str, str], tuple[BatchObject, datetime]]) -> None:
         self._found = found
 
-    def __len__(self) -> int:
-        return len(self._found)
-
     def keys(self) -> list[tuple[str, str]]:
         return list(self._found)
 

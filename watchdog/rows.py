@@ -111,9 +111,5 @@ class Change:
                 setattr(self, name, UNSET)
         return self
 
-    def release(self) -> None:
-        """Give the row's lease back."""
-        self.lease_owner, self.lease_expires_at = None, None
-
 
 _COLUMNS = tuple(f.name for f in fields(Change))[3:]  # after provider, batch_id, wire

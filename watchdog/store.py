@@ -341,14 +341,14 @@ def _due(
     )
 
 
-def _among(keys: Sequence[tuple[str, str]]) -> tuple[ColumnElement[bool], ...]:
-    """These batches only (all of one provider): a primary-key lookup."""
-    if not keys:
-        return ()
-    providers = {provider for provider, _ in keys}
-    assert len(providers) == 1, "one provider's batches at a time"
+def _keyed(keys: Iterable[tuple[str, str]]) -> ColumnElement[bool]:
+    """These batches: per provider, ``batch_id IN (…)`` — a primary-key lookup on both
+    databases (a row-value IN of pairs makes SQLite scan the whole table)."""
+    by_provider: dict[str, list[str]] = {}
+    for provider, batch_id in keys:
+        by_provider.setdefault(provider, []).append(batch_id)
     c = batches.c
-    return (c.provider == providers.pop(), c.batch_id.in_([b for _, b in keys]))
+    return or_(*(and_(c.provider == p, c.batch_id.in_(ids)) for p, ids in by_provider.items()))
 
 
 @lru_cache(maxsize=64)
@@ -467,12 +467,12 @@ class Store:
         only: Sequence[tuple[str, str]] = (),
     ) -> list[Tracked]:
         """Lease up to ``limit`` non-terminal batches due by ``due_by`` (default now) to
-        ``owner`` and return them; with ``only``, of those batches alone (one provider's,
-        as a list page found them)."""
+        ``owner`` and return them; with ``only``, of those batches alone (as a list page
+        found them)."""
         c = batches.c
         due = (
             select(c.provider, c.batch_id)
-            .where(*_due(now, due_by), *_among(only))
+            .where(*_due(now, due_by), *((_keyed(only),) if only else ()))
             # No ORDER BY: every due row is taken within the tick anyway, and without it
             # both databases answer from the due index (an OR of two lookups) instead of
             # walking it whole — what keeps an idle tick cheap.
@@ -559,15 +559,9 @@ class Store:
         if owner is None or not keys:
             return keys
         c = batches.c
-        by_provider: dict[str, list[str]] = {}
-        for provider, batch_id in keys:
-            by_provider.setdefault(provider, []).append(batch_id)
-        # Per provider, ``batch_id IN (…)``: a primary-key lookup on both databases (a
-        # row-value IN of pairs makes SQLite scan the whole table).
-        rows = or_(*(and_(c.provider == p, c.batch_id.in_(ids)) for p, ids in by_provider.items()))
         query = (
             select(c.provider, c.batch_id)
-            .where(c.lease_owner == owner, rows)
+            .where(c.lease_owner == owner, _keyed(keys))
             .with_for_update()  # nobody takes them over before this transaction commits
         )
         return {(p, b) for p, b in await conn.execute(query)}
@@ -713,7 +707,10 @@ class Store:
         async with self.engine.connect() as conn:
             rows = await conn.execute(query)
             # SQLite sums the decimals' text as floats: good enough for a gauge.
-            return [(p, s, int(n), None if c is None else Decimal(str(c))) for p, s, n, c in rows]
+            return [
+                (p, s, int(n), None if sum_ is None else Decimal(str(sum_)))
+                for p, s, n, sum_ in rows
+            ]
 
     async def ready(self) -> str | None:
         """None when the database answers and the schema is at head, else why not."""
