@@ -40,7 +40,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 LEASE = timedelta(minutes=5)
-HEAD = "0004"
+HEAD = "0005"
 
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:
@@ -112,6 +112,17 @@ async def test_models_and_migrations_agree(store: Store) -> None:
 
     async with store.engine.connect() as conn:
         assert await conn.run_sync(diff) == []
+
+
+@pytest.mark.parametrize("db_url", ["psycopg"], indirect=True)
+async def test_batches_leave_room_for_hot_updates(store: Store) -> None:
+    """PostgreSQL keeps half of each batches page free, so a poll's lease claim can be a
+    HOT update on the row's own page (migration 0005)."""
+    from sqlalchemy import text
+
+    query = text("SELECT reloptions FROM pg_class WHERE relname = 'batches'")
+    async with store.engine.connect() as conn:
+        assert (await conn.execute(query)).scalar_one() == ["fillfactor=50"]
 
 
 async def test_new_sqlite_file_is_private(tmp_path: object) -> None:
