@@ -3,10 +3,12 @@ the acceptance cases of the core issue."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 from typing import Any
 
 from tests.conftest import SQLITE_ONLY, Harness
+from watchdog.engine import Engine
 from watchdog.simulator import Fault
 
 COST_CAP = [
@@ -565,6 +567,41 @@ async def test_bulk_refresh_reads_pages_not_single_batches(harness: Harness) -> 
     assert sum(h.sim.calls(i, "get") for i in ids) == 0
     second = await h.tick(advance=60)
     assert second.polled == 250 and h.sim.calls("(list)", "list") == 6
+
+
+async def test_one_replica_pages_a_providers_list_at_a_time(harness: Harness) -> None:
+    """Two replicas ticking together: the one paging the provider's list polls its due
+    batches; the other leaves them to it (no second pass, no single GETs) and takes
+    the provider up again once the pass is over."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    assert h.engine is not None and h.settings is not None
+    h.engine.bulk_threshold = 100
+    other = Engine(
+        store=h.store,
+        clients={"sim": h.client},
+        rules=h.engine.rules,
+        poll_interval=h.settings.poll_interval,
+        owner="other",
+        clock=h.clock.now,
+    )
+    other.bulk_threshold = 100
+    ids = [f"batch_{i:03d}" for i in range(250)]
+    for i, batch_id in enumerate(ids):
+        h.sim.simulator.add(batch_id, total=10, rate=0, age=1000 + i)
+    await h.track(*ids)
+    h.sim.simulator.list_latency = 0.2  # the pass takes three of these
+    paging = asyncio.create_task(h.tick())
+    while h.sim.calls("(list)", "list") == 0:
+        await asyncio.sleep(0.01)
+    meanwhile = await other.tick()
+    first = await paging
+    assert meanwhile.claimed == 0 and first.polled == 250
+    assert h.sim.calls("(list)", "list") == 3
+    assert sum(h.sim.calls(i, "get") for i in ids) == 0
+    # The pass is over: the other replica may page the list now.
+    h.clock.advance(60)
+    assert (await other.tick()).polled == 250 and h.sim.calls("(list)", "list") == 6
 
 
 @SQLITE_ONLY

@@ -3,6 +3,7 @@ known) and cancels (what a cancel's answer means). No server, no database, no cl
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -107,6 +108,28 @@ def test_an_unchanged_batch_writes_only_its_schedule() -> None:
     assert again.events == [] and again.change.cancel_outcome is UNSET
     written = set(again.change.set())
     assert written == {"last_polled_at", "next_poll_at", "lease_owner", "lease_expires_at"}
+
+
+@pytest.mark.parametrize(
+    ("answered_after", "status", "due_after"),
+    [
+        (0, "in_progress", 55),  # the interval less its slack (5 s), from the tick's start
+        (40, "in_progress", 55),  # answered late in the tick: still with its tick's batches
+        (90, "in_progress", 55),  # a tick longer than the interval: due again at once
+        (10, "cancelling", 13.5),  # a cancel is followed every 15 s (less 1.5 s of slack)
+        (40, "completed", None),
+    ],
+)
+def test_the_next_poll_counts_from_the_tick(
+    answered_after: int, status: str, due_after: float | None
+) -> None:
+    """What one tick polled falls due together (one list pass next time), however late
+    in the tick each answer came."""
+    judging = replace(JUDGING, tick_start=NOW)
+    now = NOW + timedelta(seconds=answered_after)
+    obs = observe(tracked(), wire(status), now, judging)
+    due = obs.change.next_poll_at
+    assert due == (None if due_after is None else NOW + timedelta(seconds=due_after))
 
 
 SENT = tracked(cancel_policy="cap", cancel_requested_at=NOW)

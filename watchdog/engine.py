@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -149,7 +149,7 @@ class Engine:
             # closed before the claims are given back, should this one fail.
             async with aclosing(read_ahead(self._fetched(cutoff, summary))) as chunks:
                 async for claimed, results in chunks:
-                    gate = await self._chunk(claimed, results, gate, summary)
+                    gate = await self._chunk(claimed, results, gate, summary, cutoff)
         except BaseException:
             await self._release_claims()
             raise
@@ -171,22 +171,30 @@ class Engine:
         """Claim and refresh, a chunk at a time: first the batches the list pages of the
         busiest providers show (step "refresh" in bulk), then every other due batch, one
         GET each."""
-        async for claimed, listed in self._listed(cutoff, summary):
+        # A provider whose list another replica is paging is left to that replica.
+        elsewhere = await self.store.listed_elsewhere(self.owner, self.clock())
+        async for claimed, listed in self._listed(cutoff, summary, elsewhere):
             yield claimed, await self.refresher.fetch_all(claimed, listed)
-        while claimed := await self._claim(cutoff, summary):
+        # Checked again before each claim: a pass may have begun since this tick did.
+        while claimed := await self._claim(cutoff, summary, skip=await self._elsewhere(elsewhere)):
             yield claimed, await self.refresher.fetch_all(claimed, NOTHING_LISTED)
             if len(claimed) < self.chunk:
                 break
 
     async def _chunk(
-        self, claimed: list[Tracked], results: list[Result], gate: Gate, summary: TickSummary
+        self,
+        claimed: list[Tracked],
+        results: list[Result],
+        gate: Gate,
+        summary: TickSummary,
+        tick_start: datetime,
     ) -> Gate:
         """One chunk of a tick; returns what the rest of the tick may still cancel."""
         await self._check_clocks()  # with the Date headers of these very answers
-        # Judge and reschedule from when the answers arrived: a long tick must not leave
-        # batches due again early.
+        # Judged as of when the answers arrived; the next regular poll counts from the
+        # tick's start (a tick longer than the interval leaves its batches due at once).
         now = self.clock()
-        judging = self._judging  # one view of the rules for the whole chunk
+        judging = replace(self._judging, tick_start=tick_start)  # one view for the chunk
         seen = [
             self._observe(t, r, now, judging, summary)
             for t, r in zip(claimed, results, strict=True)
@@ -208,29 +216,60 @@ class Engine:
         return gate
 
     async def _claim(
-        self, cutoff: datetime, summary: TickSummary, only: list[tuple[str, str]] | None = None
+        self,
+        cutoff: datetime,
+        summary: TickSummary,
+        only: list[tuple[str, str]] | None = None,
+        skip: set[str] | None = None,
     ) -> list[Tracked]:
         limit = len(only) if only else self.chunk
         claimed = await self.store.claim_due(
-            self.clock(), self.owner, self.lease, limit, due_by=cutoff, only=only or ()
+            self.clock(),
+            self.owner,
+            self.lease,
+            limit,
+            due_by=cutoff,
+            only=only or (),
+            skip=skip or (),
         )
         summary.claimed += len(claimed)
         return claimed
 
     async def _listed(
-        self, cutoff: datetime, summary: TickSummary
+        self, cutoff: datetime, summary: TickSummary, elsewhere: set[str]
     ) -> AsyncIterator[tuple[list[Tracked], Prefetched]]:
         """Providers with many batches due: their list pages read a chunk at a time, and
         the due batches each chunk shows claimed at once (memory holds a chunk, not the
-        list). What the pages miss is claimed and fetched afterwards."""
+        list). What the pages miss is claimed and fetched afterwards. One replica pages
+        a provider's list at a time; a provider another one is paging joins
+        ``elsewhere``."""
         threshold = self.refresher.bulk_threshold
         if not threshold:
             return
         due = self.refresher.bulk(await self.store.due_ids(self.clock(), at_least=threshold))
         for provider, (ids, oldest) in due.items():
-            async for listed in self.refresher.pages(provider, ids, oldest, self.chunk):
-                if claimed := await self._claim(cutoff, summary, only=listed.keys()):
-                    yield claimed, listed
+            if provider in elsewhere or not await self._hold_list(provider):
+                elsewhere.add(provider)
+                continue
+            try:
+                async for listed in self.refresher.pages(provider, ids, oldest, self.chunk):
+                    if not await self._hold_list(provider):  # ran past its hold: taken over
+                        elsewhere.add(provider)
+                        break
+                    if claimed := await self._claim(cutoff, summary, only=listed.keys()):
+                        yield claimed, listed
+            finally:
+                await self.store.release_list(provider, self.owner, self.clock())
+
+    async def _elsewhere(self, known: set[str]) -> set[str]:
+        known |= await self.store.listed_elsewhere(self.owner, self.clock())
+        return known
+
+    async def _hold_list(self, provider: str) -> bool:
+        """Take or renew this replica's list pass of ``provider``, for as long as a claim
+        lasts: a replica that dies mid-pass holds it up no longer than its claims."""
+        now = self.clock()
+        return await self.store.take_list(provider, self.owner, now, now + self.lease)
 
     @property
     def _judging(self) -> Judging:

@@ -52,6 +52,10 @@ class Judging:
     rules: Rules
     poll_interval: timedelta
     adaptive: bool = True
+    # The tick's start: the regular next poll counts from it, not from each answer, so
+    # that what one tick polled falls due together for the next (one list pass, not a
+    # trickle of small early ticks and single GETs).
+    tick_start: datetime | None = None
 
     @property
     def follow_up(self) -> timedelta:
@@ -211,10 +215,15 @@ def schedule(
         # Come back just as the cost passes a cap, not a whole interval later.
         change.next_poll_at = now + crossing + ADAPTIVE_MARGIN
         return change
-    # A little slack so the next tick, which may fire a hair early, finds it due.
-    slack = min(interval / 10, timedelta(seconds=5))
-    change.next_poll_at = None if status in TERMINAL else now + interval - slack
+    base = min(judging.tick_start or now, now)
+    change.next_poll_at = None if status in TERMINAL else base + interval - slack(interval)
     return change
+
+
+def slack(interval: timedelta) -> timedelta:
+    """How much before a whole interval a batch is due again: the next tick, which may
+    fire a hair early, finds it due."""
+    return min(interval / 10, timedelta(seconds=5))
 
 
 def _crossing(

@@ -170,6 +170,7 @@ class Simulator:
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.log: list[tuple[float, str, str]] = []  # (time, "get" | "cancel", batch id)
         self.latency = 0.0  # seconds each GET of a batch takes to answer
+        self.list_latency = 0.0  # and each list page
         self.cancel_wait = 0.0  # seconds a cancel takes before the provider acts on it
         self.date_offset = 0.0  # the Date header runs this many seconds off real time
         self._ids = itertools.count(1)
@@ -277,6 +278,8 @@ class Simulator:
         except ValueError:
             return _error(400, "limit must be an integer", "invalid_request_error")
         self.calls["(list)"]["list"] += 1
+        if self.list_latency:
+            await asyncio.sleep(self.list_latency)
         ordered = sorted(self.batches.values(), key=lambda b: (-b.created_at, b.id))
         after = request.query.get("after")
         if after is not None:

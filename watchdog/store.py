@@ -155,6 +155,14 @@ def _identity(path: Path | None) -> tuple[int, int] | None:
 
 
 CANCEL_LEDGER = "cancel_ledger"
+LIST_PASS = "list_pass:"  # + provider: who pages its list now (watchdog_state)
+
+
+def _held_by_other(held: Mapping[str, Any], owner: str, now: datetime) -> bool:
+    """A list pass entry another owner holds and has not let run out."""
+    until = held.get("until")
+    live = isinstance(until, str) and datetime.fromisoformat(until) > now
+    return live and held.get("owner") != owner
 
 
 def _recent(ledger: Mapping[str, int], now: datetime) -> dict[str, int]:
@@ -465,14 +473,18 @@ class Store:
         *,
         due_by: datetime | None = None,
         only: Sequence[tuple[str, str]] = (),
+        skip: Iterable[str] = (),
     ) -> list[Tracked]:
         """Lease up to ``limit`` non-terminal batches due by ``due_by`` (default now) to
         ``owner`` and return them; with ``only``, of those batches alone (as a list page
-        found them)."""
+        found them); none of the ``skip`` providers' (another replica pages their list)."""
         c = batches.c
+        narrowed = [_keyed(only)] if only else []
+        if skipped := sorted(skip):
+            narrowed.append(c.provider.not_in(skipped))
         due = (
             select(c.provider, c.batch_id)
-            .where(*_due(now, due_by), *((_keyed(only),) if only else ()))
+            .where(*_due(now, due_by), *narrowed)
             # No ORDER BY: every due row is taken within the tick anyway, and without it
             # both databases answer from the due index (an OR of two lookups) instead of
             # walking it whole — what keeps an idle tick cheap.
@@ -697,6 +709,36 @@ class Store:
                 ledger[now.isoformat()] = ledger.get(now.isoformat(), 0) + granted
             await conn.execute(update(state).where(key).values(value=ledger, updated_at=now))
         return granted
+
+    async def take_list(self, provider: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Hold ``provider``'s list pass until ``until`` (or renew it): False when another
+        replica holds it, so that one replica pages a provider's list at a time and the
+        others leave that provider's due batches to it."""
+        key = state.c.key == LIST_PASS + provider
+        seed = {"key": LIST_PASS + provider, "value": {}, "updated_at": now}
+        async with self.engine.begin() as conn:
+            await conn.execute(_insert(self.engine)(state).values(seed).on_conflict_do_nothing())
+            found = await conn.execute(select(state.c.value).where(key).with_for_update())
+            if _held_by_other(found.scalar() or {}, owner, now):
+                return False
+            held = {"owner": owner, "until": until.isoformat()}
+            await conn.execute(update(state).where(key).values(value=held, updated_at=now))
+        return True
+
+    async def release_list(self, provider: str, owner: str, now: datetime) -> None:
+        """End this owner's list pass of ``provider`` (someone else's is left alone)."""
+        key = state.c.key == LIST_PASS + provider
+        async with self.engine.begin() as conn:
+            found = await conn.execute(select(state.c.value).where(key).with_for_update())
+            if (found.scalar() or {}).get("owner") == owner:
+                await conn.execute(update(state).where(key).values(value={}, updated_at=now))
+
+    async def listed_elsewhere(self, owner: str, now: datetime) -> set[str]:
+        """The providers whose list another replica is paging now."""
+        query = select(state.c.key, state.c.value).where(state.c.key.startswith(LIST_PASS))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {k.removeprefix(LIST_PASS) for k, v in rows if _held_by_other(v or {}, owner, now)}
 
     async def stats(self) -> list[tuple[str, str | None, int, Decimal | None]]:
         """(provider, status, count, known cost) for the metrics gauges."""
