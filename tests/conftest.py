@@ -126,10 +126,11 @@ class Harness:
         pricing: list[dict[str, Any]] | None = None,
         dry_run: bool = False,
         poll_interval: str = "60s",
+        discover: Any = None,
         **extra: Any,
     ) -> None:
         self.settings = Settings(
-            providers={"sim": {"base_url": self.sim.url}},
+            providers={"sim": {"base_url": self.sim.url, "discover": discover}},
             pricing=[LLAMA_PRICE] if pricing is None else pricing,
             policies=policies,
             dry_run=dry_run,
@@ -144,6 +145,7 @@ class Harness:
                 tuple(self.settings.pricing),
                 self.settings.dry_run,
                 self.settings.safety,
+                discover={"sim": d} if (d := self.settings.providers["sim"].discover) else {},
             ),
             poll_interval=self.settings.poll_interval,
             owner="test",

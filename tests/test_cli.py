@@ -45,7 +45,8 @@ class Cli:
         self.outputs: list[str] = []
         self.write_config()
 
-    def write_config(self, extra: str = "") -> None:
+    def write_config(self, extra: str = "", provider: str = "") -> None:
+        """The test config; ``extra`` adds top-level keys, ``provider`` keys of sim's."""
         self.config.write_text(f"""
 database_url: {self.db_url}
 poll_interval: 60s
@@ -54,7 +55,7 @@ providers:
   sim:
     base_url: {self.sim.url}
     api_key_env: SIM_TOKEN
-pricing:
+{provider}pricing:
   - {{model: "meta-llama/*", input: 0.03, output: 0.05}}
 policies:
   - name: cost-cap

@@ -55,6 +55,7 @@ def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
         pricing=tuple(settings.pricing),
         dry_run=dry_run or settings.dry_run,
         safety=settings.safety,
+        discover={name: p.discover for name, p in settings.providers.items() if p.discover},
     )
 
 

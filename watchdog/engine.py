@@ -21,13 +21,14 @@ from watchdog.errors import PermanentError
 from watchdog.events import Event, Kind
 from watchdog.metrics import Metrics
 from watchdog.models import BatchObject
-from watchdog.observe import Judging, Observation, Rules, failed, observe, usd
+from watchdog.observe import Judging, Observation, Rules, failed, observe, slack, usd
+from watchdog.policies import Discovery
 from watchdog.providers import ProviderClient
 from watchdog.record import Emitter, Listener
-from watchdog.refresh import Prefetched, Refresher, Result, read_ahead
+from watchdog.refresh import ListPass, Prefetched, Refresher, Result, read_ahead
 from watchdog.rows import Tracked
 from watchdog.safety import Gate, open_gate, reserve, trip
-from watchdog.store import Store
+from watchdog.store import ListPassState, Store
 
 __all__ = ["Engine", "Rules", "TickSummary", "usd", "utcnow"]
 NOTHING_LISTED = Prefetched({})
@@ -168,11 +169,10 @@ class Engine:
     async def _fetched(
         self, cutoff: datetime, summary: TickSummary
     ) -> AsyncGenerator[tuple[list[Tracked], list[Result]], None]:
-        """Claim and refresh, a chunk at a time: first the batches the list pages of the
-        busiest providers show (step "refresh" in bulk), then every other due batch, one
-        GET each."""
-        # A provider whose list another replica is paging is left to that replica.
-        elsewhere = await self.store.listed_elsewhere(self.owner, self.clock())
+        """Claim and refresh, a chunk at a time: first the batches the list pages show
+        (providers with many due, or due a discovery pass), then every other due batch,
+        one GET each."""
+        elsewhere: set[str] = set()  # providers whose list another replica is paging
         async for claimed, listed in self._listed(cutoff, summary, elsewhere):
             yield claimed, await self.refresher.fetch_all(claimed, listed)
         # Checked again before each claim: a pass may have begun since this tick did.
@@ -238,31 +238,63 @@ class Engine:
     async def _listed(
         self, cutoff: datetime, summary: TickSummary, elsewhere: set[str]
     ) -> AsyncIterator[tuple[list[Tracked], Prefetched]]:
-        """Providers with many batches due: their list pages read a chunk at a time, and
-        the due batches each chunk shows claimed at once (memory holds a chunk, not the
-        list). What the pages miss is claimed and fetched afterwards. One replica pages
-        a provider's list at a time; a provider another one is paging joins
-        ``elsewhere``."""
-        threshold = self.refresher.bulk_threshold
-        if not threshold:
-            return
-        due = self.refresher.bulk(await self.store.due_ids(self.clock(), at_least=threshold))
-        for provider, (ids, oldest) in due.items():
+        """Providers' list pages read a chunk at a time: the new batches each chunk shows
+        tracked (discovery), and the due ones claimed at once (memory holds a chunk,
+        not the list). What the pages miss is claimed and fetched afterwards. One
+        replica pages a provider's list at a time; a provider another one is paging
+        joins ``elsewhere``."""
+        passes = await self.store.list_passes(self.owner, self.clock())
+        elsewhere |= {provider for provider, held in passes.items() if held.elsewhere}
+        for provider, wanted in (await self._list_plans(passes)).items():
             if provider in elsewhere or not await self._hold_list(provider):
                 elsewhere.add(provider)
                 continue
             try:
-                async for listed in self.refresher.pages(provider, ids, oldest, self.chunk):
+                async for listed in self.refresher.pages(provider, wanted, self.chunk):
                     if not await self._hold_list(provider):  # ran past its hold: taken over
                         elsewhere.add(provider)
                         break
+                    if listed.new:
+                        self.emitter.tell(await self.store.discover(provider, listed.new, cutoff))
                     if claimed := await self._claim(cutoff, summary, only=listed.keys()):
                         yield claimed, listed
             finally:
-                await self.store.release_list(provider, self.owner, self.clock())
+                newest = wanted.newest if wanted.discover and wanted.complete else None
+                await self.store.release_list(provider, self.owner, self.clock(), newest)
+
+    async def _list_plans(self, passes: Mapping[str, ListPassState]) -> dict[str, ListPass]:
+        """Which providers' lists to read this tick, and for what: those with at least
+        ``bulk_threshold`` batches due, and those discovering whose last complete pass
+        is an interval old."""
+        threshold, now = self.refresher.bulk_threshold, self.clock()
+        due = await self.store.due_ids(now, at_least=threshold) if threshold else {}
+        plans = {p: ListPass(ids, oldest) for p, (ids, oldest) in self.refresher.bulk(due).items()}
+        every = self.poll_interval - slack(self.poll_interval)
+        for provider, discovery in self.rules.discover.items():
+            held = passes.get(provider, ListPassState())
+            recent = held.discovered_at is not None and now - held.discovered_at < every
+            if provider not in self.clients or recent:
+                continue
+            plan = plans.setdefault(provider, ListPass(set()))
+            plan.discover = discovery
+            plan.through = await self._through(provider, discovery, held, now)
+        return plans
+
+    async def _through(
+        self, provider: str, discovery: Discovery, held: ListPassState, now: datetime
+    ) -> float:
+        """How far down its list a discovery pass reads: past the batches created since
+        the last complete pass (a minute's margin) and past the oldest one still
+        running, so that the pass refreshes them all — never past the look-back."""
+        floor = (now - discovery.created_within).timestamp()
+        marks = [] if held.newest is None else [held.newest - 60]
+        if marks and (oldest := await self.store.oldest_unfinished(provider)) is not None:
+            marks.append(oldest.timestamp())
+        return max(floor, min(marks, default=floor))
 
     async def _elsewhere(self, known: set[str]) -> set[str]:
-        known |= await self.store.listed_elsewhere(self.owner, self.clock())
+        passes = await self.store.list_passes(self.owner, self.clock())
+        known |= {provider for provider, held in passes.items() if held.elsewhere}
         return known
 
     async def _hold_list(self, provider: str) -> bool:

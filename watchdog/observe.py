@@ -4,6 +4,7 @@ it, turned into the row change, the events and the policies' verdict. Pure: it t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -21,7 +22,15 @@ from watchdog.models import (
     is_unknown_status,
     view_of,
 )
-from watchdog.policies import Facts, History, Policy, Verdict, evaluate, time_triggers
+from watchdog.policies import (
+    Discovery,
+    Facts,
+    History,
+    Policy,
+    Verdict,
+    evaluate,
+    time_triggers,
+)
 from watchdog.pricing import Price, batch_cost, seconds_to_cross
 from watchdog.rows import Change, Tracked
 from watchdog.settings import SafetySettings
@@ -43,6 +52,7 @@ class Rules:
     pricing: tuple[Price, ...] | list[Price]
     dry_run: bool = False
     safety: SafetySettings = field(default_factory=SafetySettings)
+    discover: Mapping[str, Discovery] = field(default_factory=dict)  # by provider
 
 
 @dataclass(frozen=True, slots=True)

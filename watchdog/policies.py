@@ -92,6 +92,30 @@ class Policy(_Strict):
     )
 
 
+class Discovery(_Strict):
+    """Which batches of a provider's account the daemon starts tracking by itself: those
+    its list shows, created within ``created_within``, that ``match`` selects."""
+
+    match: Match = Match()
+    created_within: Duration = Field(
+        default=timedelta(days=7),
+        description="look-back: older batches are never pulled in (7d covers every "
+        "completion window the supported APIs allow)",
+    )
+
+    @field_validator("match")
+    @classmethod
+    def _no_provider(cls, match: Match) -> Match:
+        if match.provider is not None:
+            raise ValueError("match.provider: discovery is per provider already")
+        return match
+
+    def selects(self, view: BatchView, now: datetime) -> bool:
+        """A batch to start tracking (the caller knows it is not tracked yet)."""
+        recent = view.created_at is not None and view.created_at >= now - self.created_within
+        return recent and self.match.matches(view)
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     """What the previous poll saw, for conditions about progress over time."""

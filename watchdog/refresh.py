@@ -7,19 +7,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
 
 from watchdog.errors import PermanentError, ProviderError
-from watchdog.models import BatchObject, InvalidBatchId, validate_batch_id
+from watchdog.models import BatchObject, BatchPage, InvalidBatchId, validate_batch_id, view_of
+from watchdog.policies import Discovery
 from watchdog.providers import ProviderClient
 from watchdog.rows import Tracked
 
 log = structlog.get_logger("watchdog.refresh")
 Result = BatchObject | ProviderError
 MIN_SHARE = 0.25  # of the listed batches that must be due for paging to go on
+MAX_DISCOVERY_PAGES = 2000  # 200,000 batches in the look-back: a list that never ends stops
 
 
 def _older(batch: BatchObject, than: datetime | None) -> bool:
@@ -48,10 +51,16 @@ async def read_ahead(source: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]
 
 class Prefetched:
     """List answers of one tick, each with when it was read: used once, and never for a
-    batch polled after the page was read (something newer is known of it)."""
+    batch polled after the page was read (something newer is known of it). ``new``:
+    the ids discovery would start tracking (if they are not tracked yet)."""
 
-    def __init__(self, found: dict[tuple[str, str], tuple[BatchObject, datetime]]) -> None:
+    def __init__(
+        self,
+        found: dict[tuple[str, str], tuple[BatchObject, datetime]],
+        new: list[str] | None = None,
+    ) -> None:
         self._found = found
+        self.new = new or []
 
     def keys(self) -> list[tuple[str, str]]:
         return list(self._found)
@@ -63,6 +72,38 @@ class Prefetched:
         answer, read_at = found
         fresh = tracked.last_polled_at is None or tracked.last_polled_at <= read_at
         return answer if fresh else None
+
+
+@dataclass
+class ListPass:
+    """What one pass over a provider's list pages is for, and what it found.
+
+    A bulk refresh keeps the ``due`` batches and stops once all were seen or the pages
+    stop paying; a discovery pass keeps every batch it lists (the claim takes the due
+    ones, the store the new ones) and reads on until it is past ``through``."""
+
+    due: set[str]
+    oldest: datetime | None = None  # the oldest due batch's creation
+    discover: Discovery | None = None
+    through: float | None = None  # discovery: read on until created before this
+    newest: float | None = None  # found: the newest creation listed
+    complete: bool = False  # found: the pass reached where it meant to
+
+    def keeps(self, batch: BatchObject) -> bool:
+        return self.discover is not None or batch.id in self.due
+
+    def done(self, page: BatchPage, listed: int, seen: int) -> bool:
+        """Whether to stop after this page (also set when the pass is complete)."""
+        last = page.data[-1] if page.data else None
+        if self.discover is not None:
+            created = None if last is None else last.created_at
+            reached = created is not None and self.through is not None and created < self.through
+            self.complete = reached or not page.has_more
+            return self.complete
+        past = last is not None and _older(last, self.oldest)
+        unpaid = listed >= 200 and seen < MIN_SHARE * listed
+        self.complete = not page.has_more or past or seen >= len(self.due)
+        return self.complete or unpaid
 
 
 class Refresher:
@@ -91,43 +132,56 @@ class Refresher:
             if provider in self.clients and len(found[0]) >= self.bulk_threshold
         }
 
-    async def pages(
-        self, provider: str, due: set[str], oldest: datetime | None, chunk: int
-    ) -> AsyncIterator[Prefetched]:
-        """The due batches' answers from the provider's list pages (newest first, 100 a
+    async def pages(self, provider: str, plan: ListPass, chunk: int) -> AsyncIterator[Prefetched]:
+        """The batches ``plan`` keeps from the provider's list pages (newest first, 100 a
         request), handed on ``chunk`` at a time as they are read, so that memory holds
-        one chunk, not the list. Paging stops once every due batch was seen, the list is
-        past the oldest due batch's creation, or the pages stop paying (less than
-        MIN_SHARE of what they list is due: the rest is cheaper singly); a provider
-        whose ``has_more`` never ends, or whose cursor does not move, is cut short."""
+        one chunk, not the list. A provider whose ``has_more`` never ends, or whose
+        cursor does not move, is cut short."""
         client = self.clients[provider]
         kept: dict[tuple[str, str], tuple[BatchObject, datetime]] = {}
+        new: list[str] = []
         after, listed, seen = None, 0, 0
-        for _ in range(len(due) // 100 + 20):
+        bound = MAX_DISCOVERY_PAGES if plan.discover else len(plan.due) // 100 + 20
+        for _ in range(bound):
             try:
                 page = await client.list(limit=100, after=after)
             except (ProviderError, InvalidBatchId) as exc:
-                log.warning("bulk_refresh_stopped", provider=provider, error=str(exc)[:200])
+                log.warning("list_pass_stopped", provider=provider, error=str(exc)[:200])
                 break
             if page.skipped:  # those batches are fetched singly, like any the pages miss
                 log.info("list_items_skipped", provider=provider, skipped=page.skipped)
             read_at, listed = self.clock(), listed + len(page.data)
             for batch in page.data:
-                if batch.id in due and (provider, batch.id) not in kept:
-                    kept[(provider, batch.id)] = (batch, read_at)
-                    seen += 1
+                seen += self._keep(provider, batch, plan, read_at, kept, new)
             if len(kept) >= chunk:
-                yield Prefetched(kept)
-                kept = {}
+                yield Prefetched(kept, new)
+                kept, new = {}, []
             moved = page.cursor is not None and page.cursor != after
-            past = bool(page.data) and _older(page.data[-1], oldest)
-            unpaid = listed >= 200 and seen < MIN_SHARE * listed
-            if not moved or not page.has_more or past or unpaid or seen >= len(due):
+            if plan.done(page, listed, seen) or not moved:
                 break
             after = page.cursor
         if kept:
-            yield Prefetched(kept)
-        log.debug("bulk_refreshed", provider=provider, due=len(due), found=seen, listed=listed)
+            yield Prefetched(kept, new)
+        log.debug("list_pass", provider=provider, due=len(plan.due), found=seen, listed=listed)
+
+    def _keep(
+        self,
+        provider: str,
+        batch: BatchObject,
+        plan: ListPass,
+        read_at: datetime,
+        kept: dict[tuple[str, str], tuple[BatchObject, datetime]],
+        new: list[str],
+    ) -> int:
+        """Keep one listed batch if the pass wants it; 1 when it was a due one."""
+        if batch.created_at is not None:
+            plan.newest = max(plan.newest or batch.created_at, batch.created_at)
+        if not plan.keeps(batch) or (provider, batch.id) in kept:
+            return 0
+        kept[(provider, batch.id)] = (batch, read_at)
+        if plan.discover is not None and plan.discover.selects(view_of(provider, batch), read_at):
+            new.append(batch.id)
+        return int(batch.id in plan.due)
 
     async def fetch_all(self, claimed: list[Tracked], prefetched: Prefetched) -> list[Result]:
         """Each claimed batch's answer, in order (the list's when it may be used)."""

@@ -26,6 +26,7 @@ from pydantic import (
     PrivateAttr,
     SecretStr,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from pydantic_settings import (
@@ -39,7 +40,7 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from watchdog.durations import Duration
 from watchdog.events import Kind
-from watchdog.policies import Policy
+from watchdog.policies import Discovery, Policy
 from watchdog.pricing import Price
 
 DEFAULT_CONFIG = Path("config/watchdog.yaml")
@@ -81,6 +82,18 @@ class ProviderSettings(_Strict):
     allow_insecure_http: bool = Field(
         default=False, description="allow http:// to a host that is not loopback (keys in clear)"
     )
+    discover: Discovery | None = Field(
+        default=None,
+        description="track the account's batches from its list by itself (true, or "
+        "match/created_within); off by default",
+    )
+
+    @field_validator("discover", mode="before")
+    @classmethod
+    def _discover_switch(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @model_validator(mode="after")
     def _tls_unless_loopback(self) -> ProviderSettings:

@@ -158,11 +158,30 @@ CANCEL_LEDGER = "cancel_ledger"
 LIST_PASS = "list_pass:"  # + provider: who pages its list now (watchdog_state)
 
 
-def _held_by_other(held: Mapping[str, Any], owner: str, now: datetime) -> bool:
+@dataclass(frozen=True, slots=True)
+class ListPassState:
+    """A provider's list pass: held by another replica now, and when the last complete
+    discovery pass ended with the newest creation it listed."""
+
+    elsewhere: bool = False
+    discovered_at: datetime | None = None
+    newest: float | None = None
+
+
+def _held_by_other(entry: Mapping[str, Any], owner: str, now: datetime) -> bool:
     """A list pass entry another owner holds and has not let run out."""
-    until = held.get("until")
+    until = entry.get("until")
     live = isinstance(until, str) and datetime.fromisoformat(until) > now
-    return live and held.get("owner") != owner
+    return live and entry.get("owner") != owner
+
+
+def _pass_state(entry: Mapping[str, Any], owner: str, now: datetime) -> ListPassState:
+    done, newest = entry.get("discovered_at"), entry.get("newest")
+    return ListPassState(
+        elsewhere=_held_by_other(entry, owner, now),
+        discovered_at=datetime.fromisoformat(done) if isinstance(done, str) else None,
+        newest=float(newest) if isinstance(newest, int | float) else None,
+    )
 
 
 def _recent(ledger: Mapping[str, int], now: datetime) -> dict[str, int]:
@@ -719,26 +738,69 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(_insert(self.engine)(state).values(seed).on_conflict_do_nothing())
             found = await conn.execute(select(state.c.value).where(key).with_for_update())
-            if _held_by_other(found.scalar() or {}, owner, now):
+            entry = dict(found.scalar() or {})
+            if _held_by_other(entry, owner, now):
                 return False
-            held = {"owner": owner, "until": until.isoformat()}
-            await conn.execute(update(state).where(key).values(value=held, updated_at=now))
+            entry |= {"owner": owner, "until": until.isoformat()}
+            await conn.execute(update(state).where(key).values(value=entry, updated_at=now))
         return True
 
-    async def release_list(self, provider: str, owner: str, now: datetime) -> None:
-        """End this owner's list pass of ``provider`` (someone else's is left alone)."""
+    async def release_list(
+        self, provider: str, owner: str, now: datetime, newest: float | None = None
+    ) -> None:
+        """End this owner's list pass of ``provider`` (someone else's is left alone); with
+        ``newest``, a discovery pass was complete: when, and the newest creation it saw."""
         key = state.c.key == LIST_PASS + provider
         async with self.engine.begin() as conn:
             found = await conn.execute(select(state.c.value).where(key).with_for_update())
-            if (found.scalar() or {}).get("owner") == owner:
-                await conn.execute(update(state).where(key).values(value={}, updated_at=now))
+            entry = dict(found.scalar() or {})
+            if entry.get("owner") != owner:
+                return
+            entry = {k: v for k, v in entry.items() if k not in ("owner", "until")}
+            if newest is not None:
+                entry |= {"discovered_at": now.isoformat(), "newest": newest}
+            await conn.execute(update(state).where(key).values(value=entry, updated_at=now))
 
-    async def listed_elsewhere(self, owner: str, now: datetime) -> set[str]:
-        """The providers whose list another replica is paging now."""
+    async def list_passes(self, owner: str, now: datetime) -> dict[str, ListPassState]:
+        """Every provider's list pass as the replicas share it."""
         query = select(state.c.key, state.c.value).where(state.c.key.startswith(LIST_PASS))
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return {k.removeprefix(LIST_PASS) for k, v in rows if _held_by_other(v or {}, owner, now)}
+        return {k.removeprefix(LIST_PASS): _pass_state(v or {}, owner, now) for k, v in rows}
+
+    async def discover(self, provider: str, batch_ids: Sequence[str], now: datetime) -> list[Event]:
+        """Start tracking those of ``batch_ids`` that are neither tracked nor were ever
+        untracked (an untrack sticks), each with a ``tracked`` event (via discovery):
+        the events, committed."""
+        c, e = batches.c, batch_events.c
+        async with self.engine.begin() as conn:
+            query = select(c.batch_id).where(_keyed((provider, b) for b in batch_ids))
+            known = {b for (b,) in await conn.execute(query)} if batch_ids else set()
+            fresh = [b for b in dict.fromkeys(batch_ids) if b not in known]
+            if not fresh:
+                return []
+            dropped = select(e.batch_id).where(
+                e.provider == provider, e.batch_id.in_(fresh), e.kind == Kind.UNTRACKED
+            )
+            gone = {b for (b,) in await conn.execute(dropped)}
+            rows = [{"provider": provider, "batch_id": b, "tracked_at": now} for b in fresh]
+            rows = [r for r in rows if r["batch_id"] not in gone]
+            if not rows:
+                return []
+            query = _insert(self.engine)(batches).values(rows).on_conflict_do_nothing()
+            added = [b for (b,) in await conn.execute(query.returning(c.batch_id))]
+            detail = {"via": "discovery"}
+            events = [Event(now, provider, b, Kind.TRACKED, detail=detail) for b in added]
+            await self._insert_events(conn, events)
+        return events
+
+    async def oldest_unfinished(self, provider: str) -> datetime | None:
+        """The creation of the provider's oldest batch still to be polled."""
+        c = batches.c
+        query = select(func.min(c.created_at)).where(c.provider == provider, NOT_FINISHED)
+        async with self.engine.connect() as conn:
+            oldest: datetime | None = (await conn.execute(query)).scalar()
+        return oldest
 
     async def stats(self) -> list[tuple[str, str | None, int, Decimal | None]]:
         """(provider, status, count, known cost) for the metrics gauges."""
