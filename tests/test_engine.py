@@ -599,9 +599,15 @@ async def test_one_replica_pages_a_providers_list_at_a_time(harness: Harness) ->
     assert meanwhile.claimed == 0 and first.polled == 250
     assert h.sim.calls("(list)", "list") == 3
     assert sum(h.sim.calls(i, "get") for i in ids) == 0
-    # The pass is over: the other replica may page the list now.
+    # The pass is over: the other replica may page the list now. While it does, the
+    # first has nothing to wake up early for (the batches due are the other's).
     h.clock.advance(60)
-    assert (await other.tick()).polled == 250 and h.sim.calls("(list)", "list") == 6
+    paging = asyncio.create_task(other.tick())
+    while h.sim.calls("(list)", "list") == 3:
+        await asyncio.sleep(0.01)
+    assert await h.store.next_due(h.clock.now()) is not None
+    assert await h.engine.next_due() is None
+    assert (await paging).polled == 250 and h.sim.calls("(list)", "list") == 6
 
 
 @SQLITE_ONLY

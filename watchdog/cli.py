@@ -16,6 +16,7 @@ from watchdog.durations import format_duration, parse_duration
 from watchdog.events import Kind
 
 if TYPE_CHECKING:
+    from watchdog.policies import Discovery
     from watchdog.settings import Settings
 
 # Settings, logging and watchdog.app (with the database, HTTP and scheduler libraries)
@@ -257,6 +258,14 @@ def _line(cells: list[str], widths: list[int]) -> str:
     return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
+def _discovery(discover: Discovery) -> str:
+    """What discovery takes in, in words."""
+    scope = [f"model={discover.match.model}"] if discover.match.model else []
+    scope += [f"metadata.{k}={v}" for k, v in (discover.match.metadata or {}).items()]
+    within = format_duration(discover.created_within)
+    return f"batches created within {within}" + (f" with {', '.join(scope)}" if scope else "")
+
+
 def show_config(settings: Settings, path: str) -> str:
     from watchdog import app
 
@@ -288,6 +297,8 @@ def show_config(settings: Settings, path: str) -> str:
         elif p.api_key_file:
             key = f"key from {p.api_key_file}"
         lines.append(f"  {name}: {p.base_url} ({key})")
+        if p.discover is not None:
+            lines.append(f"    discovers: {_discovery(p.discover)}")
     lines.append(f"pricing ({len(settings.pricing)}, USD per 1M tokens, first match wins):")
     for price in settings.pricing:
         scope = f"{price.provider}/" if price.provider else ""

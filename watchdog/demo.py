@@ -26,7 +26,8 @@ LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
 
 def demo_scenario(sim: Simulator) -> list[str]:
-    """A handful of batches, each showing one behaviour; returns their ids."""
+    """A handful of batches, each showing one behaviour; returns the ids to track (one
+    more is left for discovery to find)."""
     batches = [
         # Expensive: an alert on its projected cost first, then cancelled by cost-cap at $5.
         sim.add(
@@ -70,6 +71,17 @@ def demo_scenario(sim: Simulator) -> list[str]:
         # Finished yesterday: tracked, seen as completed, never polled again.
         sim.add("batch_finished_yesterday", model=LLAMA, age=90_000, total=100, rate=10),
     ]
+    # Submitted from a notebook and never registered: discovery finds it on the first
+    # tick's list pass, and it runs to completion like any healthy batch.
+    sim.add(
+        "batch_notebook_sweep",
+        model=LLAMA,
+        metadata={"team": "research"},
+        total=4000,
+        rate=200,
+        input_tokens=1500,
+        output_tokens=500,
+    )
     return [b.id for b in batches]
 
 
@@ -141,7 +153,7 @@ async def _demo_daemon(
         loop_ = TickLoop(
             daemon.engine.tick,
             settings.poll_interval,
-            next_due=lambda: daemon.store.next_due(daemon.engine.clock()),
+            next_due=daemon.engine.next_due,
         )
         await loop_.run(stop)
         watcher.cancel()

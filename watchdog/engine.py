@@ -292,6 +292,12 @@ class Engine:
             marks.append(oldest.timestamp())
         return max(floor, min(marks, default=floor))
 
+    async def next_due(self) -> datetime | None:
+        """When the next batch this replica may take falls due: a provider whose list
+        another replica is paging is that one's (waking up for it would only spin)."""
+        now = self.clock()
+        return await self.store.next_due(now, skip=await self._elsewhere(set()))
+
     async def _elsewhere(self, known: set[str]) -> set[str]:
         passes = await self.store.list_passes(self.owner, self.clock())
         known |= {provider for provider, held in passes.items() if held.elsewhere}

@@ -61,7 +61,7 @@ class Service:
             on_tick=self._ticked,
             # Early ticks: for batches adaptive polling made due before the next regular
             # tick, and for a backlog a bounded tick left behind.
-            next_due=lambda: store.next_due(engine.clock()),
+            next_due=engine.next_due,
         )
         engine.on_progress = self.ticks.beat
         self.health = HealthServer(

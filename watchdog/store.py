@@ -520,14 +520,17 @@ class Store:
             rows = (await conn.execute(claim)).mappings().all()
         return [_tracked(row) for row in rows]
 
-    async def next_due(self, now: datetime) -> datetime | None:
+    async def next_due(self, now: datetime, skip: Iterable[str] = ()) -> datetime | None:
         """The earliest next_poll_at of a batch still to be polled that nobody else holds
-        (None: none, or only never-polled ones, which the next tick takes)."""
+        (None: none, or only never-polled ones, which the next tick takes), none of the
+        ``skip`` providers'."""
         c = batches.c
         query = select(func.min(c.next_poll_at)).where(
             NOT_FINISHED,
             or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
         )
+        if skipped := sorted(skip):
+            query = query.where(c.provider.not_in(skipped))
         async with self.engine.connect() as conn:
             when: datetime | None = (await conn.execute(query)).scalar()
         return when

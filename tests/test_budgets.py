@@ -1,0 +1,150 @@
+"""Pooled budgets, pure: windows, spend, committed, the batches chosen; from tables."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from watchdog.budgets import Budget, Spending, assess
+from watchdog.models import BatchView, Counts
+
+NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
+RESEARCH = {"provider": "sim", "metadata": {"team": "research"}}
+
+
+def budget(**fields: Any) -> Budget:
+    spec: dict[str, Any] = {"name": "research-daily", "limit_usd": 200, "action": "cancel"}
+    return Budget.model_validate(spec | fields)
+
+
+def batch(
+    batch_id: str,
+    *,
+    team: str = "research",
+    status: str = "in_progress",
+    cost: str | None = "20",
+    done: int = 100,
+    age_h: float = 1,
+    **fields: Any,
+) -> Spending:
+    view = BatchView(
+        provider="sim",
+        batch_id=batch_id,
+        status=status,
+        metadata={"team": team},
+        created_at=NOW - timedelta(hours=age_h),
+        counts=Counts(total=300, completed=done, failed=0),
+    )
+    return Spending(view, None if cost is None else Decimal(cost), **fields)
+
+
+def research_day() -> list[Spending]:
+    """Six running research batches at $20, each projected $60 at completion (100 of
+    300 done), the newest first in id order; two completed today for $30; and ops."""
+    running = [batch(f"batch_r{i}", age_h=i + 1) for i in range(6)]  # r0 is the newest
+    done = [batch(f"batch_done{i}", status="completed", cost="15", done=300) for i in range(2)]
+    ops = [batch(f"batch_ops{i}", team="ops", age_h=0.5) for i in range(3)]
+    return running + done + ops
+
+
+def test_the_newest_batches_needed_to_fit_are_chosen() -> None:
+    """Spend $150, committed $390 against $200: the five newest go ($40 of projection
+    each takes it to $190), none of ops, not the oldest."""
+    (one,) = assess([budget(match=RESEARCH)], research_day(), NOW)
+    assert (one.spend, one.committed, one.limit) == (Decimal(150), Decimal(390), Decimal(200))
+    chosen = [c.view.batch_id for c in one.chosen]
+    assert chosen == ["batch_r0", "batch_r1", "batch_r2", "batch_r3", "batch_r4"]
+
+
+def test_once_cancelled_nothing_more_is_chosen() -> None:
+    """The next tick: the five are cancelling (nothing more to come): committed $190."""
+    batches = [
+        batch(b.view.batch_id, age_h=i + 1, stopping=True) if i < 5 else b
+        for i, b in enumerate(research_day())
+    ]
+    (one,) = assess([budget(match=RESEARCH)], batches, NOW)
+    assert one.committed == Decimal(190) and one.chosen == [] and not one.over
+
+
+def test_groups_are_budgets_of_their_own() -> None:
+    """group_by metadata.team: research is over, ops ($60 spent, $120 to come) is not."""
+    found = {a.key: a for a in assess([budget(group_by=["metadata.team"])], research_day(), NOW)}
+    assert set(found) == {"research-daily/research", "research-daily/ops"}
+    assert len(found["research-daily/research"].chosen) == 5
+    ops = found["research-daily/ops"]
+    assert ops.committed == Decimal(180) and ops.chosen == []
+
+
+def test_largest_remaining_first_and_exemptions() -> None:
+    """largest_remaining_first takes the batch with most to come; an exempt one and one
+    of unknown projection are never chosen; an alert budget chooses nothing."""
+    batches = [
+        batch("batch_small", cost="10", done=150),  # $10 to come
+        batch("batch_big", cost="20", done=50),  # $100 to come
+        batch("batch_vip", cost="20", done=30, exempt=True),  # $180 to come
+        batch("batch_new", cost="0", done=0),  # unknown projection
+    ]
+    spec = {"limit_usd": 250, "order": "largest_remaining_first"}  # committed $340
+    (one,) = assess([budget(**spec)], batches, NOW)
+    assert [c.view.batch_id for c in one.chosen] == ["batch_big"]
+    assert one.unknown_remaining == 1
+    (alert,) = assess([budget(**spec, action="alert")], batches, NOW)
+    assert alert.over and alert.chosen == []
+
+
+def test_unknown_cost_is_reported_never_zero() -> None:
+    (one,) = assess([budget()], [batch("a", cost=None), batch("b", cost="5")], NOW)
+    assert one.unknown_cost == 1 and one.spend == Decimal(5) and one.unknown_remaining == 1
+
+
+@pytest.mark.parametrize(
+    ("window", "timezone", "start"),
+    [
+        ("1d", "UTC", datetime(2026, 11, 27, 15, 0, tzinfo=UTC)),
+        ("12h", "UTC", datetime(2026, 11, 28, 3, 0, tzinfo=UTC)),
+        ("day", "UTC", datetime(2026, 11, 28, 0, 0, tzinfo=UTC)),
+        ("day", "America/New_York", datetime(2026, 11, 28, 5, 0, tzinfo=UTC)),
+        ("week", "UTC", datetime(2026, 11, 23, 0, 0, tzinfo=UTC)),  # a Monday
+        ("month", "Europe/Berlin", datetime(2026, 10, 31, 23, 0, tzinfo=UTC)),
+    ],
+)
+def test_windows(window: str, timezone: str, start: datetime) -> None:
+    assert budget(window=window, timezone=timezone).start(NOW) == start
+
+
+def test_the_window_holds_what_was_created_in_it_or_still_runs() -> None:
+    """A finished batch from before the window is out; one still running is in."""
+    batches = [
+        batch("old_done", status="completed", cost="50", age_h=30, done=300),
+        batch("old_running", cost="20", age_h=30),
+        batch("new_done", status="completed", cost="7", age_h=2, done=300),
+    ]
+    (one,) = assess([budget(window="day")], batches, NOW)
+    assert {m.view.batch_id for m in one.members} == {"old_running", "new_done"}
+    assert one.spend == Decimal(27)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("group_by", ["metadata"], "unknown path 'metadata'; valid: provider, model"),
+        ("limit_usd", -5, "greater than 0"),
+        ("window", "fortnight", "invalid duration 'fortnight'"),
+        ("window", "0s", "must be longer than 0"),
+        ("timezone", "Mars/Olympus", "unknown time zone"),
+        ("warn_at", [1.5], "between 0 and 1"),
+        ("order", "oldest_first", "newest_first"),
+    ],
+)
+def test_bad_budgets_say_what_is_wrong(field: str, value: Any, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        budget(**{field: value})
+
+
+def test_thresholds_crossed() -> None:
+    (one,) = assess([budget(limit_usd=500, warn_at=[0.8, 0.5])], research_day(), NOW)
+    assert one.committed == Decimal(570) and one.crossed() == [0.5, 0.8]

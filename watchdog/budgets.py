@@ -1,0 +1,233 @@
+"""Pooled budgets: their specs (strict schemas) and their pure assessment over tracked
+batches — spend, committed, the thresholds crossed, and which running batches to cancel
+so that the projection fits. No I/O, no clock: ``now`` is handed in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from watchdog.durations import parse_duration
+from watchdog.models import ACTIVE, BatchView
+from watchdog.policies import Match
+from watchdog.pricing import projected_cost
+
+CALENDAR = ("day", "week", "month")
+GROUP_KEYS = ("provider", "model", "metadata.KEY")
+Group = tuple[str, ...]
+
+
+class Budget(BaseModel):
+    """A pooled spending limit over the batches ``match`` selects, one per distinct
+    ``group_by`` value, over a rolling or calendar ``window``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    match: Match = Match()
+    group_by: tuple[str, ...] = ()
+    limit_usd: Decimal = Field(gt=0, description="USD the window may commit")
+    window: str = Field(
+        default="1d", description="rolling (a duration: 1d, 12h) or calendar: day, week, month"
+    )
+    timezone: str = Field(default="UTC", description="where calendar windows begin")
+    warn_at: tuple[float, ...] = Field(default=(), description="fractions of the limit")
+    action: Literal["cancel", "alert"] = "alert"
+    order: Literal["newest_first", "largest_remaining_first"] = "newest_first"
+
+    @field_validator("group_by")
+    @classmethod
+    def _known_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            if path not in ("provider", "model") and not (
+                path.startswith("metadata.") and len(path) > len("metadata.")
+            ):
+                raise ValueError(f"unknown path {path!r}; valid: {', '.join(GROUP_KEYS)}")
+        return paths
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: Any) -> str:
+        text = str(value).strip()
+        if text not in CALENDAR:
+            try:
+                if parse_duration(text) <= timedelta(0):
+                    raise ValueError(f"invalid window {text!r}: must be longer than 0")
+            except ValueError as exc:
+                raise ValueError(f"{exc}; or a calendar window: {', '.join(CALENDAR)}") from None
+        return text
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+    @field_validator("warn_at")
+    @classmethod
+    def _fractions(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < v < 1 for v in values):
+            raise ValueError("each threshold is a fraction of the limit, between 0 and 1")
+        return tuple(sorted(set(values)))
+
+    @model_validator(mode="after")
+    def _window_in_zone(self) -> Budget:
+        if self.timezone != "UTC" and self.window not in CALENDAR:
+            raise ValueError("timezone: only calendar windows (day, week, month) have one")
+        return self
+
+    def start(self, now: datetime) -> datetime:
+        """Where the window that holds ``now`` begins."""
+        if self.window not in CALENDAR:
+            return now - parse_duration(self.window)
+        local = now.astimezone(ZoneInfo(self.timezone))
+        day = local.date()
+        if self.window == "week":
+            day -= timedelta(days=day.weekday())
+        elif self.window == "month":
+            day = day.replace(day=1)
+        return datetime.combine(day, time(), tzinfo=local.tzinfo).astimezone(now.tzinfo)
+
+    def group_of(self, view: BatchView) -> Group:
+        return tuple(_value(view, path) for path in self.group_by)
+
+
+def _value(view: BatchView, path: str) -> str:
+    if path == "provider":
+        return view.provider
+    if path == "model":
+        return view.model or ""
+    return (view.metadata or {}).get(path.removeprefix("metadata."), "")
+
+
+@dataclass(frozen=True, slots=True)
+class Spending:
+    """One tracked batch as a budget sees it."""
+
+    view: BatchView
+    cost: Decimal | None
+    stopping: bool = False  # a cancel was sent: nothing more to come
+    exempt: bool = False  # never cancelled (metadata or a silence)
+
+    @property
+    def running(self) -> bool:
+        return self.view.status in ACTIVE and not self.stopping
+
+    @property
+    def remaining(self) -> Decimal | None:
+        """Projected cost still to come (0 once it ended or was cancelled; None: unknown,
+        no usage or no finished request yet)."""
+        if not self.running:
+            return Decimal(0)
+        projected = projected_cost(self.cost, self.view.counts, 1)
+        return None if projected is None or self.cost is None else max(projected - self.cost, 0)
+
+
+@dataclass(slots=True)
+class Assessment:
+    """One budget group: what it spent, what it is committed to, what to do."""
+
+    budget: Budget
+    group: Group
+    window_start: datetime
+    spend: Decimal = Decimal(0)
+    remaining: Decimal = Decimal(0)
+    unknown_cost: int = 0  # batches whose cost is unknown: not counted, never as zero
+    unknown_remaining: int = 0  # running batches whose projection is unknown
+    members: list[Spending] = field(default_factory=list)
+    chosen: list[Spending] = field(default_factory=list)
+
+    @property
+    def committed(self) -> Decimal:
+        return self.spend + self.remaining
+
+    @property
+    def limit(self) -> Decimal:
+        return self.budget.limit_usd
+
+    @property
+    def over(self) -> bool:
+        return self.committed > self.limit
+
+    @property
+    def key(self) -> str:
+        """The group's name: the budget's, with its group values."""
+        return self.budget.name + "".join(f"/{v}" for v in self.group)
+
+    def crossed(self) -> list[float]:
+        """The warn_at fractions the committed amount has reached."""
+        return [f for f in self.budget.warn_at if self.committed >= self.limit * Decimal(str(f))]
+
+
+def assess(budgets: Sequence[Budget], batches: Iterable[Spending], now: datetime) -> list[Assessment]:
+    """Every budget group's spend and commitment, and the batches to cancel in it.
+
+    A batch counts in a window when it was created within it or is still running (its
+    whole known cost: spend is not apportioned over time). Committed = spend + the
+    projected remaining cost of the running batches."""
+    batches = list(batches)
+    found: dict[tuple[str, Group], Assessment] = {}
+    for budget in budgets:
+        start = budget.start(now)
+        for item in batches:
+            if not budget.match.matches(item.view) or not _in_window(item, start):
+                continue
+            group = budget.group_of(item.view)
+            one = found.setdefault((budget.name, group), Assessment(budget, group, start))
+            _add(one, item)
+    for one in found.values():
+        if one.over and one.budget.action == "cancel":
+            one.chosen = choose(one)
+    return list(found.values())
+
+
+def _in_window(item: Spending, start: datetime) -> bool:
+    created = item.view.created_at
+    return item.view.status in ACTIVE or (created is not None and created >= start)
+
+
+def _add(one: Assessment, item: Spending) -> None:
+    one.members.append(item)
+    if item.cost is None:
+        one.unknown_cost += 1
+    else:
+        one.spend += item.cost
+    remaining = item.remaining
+    if remaining is None:
+        one.unknown_remaining += 1
+    else:
+        one.remaining += remaining
+
+
+def choose(one: Assessment) -> list[Spending]:
+    """The running batches to cancel, in the budget's order, until the projection fits
+    (only as many as needed); exempt ones and those of unknown projection are never
+    chosen (cancelling them would fit nothing we can count)."""
+    candidates = [
+        m for m in one.members if m.running and not m.exempt and (m.remaining or 0) > 0
+    ]
+    if one.budget.order == "newest_first":
+        candidates.sort(key=_created, reverse=True)
+    else:
+        candidates.sort(key=lambda m: m.remaining or 0, reverse=True)
+    chosen, committed = [], one.committed
+    for item in candidates:
+        if committed <= one.limit:
+            break
+        chosen.append(item)
+        committed -= item.remaining or 0
+    return chosen
+
+
+def _created(item: Spending) -> tuple[float, str]:
+    created = item.view.created_at
+    return (created.timestamp() if created else 0.0, item.view.batch_id)
