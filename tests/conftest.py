@@ -146,6 +146,7 @@ class Harness:
                 self.settings.dry_run,
                 self.settings.safety,
                 discover={"sim": d} if (d := self.settings.providers["sim"].discover) else {},
+                budgets=tuple(self.settings.budgets),
             ),
             poll_interval=self.settings.poll_interval,
             owner="test",

@@ -1,7 +1,10 @@
-"""Pooled budgets, pure: windows, spend, committed, the batches chosen; from tables."""
+"""Pooled budgets: windows, spend, committed and the batches chosen, pure and from
+tables; then through real ticks against the simulator on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -9,8 +12,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from tests.conftest import Harness
 from watchdog.budgets import Budget, Spending, assess
+from watchdog.engine import Engine
 from watchdog.models import BatchView, Counts
+from watchdog.store import EventFilter
 
 NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
 RESEARCH = {"provider": "sim", "metadata": {"team": "research"}}
@@ -148,3 +154,126 @@ def test_bad_budgets_say_what_is_wrong(field: str, value: Any, message: str) -> 
 def test_thresholds_crossed() -> None:
     (one,) = assess([budget(limit_usd=500, warn_at=[0.8, 0.5])], research_day(), NOW)
     assert one.committed == Decimal(570) and one.crossed() == [0.5, 0.8]
+
+
+# Through real ticks: the simulator, the engine, SQLite and PostgreSQL.
+
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+DOLLAR_FIFTH = {"input_tokens": 5_000_000, "output_tokens": 1_000_000}  # $0.20 a request
+RESEARCH_DAILY = {
+    "name": "research-daily",
+    "match": {"provider": "sim", "metadata": {"team": "research"}},
+    "limit_usd": 200,
+    "window": "1d",
+    "warn_at": [0.5, 0.8],
+    "action": "cancel",
+    "order": "newest_first",
+}
+RUNNING = [f"batch_r{i}" for i in range(6)]  # batch_r0 is the newest
+
+
+def spending_day(h: Harness, ops: int = 3) -> None:
+    """Six running research batches at $20 (100 of 300 requests), projected $60; two
+    research batches completed today for $15 each; ``ops`` running ops batches alike."""
+    sim = h.sim.simulator
+    for i, batch_id in enumerate(RUNNING):
+        # Created i seconds apart, each validating that long: all 100 requests in.
+        sim.add(batch_id, age=100 + i, validating_for=i, total=300, rate=1, model=LLAMA,
+                metadata={"team": "research"}, **DOLLAR_FIFTH)  # fmt: skip
+    for i in range(2):
+        sim.add(f"batch_done{i}", age=20, total=75, rate=10, model=LLAMA,
+                metadata={"team": "research"}, **DOLLAR_FIFTH)  # fmt: skip
+    for i in range(ops):
+        sim.add(f"batch_ops{i}", age=100, total=300, rate=1, model=LLAMA,
+                metadata={"team": "ops"}, **DOLLAR_FIFTH)  # fmt: skip
+
+
+async def daemon_events(h: Harness, kind: str) -> list[dict[str, Any]]:
+    wanted = EventFilter(kinds=(kind,))
+    return [e async for e in h.store.stream_events(wanted)]
+
+
+def cancelled(h: Harness) -> dict[str, int]:
+    return {b: n for b in h.sim.simulator.batches if (n := h.sim.calls(b, "cancel"))}
+
+
+async def test_a_budget_cancels_the_newest_batches_needed_once(harness: Harness) -> None:
+    """$390 committed against $200: the five newest research batches are cancelled,
+    once; none of ops; budget_exceeded recorded once, with the thresholds."""
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY])
+    spending_day(h)
+    await h.track(*h.sim.simulator.batches)
+    await h.tick()
+    assert cancelled(h) == {b: 1 for b in RUNNING[:5]}
+    (exceeded,) = await daemon_events(h, "budget_exceeded")
+    detail = exceeded["detail"]
+    assert (detail["spend_usd"], detail["committed_usd"], detail["limit_usd"]) == (150, 390, 200)
+    assert [c["batch_id"] for c in detail["chosen"]] == RUNNING[:5]
+    assert [e["detail"]["fraction"] for e in await daemon_events(h, "budget_threshold")] == [
+        0.5,
+        0.8,
+    ]
+    for _ in range(2):
+        await h.tick(advance=60)
+    assert cancelled(h) == {b: 1 for b in RUNNING[:5]}
+    assert len(await daemon_events(h, "budget_exceeded")) == 1
+    assert len(await daemon_events(h, "budget_threshold")) == 2
+    canceller = (await h.row("batch_r0"))["cancel_policy"]
+    assert canceller == "research-daily"
+
+
+async def test_each_group_is_a_budget_of_its_own(harness: Harness) -> None:
+    """group_by metadata.team: research ($390) loses batches, ops ($120) does not."""
+    h = harness
+    per_team = RESEARCH_DAILY | {"match": {"provider": "sim"}, "group_by": ["metadata.team"]}
+    h.configure(policies=[], budgets=[per_team])
+    spending_day(h, ops=2)
+    await h.track(*h.sim.simulator.batches)
+    await h.tick()
+    assert cancelled(h) == {b: 1 for b in RUNNING[:5]}
+    (exceeded,) = await daemon_events(h, "budget_exceeded")
+    assert exceeded["detail"]["group"] == {"metadata.team": "research"}
+
+
+async def test_dry_run_records_the_same_decisions_and_cancels_nothing(harness: Harness) -> None:
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY], dry_run=True)
+    spending_day(h)
+    await h.track(*h.sim.simulator.batches)
+    summary = await h.tick()
+    assert cancelled(h) == {} and summary.cancel_held == 5
+    (exceeded,) = await daemon_events(h, "budget_exceeded")
+    assert [c["batch_id"] for c in exceeded["detail"]["chosen"]] == RUNNING[:5]
+    assert await daemon_events(h, "cancel_requested") == []
+    await h.tick()  # the same batches chosen again: nothing new said
+    assert len(await daemon_events(h, "budget_exceeded")) == 1
+
+
+async def test_replicas_ticking_together_cancel_each_once(harness: Harness) -> None:
+    """Three replicas on one database tick at once, on what a first poll recorded: one
+    assesses the budget; the same five batches are cancelled, each once."""
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY])
+    assert h.engine is not None and h.settings is not None
+
+    def replica(owner: str, rules: Any) -> Engine:
+        interval = h.settings.poll_interval if h.settings else timedelta(minutes=1)
+        return Engine(
+            store=h.store,
+            clients={"sim": h.client},
+            rules=rules,
+            poll_interval=interval,
+            owner=owner,
+            clock=h.clock.now,
+        )
+
+    spending_day(h)
+    await h.track(*h.sim.simulator.batches)
+    await replica("first-poll", replace(h.engine.rules, budgets=())).tick()
+    others = [replica(f"replica-{n}", h.engine.rules) for n in range(2)]
+    for _ in range(3):
+        await asyncio.gather(h.tick(), *(e.tick() for e in others))
+        h.clock.advance(60)
+    assert cancelled(h) == {b: 1 for b in RUNNING[:5]}
+    assert len(await daemon_events(h, "budget_exceeded")) == 1

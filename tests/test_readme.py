@@ -79,4 +79,5 @@ async def test_using_it_steps_work_verbatim(tmp_path: Path, aiohttp_server: Any)
     assert started["dry_run"] is True and started["database_from"] == "file"
     overridden = {e["key"] for e in logged if e["event"] == "setting_overridden"}
     assert overridden == {"providers.deepinfra.base_url", "http.port"}
-    assert sim.calls["batch_abc123"]["get"] >= 1 and sim.calls["batch_abc123"]["cancel"] == 0
+    # Discovery is on in the example: the batch is read from the list pass, not a GET.
+    assert sim.calls["(list)"]["list"] >= 1 and sim.calls["batch_abc123"]["cancel"] == 0

@@ -56,6 +56,7 @@ def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
         dry_run=dry_run or settings.dry_run,
         safety=settings.safety,
         discover={name: p.discover for name, p in settings.providers.items() if p.discover},
+        budgets=tuple(settings.budgets),
     )
 
 

@@ -4,7 +4,7 @@ so that the projection fits. No I/O, no clock: ``now`` is handed in."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from decimal import Decimal
@@ -14,9 +14,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from watchdog.durations import parse_duration
+from watchdog.events import Event, Kind
 from watchdog.models import ACTIVE, BatchView
-from watchdog.policies import Match
-from watchdog.pricing import projected_cost
+from watchdog.policies import Match, Verdict
+from watchdog.pricing import projected_cost, usd
 
 CALENDAR = ("day", "week", "month")
 GROUP_KEYS = ("provider", "model", "metadata.KEY")
@@ -97,6 +98,16 @@ class Budget(BaseModel):
             day = day.replace(day=1)
         return datetime.combine(day, time(), tzinfo=local.tzinfo).astimezone(now.tzinfo)
 
+    def period(self, now: datetime) -> datetime:
+        """What "once per window" counts in: a calendar window's start, or for a rolling
+        window the window-long stretch of time (from the Unix epoch) that holds ``now``
+        (its start moves with every tick, so it cannot be the unit itself)."""
+        if self.window in CALENDAR:
+            return self.start(now)
+        length = parse_duration(self.window).total_seconds()
+        stamp = now.timestamp()
+        return datetime.fromtimestamp(stamp - stamp % length, now.tzinfo)
+
     def group_of(self, view: BatchView) -> Group:
         return tuple(_value(view, path) for path in self.group_by)
 
@@ -129,7 +140,9 @@ class Spending:
         if not self.running:
             return Decimal(0)
         projected = projected_cost(self.cost, self.view.counts, 1)
-        return None if projected is None or self.cost is None else max(projected - self.cost, 0)
+        if projected is None or self.cost is None:
+            return None
+        return max(projected - self.cost, Decimal(0))
 
 
 @dataclass(slots=True)
@@ -168,7 +181,9 @@ class Assessment:
         return [f for f in self.budget.warn_at if self.committed >= self.limit * Decimal(str(f))]
 
 
-def assess(budgets: Sequence[Budget], batches: Iterable[Spending], now: datetime) -> list[Assessment]:
+def assess(
+    budgets: Sequence[Budget], batches: Iterable[Spending], now: datetime
+) -> list[Assessment]:
     """Every budget group's spend and commitment, and the batches to cancel in it.
 
     A batch counts in a window when it was created within it or is still running (its
@@ -212,9 +227,7 @@ def choose(one: Assessment) -> list[Spending]:
     """The running batches to cancel, in the budget's order, until the projection fits
     (only as many as needed); exempt ones and those of unknown projection are never
     chosen (cancelling them would fit nothing we can count)."""
-    candidates = [
-        m for m in one.members if m.running and not m.exempt and (m.remaining or 0) > 0
-    ]
+    candidates = [m for m in one.members if m.running and not m.exempt and (m.remaining or 0) > 0]
     if one.budget.order == "newest_first":
         candidates.sort(key=_created, reverse=True)
     else:
@@ -231,3 +244,78 @@ def choose(one: Assessment) -> list[Spending]:
 def _created(item: Spending) -> tuple[float, str]:
     created = item.view.created_at
     return (created.timestamp() if created else 0.0, item.view.batch_id)
+
+
+@dataclass(slots=True)
+class News:
+    """What an assessment means against what was already said: the events to record,
+    the memory to keep (per group: its window, the thresholds said, the batches the
+    last ``budget_exceeded`` chose), and the batches to cancel, by key."""
+
+    events: list[Event] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    condemned: dict[tuple[str, str], Assessment] = field(default_factory=dict)
+
+
+def news(found: Sequence[Assessment], memory: Mapping[str, Any], now: datetime) -> News:
+    """``budget_threshold`` once per window and fraction; ``budget_exceeded`` once per
+    window while over, and again only when it chooses other batches (so a dry run, or
+    a cancel not yet taken, does not repeat it every tick)."""
+    out = News()
+    for one in found:
+        start = one.budget.period(now).isoformat()
+        was = memory.get(one.key) or {}
+        was = was if was.get("window") == start else {}
+        warned = list(was.get("warned", []))
+        for fraction in one.crossed():
+            if fraction not in warned:
+                warned.append(fraction)
+                out.events.append(_event(one, Kind.BUDGET_THRESHOLD, now, fraction=fraction))
+        chosen = [f"{m.view.provider}/{m.view.batch_id}" for m in one.chosen]
+        said = was.get("exceeded")
+        if one.over and (said is None or (chosen and sorted(chosen) != sorted(said))):
+            out.events.append(_event(one, Kind.BUDGET_EXCEEDED, now, chosen=_chosen(one)))
+            said = chosen
+        out.memory[one.key] = {"window": start, "warned": sorted(warned), "exceeded": said}
+        out.condemned |= {(m.view.provider, m.view.batch_id): one for m in one.chosen}
+    return out
+
+
+def _event(one: Assessment, kind: Kind, now: datetime, **detail: Any) -> Event:
+    paths = dict(zip(one.budget.group_by, one.group, strict=True))
+    return Event(
+        now,
+        None,
+        None,
+        kind,
+        policy=one.budget.name,
+        detail={
+            "budget": one.budget.name,
+            "group": paths,
+            "window_start": one.window_start.isoformat(),
+            "spend_usd": usd(one.spend),
+            "committed_usd": usd(one.committed),
+            "limit_usd": usd(one.limit),
+            "unknown_cost": one.unknown_cost,
+            "unknown_remaining": one.unknown_remaining,
+            "action": one.budget.action,
+            **detail,
+        },
+    )
+
+
+def _chosen(one: Assessment) -> list[dict[str, Any]]:
+    return [
+        {
+            "provider": m.view.provider,
+            "batch_id": m.view.batch_id,
+            "remaining_usd": usd(m.remaining),
+        }
+        for m in one.chosen
+    ]
+
+
+def verdict(one: Assessment) -> Verdict:
+    """The cancel a budget hands to the decisions, as a policy's would be."""
+    observed = {"committed_usd": usd(one.committed), "limit_usd": usd(one.limit)}
+    return Verdict(one.budget.name, "cancel", observed)

@@ -16,19 +16,21 @@ import structlog
 from watchdog import cancels
 from watchdog.act import send_cancels
 from watchdog.breaker import Change as BreakerChange
-from watchdog.decisions import Candidate, Plan, exemption, plan
+from watchdog.budgets import Spending, assess, news, verdict
+from watchdog.decisions import FINAL, Candidate, Plan, exemption, plan
 from watchdog.errors import PermanentError
 from watchdog.events import Event, Kind
 from watchdog.metrics import Metrics
 from watchdog.models import BatchObject
-from watchdog.observe import Judging, Observation, Rules, failed, observe, slack, usd
-from watchdog.policies import Discovery
+from watchdog.observe import Judging, Observation, Rules, failed, observe, slack
+from watchdog.policies import Discovery, Verdict
+from watchdog.pricing import usd
 from watchdog.providers import ProviderClient
 from watchdog.record import Emitter, Listener
 from watchdog.refresh import ListPass, Prefetched, Refresher, Result, read_ahead
 from watchdog.rows import Tracked
 from watchdog.safety import Gate, open_gate, reserve, trip
-from watchdog.store import ListPassState, Store
+from watchdog.store import BUDGET_PASS, BUDGETS, LIST_PASS, ListPassState, Store
 
 __all__ = ["Engine", "Rules", "TickSummary", "usd", "utcnow"]
 NOTHING_LISTED = Prefetched({})
@@ -151,6 +153,7 @@ class Engine:
             async with aclosing(read_ahead(self._fetched(cutoff, summary))) as chunks:
                 async for claimed, results in chunks:
                     gate = await self._chunk(claimed, results, gate, summary, cutoff)
+            await self._budgets(gate, summary, cutoff)
         except BaseException:
             await self._release_claims()
             raise
@@ -188,6 +191,7 @@ class Engine:
         gate: Gate,
         summary: TickSummary,
         tick_start: datetime,
+        forced: Mapping[tuple[str, str], Verdict] | None = None,
     ) -> Gate:
         """One chunk of a tick; returns what the rest of the tick may still cancel."""
         await self._check_clocks()  # with the Date headers of these very answers
@@ -199,6 +203,8 @@ class Engine:
             self._observe(t, r, now, judging, summary)
             for t, r in zip(claimed, results, strict=True)
         ]
+        if forced:  # a budget's cancels, where no policy's is wanted already
+            seen = [_forced(o, forced.get(o.key)) for o in seen]
         chosen, gate = await self._decide(seen, gate, now, summary)
         requested = {o.key: cancels.request(o, now, self.owner, self.lease) for o in chosen}
         seen = [requested.get(o.key, o) for o in seen]
@@ -214,6 +220,58 @@ class Engine:
         if self.on_progress is not None:
             self.on_progress()
         return gate
+
+    async def _budgets(self, gate: Gate, summary: TickSummary, cutoff: datetime) -> None:
+        """Assess the budgets over every tracked batch (one replica at a time), record
+        what they say, and cancel what they choose through the same decisions as a
+        policy's cancels (dry run, exemptions, the limits, once only)."""
+        budgets, now = self.rules.budgets, self.clock()
+        if not budgets:
+            return
+        if not await self.store.take_turn(BUDGET_PASS, self.owner, now, now + self.lease):
+            return
+        try:
+            rows = await self.store.spending(min(b.start(now) for b in budgets))
+            found = assess(budgets, [self._spending(t, now) for t in rows], now)
+            self.metrics.set_budgets(found)
+            said = news(found, await self.store.get_state(BUDGETS) or {}, now)
+            await self.store.set_state(BUDGETS, said.memory, now, said.events)
+            self.emitter.tell(said.events)
+            if said.condemned:
+                verdicts = {key: verdict(one) for key, one in said.condemned.items()}
+                await self._condemn(verdicts, gate, summary, cutoff)
+        finally:
+            await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
+
+    def _spending(self, tracked: Tracked, now: datetime) -> Spending:
+        exempt = exemption(
+            tracked.view.metadata,
+            self.rules.safety.exempt_metadata,
+            tracked.exempt_until,
+            tracked.exempt_reason,
+            now,
+        )
+        stopping = tracked.cancel_requested_at is not None and tracked.cancel_outcome not in FINAL
+        return Spending(tracked.view, tracked.cost_usd, stopping, exempt is not None)
+
+    async def _condemn(
+        self,
+        verdicts: Mapping[tuple[str, str], Verdict],
+        gate: Gate,
+        summary: TickSummary,
+        cutoff: datetime,
+    ) -> None:
+        """Claim the batches a budget chose (whenever they are due; one another replica
+        holds is left to a later tick), look at them afresh, and cancel."""
+        now = self.clock()
+        keys, whenever = list(verdicts), now + timedelta(days=3650)
+        claimed = await self.store.claim_due(
+            now, self.owner, self.lease, len(keys), due_by=whenever, only=keys
+        )
+        if claimed:
+            summary.claimed += len(claimed)
+            results = await self.refresher.fetch_all(claimed, NOTHING_LISTED)
+            await self._chunk(claimed, results, gate, summary, cutoff, verdicts)
 
     async def _claim(
         self,
@@ -259,8 +317,15 @@ class Engine:
                     if claimed := await self._claim(cutoff, summary, only=listed.keys()):
                         yield claimed, listed
             finally:
-                newest = wanted.newest if wanted.discover and wanted.complete else None
-                await self.store.release_list(provider, self.owner, self.clock(), newest)
+                await self._end_list(provider, wanted)
+
+    async def _end_list(self, provider: str, done: ListPass) -> None:
+        """Give the provider's list pass back; a complete discovery pass is remembered
+        (when, and the newest batch it saw: where the next one may stop)."""
+        now, remember = self.clock(), None
+        if done.discover is not None and done.complete and done.newest is not None:
+            remember = {"discovered_at": now.isoformat(), "newest": done.newest}
+        await self.store.end_turn(LIST_PASS + provider, self.owner, now, remember)
 
     async def _list_plans(self, passes: Mapping[str, ListPassState]) -> dict[str, ListPass]:
         """Which providers' lists to read this tick, and for what: those with at least
@@ -307,7 +372,7 @@ class Engine:
         """Take or renew this replica's list pass of ``provider``, for as long as a claim
         lasts: a replica that dies mid-pass holds it up no longer than its claims."""
         now = self.clock()
-        return await self.store.take_list(provider, self.owner, now, now + self.lease)
+        return await self.store.take_turn(LIST_PASS + provider, self.owner, now, now + self.lease)
 
     @property
     def _judging(self) -> Judging:
@@ -512,3 +577,10 @@ class Engine:
         elif self._in_backlog:
             log.info("backlog_cleared", due=due)
         self._in_backlog = behind
+
+
+def _forced(obs: Observation, wanted: Verdict | None) -> Observation:
+    """A budget's verdict on a batch no policy wants cancelled already."""
+    if wanted is None or not obs.ok or (obs.verdict and obs.verdict.action == "cancel"):
+        return obs
+    return replace(obs, verdict=wanted)

@@ -34,6 +34,8 @@ class Kind(StrEnum):
     BACKLOG = "backlog"
     CANCEL_ABANDONED = "cancel_abandoned"
     CLOCK_SKEW = "clock_skew"
+    BUDGET_THRESHOLD = "budget_threshold"
+    BUDGET_EXCEEDED = "budget_exceeded"
 
 
 # How loudly a kind is logged once it is committed (info unless listed here).
@@ -49,6 +51,8 @@ LEVELS: Mapping[Kind, str] = {
     Kind.PROVIDER_UNAVAILABLE: "warning",
     Kind.BACKLOG: "warning",
     Kind.CLOCK_SKEW: "error",
+    Kind.BUDGET_THRESHOLD: "warning",
+    Kind.BUDGET_EXCEEDED: "error",
 }
 
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from watchdog.budgets import Assessment
 from watchdog.events import Event, Kind
 from watchdog.models import KNOWN
 
@@ -73,6 +74,21 @@ class Metrics:
             "How overdue the oldest due batch was when the last tick ended.",
             registry=r,
         )
+        self.budget_spend = Gauge(
+            "watchdog_budget_spend_usd",
+            "Known cost of a budget group's batches in its window.",
+            ["budget", "group"],
+            registry=r,
+        )
+        self.budget_committed = Gauge(
+            "watchdog_budget_committed_usd",
+            "Spend plus the projected remaining cost of a budget group's running batches.",
+            ["budget", "group"],
+            registry=r,
+        )
+        self.budget_limit = Gauge(
+            "watchdog_budget_limit_usd", "A budget group's limit.", ["budget", "group"], registry=r
+        )
         self.last_tick = Gauge(
             "watchdog_last_tick_timestamp_seconds",
             "When the last tick finished (Unix time).",
@@ -105,6 +121,16 @@ class Metrics:
             self.tracked.labels(provider, label).set(count)
         for provider, total in costs.items():
             self.cost.labels(provider).set(total)
+
+    def set_budgets(self, found: Iterable[Assessment]) -> None:
+        """The budget groups as last assessed (a group no longer seen is dropped)."""
+        for gauge in (self.budget_spend, self.budget_committed, self.budget_limit):
+            gauge.clear()
+        for one in found:
+            labels = (one.budget.name, "/".join(one.group) or "all")
+            self.budget_spend.labels(*labels).set(float(one.spend))
+            self.budget_committed.labels(*labels).set(float(one.committed))
+            self.budget_limit.labels(*labels).set(float(one.limit))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from watchdog.budgets import Budget
 from watchdog.errors import PermanentError, ProviderError
 from watchdog.events import Event, Kind
 from watchdog.models import (
@@ -31,17 +32,11 @@ from watchdog.policies import (
     evaluate,
     time_triggers,
 )
-from watchdog.pricing import Price, batch_cost, seconds_to_cross
+from watchdog.pricing import Price, batch_cost, seconds_to_cross, usd
 from watchdog.rows import Change, Tracked
 from watchdog.settings import SafetySettings
 
 ADAPTIVE_MARGIN = timedelta(seconds=1)
-
-
-def usd(amount: Decimal | None) -> float | None:
-    """An amount for an event's JSON detail: to the micro-dollar, a number that prints
-    exactly (the table columns keep the full decimal)."""
-    return None if amount is None else float(round(amount, 6))
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +48,7 @@ class Rules:
     dry_run: bool = False
     safety: SafetySettings = field(default_factory=SafetySettings)
     discover: Mapping[str, Discovery] = field(default_factory=dict)  # by provider
+    budgets: tuple[Budget, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,3 +104,9 @@ def projected_cost(
     if finished < max(min_requests, 1):
         return None
     return cost / finished * max(counts.total, finished)
+
+
+def usd(amount: Decimal | None) -> float | None:
+    """An amount for an event's JSON detail: to the micro-dollar, a number that prints
+    exactly (the table columns keep the full decimal)."""
+    return None if amount is None else float(round(amount, 6))

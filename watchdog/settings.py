@@ -38,6 +38,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
+from watchdog.budgets import Budget
 from watchdog.durations import Duration
 from watchdog.events import Kind
 from watchdog.policies import Discovery, Policy
@@ -232,6 +233,7 @@ class Settings(BaseSettings):
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     pricing: list[Price] = Field(default_factory=list)
     policies: list[Policy] = Field(default_factory=list)
+    budgets: list[Budget] = Field(default_factory=list)
     # Where each setting that is not the file's came from: {"database_url": "env
     # WATCHDOG_DATABASE_URL", ...}; filled in by load_settings.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -283,6 +285,12 @@ class Settings(BaseSettings):
             self._known_provider(policy.match.provider, f"policy {policy.name!r}: match.provider")
         for index, price in enumerate(self.pricing):
             self._known_provider(price.provider, f"pricing[{index}].provider")
+        for budget in self.budgets:
+            # A budget's cancels are recorded under its name, as a policy's under its own.
+            if budget.name in seen:
+                raise ValueError(f"budgets: name {budget.name!r} is taken by a policy or budget")
+            seen.add(budget.name)
+            self._known_provider(budget.match.provider, f"budget {budget.name!r}: match.provider")
         return self
 
     def _known_provider(self, name: str | None, where: str) -> None:

@@ -156,6 +156,8 @@ def _identity(path: Path | None) -> tuple[int, int] | None:
 
 CANCEL_LEDGER = "cancel_ledger"
 LIST_PASS = "list_pass:"  # + provider: who pages its list now (watchdog_state)
+BUDGET_PASS = "budget_pass"  # who assesses the budgets now
+BUDGETS = "budgets"  # what the budgets last said, per group (budgets.news)
 
 
 @dataclass(frozen=True, slots=True)
@@ -732,37 +734,36 @@ class Store:
             await conn.execute(update(state).where(key).values(value=ledger, updated_at=now))
         return granted
 
-    async def take_list(self, provider: str, owner: str, now: datetime, until: datetime) -> bool:
-        """Hold ``provider``'s list pass until ``until`` (or renew it): False when another
-        replica holds it, so that one replica pages a provider's list at a time and the
-        others leave that provider's due batches to it."""
-        key = state.c.key == LIST_PASS + provider
-        seed = {"key": LIST_PASS + provider, "value": {}, "updated_at": now}
+    async def take_turn(self, key: str, owner: str, now: datetime, until: datetime) -> bool:
+        """Hold the daemon-wide turn ``key`` (a provider's list pass, the budgets)
+        until ``until``, or renew it: False when another replica holds it, so that one
+        replica at a time does that work."""
+        where = state.c.key == key
+        seed = {"key": key, "value": {}, "updated_at": now}
         async with self.engine.begin() as conn:
             await conn.execute(_insert(self.engine)(state).values(seed).on_conflict_do_nothing())
-            found = await conn.execute(select(state.c.value).where(key).with_for_update())
+            found = await conn.execute(select(state.c.value).where(where).with_for_update())
             entry = dict(found.scalar() or {})
             if _held_by_other(entry, owner, now):
                 return False
             entry |= {"owner": owner, "until": until.isoformat()}
-            await conn.execute(update(state).where(key).values(value=entry, updated_at=now))
+            await conn.execute(update(state).where(where).values(value=entry, updated_at=now))
         return True
 
-    async def release_list(
-        self, provider: str, owner: str, now: datetime, newest: float | None = None
+    async def end_turn(
+        self, key: str, owner: str, now: datetime, remember: Mapping[str, Any] | None = None
     ) -> None:
-        """End this owner's list pass of ``provider`` (someone else's is left alone); with
-        ``newest``, a discovery pass was complete: when, and the newest creation it saw."""
-        key = state.c.key == LIST_PASS + provider
+        """Give up this owner's turn ``key`` (someone else's is left alone), keeping
+        ``remember`` in it for the next holder."""
+        where = state.c.key == key
         async with self.engine.begin() as conn:
-            found = await conn.execute(select(state.c.value).where(key).with_for_update())
+            found = await conn.execute(select(state.c.value).where(where).with_for_update())
             entry = dict(found.scalar() or {})
             if entry.get("owner") != owner:
                 return
             entry = {k: v for k, v in entry.items() if k not in ("owner", "until")}
-            if newest is not None:
-                entry |= {"discovered_at": now.isoformat(), "newest": newest}
-            await conn.execute(update(state).where(key).values(value=entry, updated_at=now))
+            entry |= remember or {}
+            await conn.execute(update(state).where(where).values(value=entry, updated_at=now))
 
     async def list_passes(self, owner: str, now: datetime) -> dict[str, ListPassState]:
         """Every provider's list pass as the replicas share it."""
@@ -796,6 +797,14 @@ class Store:
             events = [Event(now, provider, b, Kind.TRACKED, detail=detail) for b in added]
             await self._insert_events(conn, events)
         return events
+
+    async def spending(self, since: datetime) -> list[Tracked]:
+        """The batches a budget may count: still running, or created since ``since``."""
+        c = batches.c
+        query = select(*CLAIMED).where(or_(NOT_FINISHED, c.created_at >= since))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [_tracked(row) for row in rows]
 
     async def oldest_unfinished(self, provider: str) -> datetime | None:
         """The creation of the provider's oldest batch still to be polled."""
