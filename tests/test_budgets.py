@@ -4,6 +4,7 @@ tables; then through real ticks against the simulator on SQLite and PostgreSQL."
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -13,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.conftest import Harness
+from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from watchdog.budgets import Budget, Spending, assess
 from watchdog.engine import Engine
 from watchdog.models import BatchView, Counts
@@ -277,3 +279,69 @@ async def test_replicas_ticking_together_cancel_each_once(harness: Harness) -> N
         h.clock.advance(60)
     assert cancelled(h) == {b: 1 for b in RUNNING[:5]}
     assert len(await daemon_events(h, "budget_exceeded")) == 1
+
+
+async def test_budget_gauges_follow_the_assessment(harness: Harness) -> None:
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY | {"action": "alert"}])
+    spending_day(h)
+    await h.track(*h.sim.simulator.batches)
+    await h.tick()
+    assert h.engine is not None
+    metrics = h.engine.metrics.render().decode()
+    labels = '{budget="research-daily",group="all"}'
+    assert f"watchdog_budget_spend_usd{labels} 150.0" in metrics
+    assert f"watchdog_budget_committed_usd{labels} 390.0" in metrics
+    assert f"watchdog_budget_limit_usd{labels} 200.0" in metrics
+
+
+BUDGET_YAML = """budgets:
+  - name: research-daily
+    match: {metadata: {team: research}}
+    limit_usd: 200
+    window: day
+    warn_at: [0.5]
+    action: alert
+"""
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("{name: b1, limit_usd: -5}", "budget 'b1': limit_usd: Input should be greater than 0"),
+        ("{name: b2, limit_usd: 5, group_by: [team]}", "budget 'b2': group_by: unknown path"),
+        ("{name: b3, limit_usd: 5, window: 2w}", "budget 'b3': window: invalid duration '2w'"),
+        ("{name: cost-cap, limit_usd: 5}", "name 'cost-cap' is taken by a policy or budget"),
+    ],
+)
+async def test_a_bad_budget_exits_78_naming_it(cli: Cli, entry: str, says: str) -> None:  # noqa: F811
+    cli.write_config(f"budgets:\n  - {entry}\n")
+    result = await cli("run", "--once")
+    assert result.code == 78 and result.err.count("\n") == 1
+    assert says in result.err
+
+
+async def test_the_budgets_command(cli: Cli, clock: Any) -> None:  # noqa: F811
+    """`budgets` shows each budget's spend, committed and limit from the database, as
+    JSON and as a table; it changes nothing."""
+    import time
+
+    clock.t = time.time()  # the daemon reads the real clock: the window too
+    sim = cli.sim.simulator
+    # Exempt (watchdog=off), so that the config's cost cap leaves them running.
+    meta = {"team": "research", "watchdog": "off"}
+    for i in range(6):
+        sim.add(f"batch_r{i}", age=100 + i, validating_for=i, total=300, rate=1, model=LLAMA,
+                metadata=meta, **DOLLAR_FIFTH)  # fmt: skip
+        assert (await cli("track", f"batch_r{i}", "--provider", "sim")).code == 0
+    cli.write_config(BUDGET_YAML)
+    before = json.loads((await cli("budgets", "--json")).out)
+    # Not polled yet: nothing known of them (their metadata neither) counts.
+    assert [(b["spend_usd"], b["state"], b["batches"]) for b in before] == [(0, "ok", 0)]
+    assert (await cli("run", "--once")).code == 0
+    (after,) = json.loads((await cli("budgets", "--json")).out)
+    assert (after["spend_usd"], after["committed_usd"], after["state"]) == (120, 360, "over")
+    assert after["to_cancel"] == [] and after["action"] == "alert"
+    table = (await cli("budgets")).out
+    assert "research-daily" in table and "$360.00" in table and "over" in table
+    assert sum(sim.calls[f"batch_r{i}"]["cancel"] for i in range(6)) == 0

@@ -8,13 +8,14 @@ import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from watchdog import logs, safety
+from watchdog.budgets import Assessment, assess, spending_of
 from watchdog.engine import Engine, Rules, TickSummary, utcnow
 from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
@@ -262,6 +263,16 @@ async def resume(settings: Settings) -> bool:
     if resumed is not None:
         log_event(resumed)
     return resumed is not None
+
+
+async def budgets(settings: Settings, now: datetime) -> list[Assessment]:
+    """Every budget group as the daemon would assess it now (read-only)."""
+    if not settings.budgets:
+        return []
+    async with open_store(settings) as store:
+        rows = await store.spending(min(b.start(now) for b in settings.budgets))
+    exempt = settings.safety.exempt_metadata
+    return assess(settings.budgets, [spending_of(t, exempt, now) for t in rows], now)
 
 
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:

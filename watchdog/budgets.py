@@ -13,11 +13,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from watchdog.decisions import FINAL, exemption
 from watchdog.durations import parse_duration
 from watchdog.events import Event, Kind
 from watchdog.models import ACTIVE, BatchView
 from watchdog.policies import Match, Verdict
 from watchdog.pricing import projected_cost, usd
+from watchdog.rows import Tracked
 
 CALENDAR = ("day", "week", "month")
 GROUP_KEYS = ("provider", "model", "metadata.KEY")
@@ -108,6 +110,19 @@ class Budget(BaseModel):
         stamp = now.timestamp()
         return datetime.fromtimestamp(stamp - stamp % length, now.tzinfo)
 
+    def describe(self) -> str:
+        """One line for check-config."""
+        window = f"per {self.window}" + (f" ({self.timezone})" if self.timezone != "UTC" else "")
+        m = self.match
+        scope = [f"{k}={v}" for k, v in (("provider", m.provider), ("model", m.model)) if v]
+        scope += [f"metadata.{k}={v}" for k, v in (m.metadata or {}).items()]
+        text = f"{self.name}: ${self.limit_usd} {window}"
+        text += f" of {', '.join(scope)}" if scope else " of every batch"
+        text += f", one per {', '.join(self.group_by)}" if self.group_by else ""
+        text += f"; {self.action}" + (f" {self.order}" if self.action == "cancel" else "")
+        warn = ", ".join(f"{f:.0%}" for f in self.warn_at)
+        return text + (f"; warn at {warn}" if warn else "")
+
     def group_of(self, view: BatchView) -> Group:
         return tuple(_value(view, path) for path in self.group_by)
 
@@ -145,6 +160,15 @@ class Spending:
         return max(projected - self.cost, Decimal(0))
 
 
+def spending_of(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datetime) -> Spending:
+    """A tracked batch as a budget sees it."""
+    exempt = exemption(
+        tracked.view.metadata, exempt_metadata, tracked.exempt_until, tracked.exempt_reason, now
+    )
+    stopping = tracked.cancel_requested_at is not None and tracked.cancel_outcome not in FINAL
+    return Spending(tracked.view, tracked.cost_usd, stopping, exempt is not None)
+
+
 @dataclass(slots=True)
 class Assessment:
     """One budget group: what it spent, what it is committed to, what to do."""
@@ -176,6 +200,29 @@ class Assessment:
         """The group's name: the budget's, with its group values."""
         return self.budget.name + "".join(f"/{v}" for v in self.group)
 
+    @property
+    def state(self) -> str:
+        """ok, warn (a threshold reached) or over."""
+        return "over" if self.over else "warn" if self.crossed() else "ok"
+
+    def summary(self) -> dict[str, Any]:
+        """For ``budgets --json`` and the status views."""
+        return {
+            "budget": self.budget.name,
+            "group": dict(zip(self.budget.group_by, self.group, strict=True)),
+            "window": self.budget.window,
+            "window_start": self.window_start.isoformat(),
+            "spend_usd": usd(self.spend),
+            "committed_usd": usd(self.committed),
+            "limit_usd": usd(self.limit),
+            "unknown_cost": self.unknown_cost,
+            "unknown_remaining": self.unknown_remaining,
+            "batches": len(self.members),
+            "state": self.state,
+            "action": self.budget.action,
+            "to_cancel": [m.view.batch_id for m in self.chosen],
+        }
+
     def crossed(self) -> list[float]:
         """The warn_at fractions the committed amount has reached."""
         return [f for f in self.budget.warn_at if self.committed >= self.limit * Decimal(str(f))]
@@ -193,6 +240,8 @@ def assess(
     found: dict[tuple[str, Group], Assessment] = {}
     for budget in budgets:
         start = budget.start(now)
+        if not budget.group_by:  # shown (and exported) even while nothing counts in it
+            found[(budget.name, ())] = Assessment(budget, (), start)
         for item in batches:
             if not budget.match.matches(item.view) or not _in_window(item, start):
                 continue

@@ -79,6 +79,8 @@ def build_parser() -> Parser:
     unexempt = sub.add_parser("unexempt", parents=[common], help="lift a silence")
     unexempt.add_argument("batch_id", metavar="ID")
     unexempt.add_argument("--provider", metavar="NAME")
+    budgets = sub.add_parser("budgets", parents=[common], help="spend against each budget")
+    budgets.add_argument("--json", action="store_true")
     sub.add_parser("resume", parents=[common], help="end a safety trip (alert-only mode)")
     sub.add_parser("check-config", parents=[common], help="validate and show the config")
     sim = sub.add_parser("simulate", parents=[common], help="serve the simulated batch API")
@@ -213,6 +215,22 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
     return table(out, header) if out else "no batches tracked"
 
 
+def budget_table(found: list[dict[str, Any]]) -> str:
+    def money(amount: float | None) -> str:
+        return "-" if amount is None else f"${amount:,.2f}"
+
+    out = []
+    for b in found:
+        group = ",".join(f"{k}={v}" for k, v in b["group"].items()) or "-"
+        unknown = b["unknown_cost"] + b["unknown_remaining"]
+        state = b["state"] + (f" ({len(b['to_cancel'])} to cancel)" if b["to_cancel"] else "")
+        cells = [b["budget"], group, b["window"], money(b["spend_usd"])]
+        cells += [money(b["committed_usd"]), money(b["limit_usd"]), str(b["batches"])]
+        out.append([printable(c) for c in cells] + [str(unknown), state])
+    header = ["BUDGET", "GROUP", "WINDOW", "SPEND", "COMMITTED", "LIMIT", "BATCHES"]
+    return table(out, [*header, "UNKNOWN", "STATE"]) if out else "no budgets configured"
+
+
 def event_cells(row: dict[str, Any]) -> list[str]:
     e = event_json(row)
     change = f"{e['from_status'] or '-'} -> {e['to_status'] or '-'}"
@@ -310,6 +328,9 @@ def show_config(settings: Settings, path: str) -> str:
     from watchdog.policies import describe
 
     lines.extend(f"  {describe(p)}" for p in settings.policies)
+    if settings.budgets:
+        lines.append(f"budgets ({len(settings.budgets)}):")
+        lines.extend(f"  {b.describe()}" for b in settings.budgets)
     if settings.origins:
         lines.append("overridden, not from the file:")
         lines.extend(f"  {k}: from {v}" for k, v in sorted(settings.origins.items()))
@@ -450,6 +471,14 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _budgets(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
+    found = [a.summary() for a in asyncio.run(app.budgets(settings, datetime.now(UTC)))]
+    print(dump(found) if args.json else budget_table(found))
+    return EX_OK
+
+
 def _check_config(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
     from watchdog.settings import config_path
@@ -470,6 +499,7 @@ HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "unexempt": _unexempt,
     "resume": _resume,
     "check-config": _check_config,
+    "budgets": _budgets,
 }
 
 

@@ -16,8 +16,8 @@ import structlog
 from watchdog import cancels
 from watchdog.act import send_cancels
 from watchdog.breaker import Change as BreakerChange
-from watchdog.budgets import Spending, assess, news, verdict
-from watchdog.decisions import FINAL, Candidate, Plan, exemption, plan
+from watchdog.budgets import assess, news, spending_of, verdict
+from watchdog.decisions import Candidate, Plan, exemption, plan
 from watchdog.errors import PermanentError
 from watchdog.events import Event, Kind
 from watchdog.metrics import Metrics
@@ -232,7 +232,8 @@ class Engine:
             return
         try:
             rows = await self.store.spending(min(b.start(now) for b in budgets))
-            found = assess(budgets, [self._spending(t, now) for t in rows], now)
+            exempt = self.rules.safety.exempt_metadata
+            found = assess(budgets, [spending_of(t, exempt, now) for t in rows], now)
             self.metrics.set_budgets(found)
             said = news(found, await self.store.get_state(BUDGETS) or {}, now)
             await self.store.set_state(BUDGETS, said.memory, now, said.events)
@@ -242,17 +243,6 @@ class Engine:
                 await self._condemn(verdicts, gate, summary, cutoff)
         finally:
             await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
-
-    def _spending(self, tracked: Tracked, now: datetime) -> Spending:
-        exempt = exemption(
-            tracked.view.metadata,
-            self.rules.safety.exempt_metadata,
-            tracked.exempt_until,
-            tracked.exempt_reason,
-            now,
-        )
-        stopping = tracked.cancel_requested_at is not None and tracked.cancel_outcome not in FINAL
-        return Spending(tracked.view, tracked.cost_usd, stopping, exempt is not None)
 
     async def _condemn(
         self,

@@ -464,15 +464,18 @@ def _one_line(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
+NAMED = {"policies": "policy", "budgets": "budget"}  # lists whose entries have a name
+
+
 def _where(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
-    if len(loc) >= 2 and loc[0] == "policies" and isinstance(loc[1], int):
-        policies = data.get("policies")
+    if len(loc) >= 2 and loc[0] in NAMED and isinstance(loc[1], int):
+        entries = data.get(loc[0])
         name = None
-        if isinstance(policies, list) and loc[1] < len(policies):
-            entry = policies[loc[1]]
+        if isinstance(entries, list) and loc[1] < len(entries):
+            entry = entries[loc[1]]
             name = entry.get("name") if isinstance(entry, dict) else None
-        label = f"policy {name!r}" if name else f"policies[{loc[1]}]"
-        field = ".".join(str(p) for p in loc[2:]) or "(policy)"
+        label = f"{NAMED[loc[0]]} {name!r}" if name else f"{loc[0]}[{loc[1]}]"
+        field = ".".join(str(p) for p in loc[2:]) or f"({NAMED[loc[0]]})"
         return f"{label}: {field}: "
     field = ".".join(str(p) for p in loc)
     return f"{field}: " if field else ""
