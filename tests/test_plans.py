@@ -88,7 +88,9 @@ def full_scans(plan: str) -> list[str]:
 
 async def test_no_tick_statement_scans_history(harness: Harness) -> None:
     h = harness
-    h.configure(policies=COST_CAP)
+    budget = {"name": "all-daily", "limit_usd": 1000, "window": "day", "action": "cancel"}
+    # Discovery's list pass and the budgets' assessment run every statement of theirs.
+    h.configure(policies=COST_CAP, discover=True, budgets=[budget])
     assert h.engine is not None
     h.engine.bulk_threshold = 1  # the bulk refresh's queries too
     await history(h)

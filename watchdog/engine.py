@@ -343,7 +343,7 @@ class Engine:
         running, so that the pass refreshes them all — never past the look-back."""
         floor = (now - discovery.created_within).timestamp()
         marks = [] if held.newest is None else [held.newest - 60]
-        if marks and (oldest := await self.store.oldest_unfinished(provider)) is not None:
+        if marks and (oldest := (await self.store.oldest_unfinished()).get(provider)):
             marks.append(oldest.timestamp())
         return max(floor, min(marks, default=floor))
 

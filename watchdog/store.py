@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from watchdog.events import Event, Kind
-from watchdog.models import BatchObject, BatchView, Counts, Tokens, from_unix
+from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
 from watchdog.rows import Change, Tracked
 from watchdog.tables import NOT_FINISHED, batch_events, batches, state
 
@@ -799,19 +799,29 @@ class Store:
         return events
 
     async def spending(self, since: datetime) -> list[Tracked]:
-        """The batches a budget may count: still running, or created since ``since``."""
+        """The batches a budget may count: still running, or created since ``since``.
+        Two reads, each through an index (an OR of the two would scan the table): the
+        unfinished ones through the due index, the finished ones by creation."""
         c = batches.c
-        query = select(*CLAIMED).where(or_(NOT_FINISHED, c.created_at >= since))
+        running = select(*CLAIMED).where(NOT_FINISHED)
+        finished = select(*CLAIMED).where(c.created_at >= since, c.status.in_(sorted(TERMINAL)))
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+            rows = [*(await conn.execute(running)).mappings()]
+            rows += (await conn.execute(finished)).mappings().all()
         return [_tracked(row) for row in rows]
 
-    async def oldest_unfinished(self, provider: str) -> datetime | None:
-        """The creation of the provider's oldest batch still to be polled."""
+    async def oldest_unfinished(self) -> dict[str, datetime]:
+        """Per provider, the creation of its oldest batch still to be polled (through
+        the due index: by provider, the key would walk the provider's whole history)."""
         c = batches.c
-        query = select(func.min(c.created_at)).where(c.provider == provider, NOT_FINISHED)
+        oldest: dict[str, datetime] = {}
+        # No GROUP BY: SQLite would walk the primary key (the whole history) for it.
         async with self.engine.connect() as conn:
-            oldest: datetime | None = (await conn.execute(query)).scalar()
+            for provider, created in await conn.execute(
+                select(c.provider, c.created_at).where(NOT_FINISHED)
+            ):
+                if created is not None and (provider not in oldest or created < oldest[provider]):
+                    oldest[provider] = created
         return oldest
 
     async def stats(self) -> list[tuple[str, str | None, int, Decimal | None]]:

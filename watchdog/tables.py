@@ -162,6 +162,7 @@ batches = Table(
         "ix_batches_due", "next_poll_at", sqlite_where=NOT_FINISHED, postgresql_where=NOT_FINISHED
     ),
     Index(None, "status"),
+    Index(None, "created_at"),  # a budget's window of finished batches (migration 0006)
 )
 
 batch_events = Table(
