@@ -16,7 +16,7 @@ from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
 from watchdog.retention import prune
 from watchdog.scheduler import TickLoop, utcnow
-from watchdog.settings import ConfigError, Settings, load_settings
+from watchdog.settings import ConfigError, ProviderSettings, Settings, load_settings
 from watchdog.store import Store
 from watchdog.systemd import Notifier
 
@@ -107,8 +107,8 @@ class Service:
             log.info(
                 "config_reloaded", policies=[p.name for p in fresh.policies], dry_run=fresh.dry_run
             )
-            if (fresh.providers, fresh.database_url, fresh.notify) != (
-                self.settings.providers,
+            if (_clients(fresh), fresh.database_url, fresh.notify) != (
+                _clients(self.settings),
                 self.settings.database_url,
                 self.settings.notify,
             ):
@@ -160,3 +160,8 @@ class Service:
                 self.notifier.notify("WATCHDOG=1")
             else:
                 log.warning("watchdog_ping_withheld", reason="no tick within three intervals")
+
+
+def _clients(settings: Settings) -> dict[str, ProviderSettings]:
+    """What the providers' clients were built from (discovery is reloaded with the rules)."""
+    return {name: p.model_copy(update={"discover": None}) for name, p in settings.providers.items()}
