@@ -415,7 +415,8 @@ async def test_console_script_is_installed() -> None:
 
 
 async def test_demo_runs_and_cancels(tmp_path: Path) -> None:
-    """The demo serves its simulator, runs the daemon and cancels within seconds."""
+    """The demo serves its simulator, runs the daemon, discovers, crosses a budget and
+    cancels within seconds."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -434,6 +435,9 @@ async def test_demo_runs_and_cancels(tmp_path: Path) -> None:
     assert "batch_flaky_extraction" in text and "failing" in text
     assert b"cancel_succeeded" in err
     assert "batch_exempt_vip" in text
+    # A batch nobody tracked, found by discovery; the research budget crossed.
+    assert "batch_notebook_sweep" in text and b'"via": "discovery"' in err
+    assert b'"event": "budget_exceeded"' in err and b'"event": "budget_threshold"' in err
 
 
 async def untouched(cli: Cli) -> bool:
