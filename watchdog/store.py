@@ -32,6 +32,7 @@ from sqlalchemy import (
     or_,
     select,
     tuple_,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -800,14 +801,14 @@ class Store:
 
     async def spending(self, since: datetime) -> list[Tracked]:
         """The batches a budget may count: still running, or created since ``since``.
-        Two reads, each through an index (an OR of the two would scan the table): the
+        One statement (one snapshot: a batch finishing meanwhile is not read twice) of
+        two parts, each through an index (an OR of the two would scan the table): the
         unfinished ones through the due index, the finished ones by creation."""
         c = batches.c
         running = select(*CLAIMED).where(NOT_FINISHED)
         finished = select(*CLAIMED).where(c.created_at >= since, c.status.in_(sorted(TERMINAL)))
         async with self.engine.connect() as conn:
-            rows = [*(await conn.execute(running)).mappings()]
-            rows += (await conn.execute(finished)).mappings().all()
+            rows = (await conn.execute(union_all(running, finished))).mappings().all()
         return [_tracked(row) for row in rows]
 
     async def oldest_unfinished(self) -> dict[str, datetime]:
