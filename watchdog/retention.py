@@ -30,4 +30,29 @@ async def prune(store: Store, retention: RetentionSettings, now: datetime) -> di
             await asyncio.sleep(0)  # a tick waiting for the database goes first
     if any(deleted.values()):
         log.info("events_pruned", deleted={k: n for k, n in deleted.items() if n})
+    await _samples(store, retention, now, budget)
     return deleted
+
+
+async def _samples(store: Store, retention: RetentionSettings, now: datetime, budget: int) -> None:
+    """Replay's history: thinned after ``thin_after`` to one sample per batch and step
+    (and status change), deleted after ``drop_after``; within what is left of the run's
+    bounded deletes."""
+    kept = retention.samples
+    dropped = thinned = 0
+    while budget > 0:
+        budget -= 1
+        gone = await store.drop_samples(now - kept.drop_after, retention.batch)
+        dropped += gone
+        if gone < retention.batch:
+            break
+        await asyncio.sleep(0)
+    while budget > 0:
+        budget -= 1
+        seen = await store.thin_samples(now - kept.thin_after, kept.step, retention.batch)
+        thinned += seen
+        if seen < retention.batch:
+            break
+        await asyncio.sleep(0)
+    if dropped or thinned:
+        log.info("samples_pruned", dropped=dropped, thinned_through=thinned)

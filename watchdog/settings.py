@@ -184,6 +184,24 @@ class NotifySettings(_Strict):
 ROUTINE: dict[Kind, timedelta | None] = {Kind.COUNTS_CHANGED: timedelta(days=7)}
 
 
+class SampleRetention(_Strict):
+    """How the polls' samples (replay's history) thin with age."""
+
+    thin_after: Duration = Field(
+        default=timedelta(days=7), description="older samples keep one per batch and step"
+    )
+    step: Timeout = Field(
+        default=timedelta(hours=1), description="what a thinned sample stands for"
+    )
+    drop_after: Duration = Field(default=timedelta(days=90), description="then deleted")
+
+    @model_validator(mode="after")
+    def _order(self) -> SampleRetention:
+        if self.drop_after < self.thin_after:
+            raise ValueError("drop_after: must not be shorter than thin_after")
+        return self
+
+
 class RetentionSettings(_Strict):
     """How long events of each kind are kept (the rest: for ever)."""
 
@@ -192,6 +210,7 @@ class RetentionSettings(_Strict):
         description="kind: age after which its events are deleted (null: kept); "
         "replaces the default map when given",
     )
+    samples: SampleRetention = Field(default_factory=lambda: SampleRetention())
     every: Timeout = Field(default=timedelta(minutes=10), description="how often to prune")
     batch: int = Field(default=1000, ge=1, le=100_000, description="rows per delete")
     max_batches: int = Field(default=50, ge=1, description="deletes per run, at most")

@@ -43,7 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from watchdog.events import Event, Kind
 from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
 from watchdog.rows import Change, Tracked
-from watchdog.tables import NOT_FINISHED, batch_events, batches, state
+from watchdog.tables import NOT_FINISHED, batch_events, batch_samples, batches, state
 
 TIMESTAMPS = (
     "created_at",
@@ -159,6 +159,7 @@ CANCEL_LEDGER = "cancel_ledger"
 LIST_PASS = "list_pass:"  # + provider: who pages its list now (watchdog_state)
 BUDGET_PASS = "budget_pass"  # who assesses the budgets now
 BUDGETS = "budgets"  # what the budgets last said, per group (budgets.news)
+SAMPLES_THINNED = "samples_thinned"  # the last sample id retention has thinned
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +258,30 @@ def wire_columns(batch: BatchObject) -> dict[str, Any]:
     for name in TIMESTAMPS:
         values[name] = from_unix(getattr(batch, name))
     return values
+
+
+SAMPLED = (
+    "status",
+    "request_total",
+    "request_completed",
+    "request_failed",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
+def _sample(change: Change) -> dict[str, Any] | None:
+    """A poll that saw something new, as a ``batch_samples`` row (None: nothing new,
+    or not a poll's answer)."""
+    at = change.last_polled_at
+    if change.wire is None or not isinstance(at, datetime):
+        return None
+    wire = wire_columns(change.wire)
+    return {"at": at, "provider": change.provider, "batch_id": change.batch_id} | {
+        name: wire.get(name) for name in SAMPLED
+    }
 
 
 def columns(change: Change) -> dict[str, Any]:
@@ -588,6 +613,9 @@ class Store:
             lost = set(wanted) - written
             kept = [e for e in events if e.key not in lost]
             await self._insert_events(conn, kept)
+            samples = [_sample(c) for c in changes if c.key in written]
+            if rows := [s for s in samples if s is not None]:
+                await conn.execute(insert(batch_samples), rows)
         return written
 
     async def _held(
@@ -661,6 +689,40 @@ class Store:
         async with self.engine.begin() as conn:
             result = await conn.execute(batch_events.delete().where(e.id.in_(oldest)))
         return int(result.rowcount or 0)
+
+    async def drop_samples(self, before: datetime, limit: int) -> int:
+        """Delete up to ``limit`` of the oldest samples from before ``before``: how many."""
+        s = batch_samples.c
+        oldest = (select(s.id).where(s.at < before).order_by(s.at).limit(limit)).scalar_subquery()
+        async with self.engine.begin() as conn:
+            result = await conn.execute(batch_samples.delete().where(s.id.in_(oldest)))
+        return int(result.rowcount or 0)
+
+    async def thin_samples(self, before: datetime, step: timedelta, limit: int) -> int:
+        """Thin the next ``limit`` samples (by id, from where the last run stopped) older
+        than ``before``: of each batch, keep the first sample of every ``step`` and every
+        status change, delete the rest. How many were looked at (0: done for now)."""
+        s, cursor = batch_samples.c, await self.get_state(SAMPLES_THINNED) or {}
+        query = (
+            select(s.id, s.provider, s.batch_id, s.at, s.status)
+            .where(s.id > int(cursor.get("id", 0)), s.at < before)
+            .order_by(s.id)
+            .limit(limit)
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(query)).all()
+            last: dict[tuple[str, str], tuple[int, str | None]] = {}
+            gone = []
+            for sample_id, provider, batch_id, at, status in rows:
+                mark = (int(at.timestamp() // step.total_seconds()), status)
+                if last.get((provider, batch_id)) == mark:
+                    gone.append(sample_id)
+                last[(provider, batch_id)] = mark
+            if gone:
+                await conn.execute(batch_samples.delete().where(s.id.in_(gone)))
+        if rows:
+            await self.set_state(SAMPLES_THINNED, {"id": rows[-1][0]}, rows[-1][3])
+        return len(rows)
 
     async def due_unsettled_cancels(self, now: datetime) -> int:
         """Make every batch with a cancel_requested but no outcome, whose sender is gone

@@ -184,6 +184,27 @@ batch_events = Table(
     Index(None, "at"),
 )
 
+# What each poll that saw something new observed (migration 0007): enough to judge the
+# batch again later with other policies or prices (replay). Thinned with age (retention).
+batch_samples = Table(
+    "batch_samples",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("provider", String(64), nullable=False),
+    Column("batch_id", String(128), nullable=False),
+    Column("status", String(64)),
+    Column("request_total", BigInteger),
+    Column("request_completed", BigInteger),
+    Column("request_failed", BigInteger),
+    Column("input_tokens", TOKEN),
+    Column("cached_tokens", TOKEN),
+    Column("output_tokens", TOKEN),
+    Column("reasoning_tokens", TOKEN),
+    Index(None, "provider", "batch_id", "at"),
+    Index(None, "at"),
+)
+
 state = Table(
     "watchdog_state",
     metadata,

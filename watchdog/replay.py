@@ -1,0 +1,161 @@
+"""A batch's timeline judged again — the samples the daemon recorded (``replay``) or a
+scripted one (``test-policies``) — through the daemon's own pure steps: ``observe`` and
+the decisions' hold rules, poll by poll. No I/O, no clock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from watchdog.decisions import Candidate, exemption, hold_reason
+from watchdog.models import TERMINAL, BatchObject, BatchView
+from watchdog.observe import Judging, Observation, observe
+from watchdog.policies import Verdict
+from watchdog.pricing import projected_cost
+from watchdog.rows import Change, Tracked
+
+_TRACKED = frozenset(f.name for f in fields(Tracked))
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The batch as one poll saw it."""
+
+    at: datetime
+    wire: BatchObject
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One poll judged: what matched, and whether a cancel would go out (or why not)."""
+
+    at: datetime
+    status: str | None
+    verdict: Verdict | None
+    cancel: bool
+    held: str | None
+    cost: Decimal | None
+    projected: Decimal | None
+
+    @property
+    def saves(self) -> Decimal | None:
+        """What a cancel here would save at the projected rate."""
+        if not self.cancel or self.cost is None or self.projected is None:
+            return None
+        return max(self.projected - self.cost, Decimal(0))
+
+
+def fresh(view: BatchView, tracked_at: datetime) -> Tracked:
+    """A batch as the daemon holds it before its first poll."""
+    blank = replace(view, status=None, counts=None, tokens=None)
+    return Tracked(blank, None, None, 0, None, None, None, 0, None, None, tracked_at)
+
+
+def applied(tracked: Tracked, change: Change) -> Tracked:
+    """``tracked`` with what ``change`` writes (as the store would), for the next poll."""
+    values = {k: v for k, v in change.set().items() if k in _TRACKED}
+    if "pending" in values:
+        values["pending"] = values["pending"] or {}
+    return replace(tracked, **values)
+
+
+def judge(
+    start: Tracked,
+    samples: Sequence[Sample],
+    judging: Judging,
+    *,
+    every: timedelta | None = None,
+    until: datetime | None = None,
+) -> list[Step]:
+    """Poll the batch at each sample's time — and, with ``every``, also every so often
+    between samples and after the last one until ``until`` (seeing the last sample
+    again, as an unchanged batch is) — judging as the daemon does; the steps up to and
+    including the first cancel that would be sent."""
+    steps, tracked = [], start
+    for at, wire in _polls(samples, every, until):
+        obs = observe(tracked, wire, at, judging)
+        tracked = applied(obs.after, obs.change)
+        step = _step(obs, at, judging)
+        steps.append(step)
+        if step.cancel:
+            break
+    return steps
+
+
+def _polls(
+    samples: Sequence[Sample], every: timedelta | None, until: datetime | None
+) -> Iterator[tuple[datetime, BatchObject]]:
+    ordered = sorted(samples, key=lambda s: s.at)
+    for i, sample in enumerate(ordered):
+        yield sample.at, sample.wire
+        if every is None or sample.wire.status in TERMINAL:
+            continue
+        end = ordered[i + 1].at if i + 1 < len(ordered) else until
+        at = sample.at + every
+        while end is not None and at < end:
+            yield at, sample.wire
+            at += every
+
+
+def _step(obs: Observation, at: datetime, judging: Judging) -> Step:
+    tracked, verdict, safety = obs.after, obs.verdict, judging.rules.safety
+    held = None
+    if verdict is not None and verdict.action == "cancel":
+        why_exempt = exemption(
+            tracked.view.metadata,
+            safety.exempt_metadata,
+            tracked.exempt_until,
+            tracked.exempt_reason,
+            at,
+        )
+        candidate = Candidate(
+            *tracked.key,
+            status=tracked.view.status,
+            policy=verdict.policy,
+            cancel_outcome=tracked.cancel_outcome,
+            cancel_attempts=tracked.cancel_attempts,
+            exempt=why_exempt,
+        )
+        held = hold_reason(candidate)
+    cancel = verdict is not None and verdict.action == "cancel" and held is None
+    projected = projected_cost(obs.cost, tracked.view.counts, 1)
+    return Step(at, tracked.view.status, verdict, cancel, held, obs.cost, projected)
+
+
+def wire_of(view: BatchView, sampled: Mapping[str, Any]) -> BatchObject:
+    """A recorded sample (status, counts, tokens) on a batch's fixed fields, as the
+    wire object a poll would have read."""
+    counts = None
+    if sampled.get("request_total") is not None:
+        counts = {
+            "total": sampled["request_total"],
+            "completed": sampled.get("request_completed") or 0,
+            "failed": sampled.get("request_failed") or 0,
+        }
+    usage = None
+    if sampled.get("input_tokens") is not None and sampled.get("output_tokens") is not None:
+        usage = {
+            "input_tokens": sampled["input_tokens"],
+            "output_tokens": sampled["output_tokens"],
+            "input_tokens_details": {"cached_tokens": sampled.get("cached_tokens") or 0},
+            "output_tokens_details": {"reasoning_tokens": sampled.get("reasoning_tokens") or 0},
+        }
+    return BatchObject.model_validate(
+        {
+            "id": view.batch_id,
+            "status": sampled.get("status") or "validating",
+            "created_at": _unix(view.created_at),
+            "expires_at": _unix(view.expires_at),
+            "model": view.model,
+            "metadata": dict(view.metadata) if view.metadata else None,
+            "request_counts": counts,
+            "usage": usage,
+        }
+    )
+
+
+def _unix(when: datetime | None) -> int | None:
+    return None if when is None else int(when.timestamp())
