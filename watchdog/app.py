@@ -16,9 +16,10 @@ import structlog
 
 from watchdog import logs, safety
 from watchdog.budgets import Assessment, assess, spending_of
-from watchdog.engine import Engine, Rules, TickSummary, utcnow
+from watchdog.engine import Engine, TickSummary, utcnow
 from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
+from watchdog.observe import rules_of
 from watchdog.providers import ProviderClient
 from watchdog.record import log_event
 from watchdog.service import Service
@@ -48,17 +49,6 @@ class UsageError(Exception):
 
 def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
-    return Rules(
-        policies=tuple(settings.policies),
-        pricing=tuple(settings.pricing),
-        dry_run=dry_run or settings.dry_run,
-        safety=settings.safety,
-        discover={name: p.discover for name, p in settings.providers.items() if p.discover},
-        budgets=tuple(settings.budgets),
-    )
 
 
 @asynccontextmanager

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from watchdog.durations import format_duration, parse_duration
@@ -83,6 +84,8 @@ def build_parser() -> Parser:
     budgets.add_argument("--json", action="store_true")
     sub.add_parser("resume", parents=[common], help="end a safety trip (alert-only mode)")
     sub.add_parser("check-config", parents=[common], help="validate and show the config")
+    tests = sub.add_parser("test-policies", help="check policies against scripted timelines")
+    tests.add_argument("files", nargs="+", metavar="FILE", help="YAML policy tests")
     sim = sub.add_parser("simulate", parents=[common], help="serve the simulated batch API")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
@@ -363,9 +366,27 @@ def command(args: argparse.Namespace) -> int:
             "and `batch-watchdog run`."
         )
         return EX_OK
+    if args.command == "test-policies":
+        return _test_policies(args.files)
     settings = load(args)
     handler = HANDLERS[args.command]
     return handler(settings, args)
+
+
+def _test_policies(files: list[str]) -> int:
+    """Each file's failing expectations; 1 if any failed, 0 when all hold."""
+    from watchdog import policytests
+
+    failed = 0
+    for name in files:
+        test, settings = policytests.load(Path(name))
+        failures = policytests.run(test, settings)
+        failed += len(failures)
+        for line in failures:
+            print(f"FAIL {name}: {printable(line)}")
+        held = len(test.expect) - len(failures)
+        print(f"{'ok  ' if not failures else 'FAIL'} {name}: {held}/{len(test.expect)} hold")
+    return 1 if failed else EX_OK
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

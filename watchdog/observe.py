@@ -34,7 +34,7 @@ from watchdog.policies import (
 )
 from watchdog.pricing import Price, batch_cost, seconds_to_cross, usd
 from watchdog.rows import Change, Tracked
-from watchdog.settings import SafetySettings
+from watchdog.settings import SafetySettings, Settings
 
 ADAPTIVE_MARGIN = timedelta(seconds=1)
 
@@ -49,6 +49,18 @@ class Rules:
     safety: SafetySettings = field(default_factory=SafetySettings)
     discover: Mapping[str, Discovery] = field(default_factory=dict)  # by provider
     budgets: tuple[Budget, ...] = ()
+
+
+def rules_of(settings: Settings, *, dry_run: bool = False) -> Rules:
+    """What a config says to judge by (the daemon's, a reload's, a policy test's)."""
+    return Rules(
+        policies=tuple(settings.policies),
+        pricing=tuple(settings.pricing),
+        dry_run=dry_run or settings.dry_run,
+        safety=settings.safety,
+        discover={name: p.discover for name, p in settings.providers.items() if p.discover},
+        budgets=tuple(settings.budgets),
+    )
 
 
 @dataclass(frozen=True, slots=True)
