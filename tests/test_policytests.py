@@ -74,7 +74,7 @@ def test_a_for_clock_runs_across_polls(tmp_path: Path) -> None:
         (
             INLINE.replace("{at: 0s, batch: batch_a, nothing: true}", "{at: 0s, batch: batch_a}"),
             "needs policy, action, cancel or nothing",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_a_malformed_test_file_exits_78_in_one_line(
