@@ -17,11 +17,13 @@ import structlog
 from watchdog import logs, safety
 from watchdog.budgets import Assessment, assess, spending_of
 from watchdog.engine import Engine, TickSummary, utcnow
+from watchdog.explain import explained
 from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
 from watchdog.observe import rules_of
 from watchdog.providers import ProviderClient
 from watchdog.record import log_event
+from watchdog.rows import Tracked
 from watchdog.service import Service
 from watchdog.settings import Settings
 from watchdog.store import (
@@ -263,6 +265,33 @@ async def budgets(settings: Settings, now: datetime) -> list[Assessment]:
         rows = await store.spending(min(b.start(now) for b in settings.budgets))
     exempt = settings.safety.exempt_metadata
     return assess(settings.budgets, [spending_of(t, exempt, now) for t in rows], now)
+
+
+async def explain(
+    settings: Settings, batch_id: str, provider: str | None, now: datetime
+) -> dict[str, Any]:
+    """What the daemon knows of one batch and what its next tick will make of it: each
+    policy and budget, the exemption, the safety and dry-run switches (read-only)."""
+    try:
+        validate_batch_id(batch_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    async with open_store(settings) as store:
+        found = await store.find(batch_id, provider)
+        tripped = await safety.status(store)
+    if not found:
+        where = f" at {provider!r}" if provider else ""
+        raise UsageError(f"batch {batch_id!r} is not tracked{where}")
+    if len(found) > 1:
+        names = ", ".join(t.view.provider for t, _ in found)
+        raise UsageError(f"batch {batch_id!r} is tracked at {names}: give --provider")
+    ((tracked, next_poll),) = found
+    groups = [a for a in await budgets(settings, now) if _member(a, tracked)]
+    return explained(settings, tracked, next_poll, groups, tripped, now)
+
+
+def _member(one: Assessment, tracked: Tracked) -> bool:
+    return any((m.view.provider, m.view.batch_id) == tracked.key for m in one.members)
 
 
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:

@@ -80,6 +80,10 @@ def build_parser() -> Parser:
     unexempt = sub.add_parser("unexempt", parents=[common], help="lift a silence")
     unexempt.add_argument("batch_id", metavar="ID")
     unexempt.add_argument("--provider", metavar="NAME")
+    explain = sub.add_parser("explain", parents=[common], help="what the next tick will do")
+    explain.add_argument("batch_id", metavar="ID")
+    explain.add_argument("--provider", metavar="NAME")
+    explain.add_argument("--json", action="store_true")
     budgets = sub.add_parser("budgets", parents=[common], help="spend against each budget")
     budgets.add_argument("--json", action="store_true")
     sub.add_parser("resume", parents=[common], help="end a safety trip (alert-only mode)")
@@ -492,6 +496,16 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _explain(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+    from watchdog.explain import render
+
+    now = datetime.now(UTC)
+    report = asyncio.run(app.explain(settings, args.batch_id, args.provider, now))
+    print(dump(report) if args.json else "\n".join(map(printable, render(report).split("\n"))))
+    return EX_OK
+
+
 def _budgets(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
 
@@ -521,6 +535,7 @@ HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "resume": _resume,
     "check-config": _check_config,
     "budgets": _budgets,
+    "explain": _explain,
 }
 
 

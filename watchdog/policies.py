@@ -315,3 +315,62 @@ def describe(policy: Policy) -> str:
     match = policy.match.model_dump(exclude_none=True)
     parts: Iterable[str] = (f"{k}={v}" for k, v in {**match, **when}.items())
     return f"{policy.name}: {policy.action} when " + ", ".join(parts)
+
+
+def explain(
+    policies: Sequence[Policy], facts: Facts, pending: Mapping[str, datetime] | None = None
+) -> list[dict[str, Any]]:
+    """Each policy in order on one batch, as ``explain`` shows it: whether it applies
+    (status, match), each condition's observed value against its threshold (None:
+    unknown), whether it holds, and its ``for:`` clock."""
+    view, out = facts.view, []
+    for policy in policies:
+        when = policy.when
+        row: dict[str, Any] = {"policy": policy.name, "action": policy.action}
+        if view.status not in when.statuses:
+            row["applies"] = f"no: status {view.status} is not one of {sorted(when.statuses)}"
+        elif not policy.match.matches(view):
+            row["applies"] = f"no: match {policy.match.model_dump(exclude_none=True)}"
+        else:
+            row["applies"] = "yes"
+        row["conditions"] = [
+            _condition(name, getattr(when, name), condition, when, facts)
+            for name, condition in CONDITIONS.items()
+            if getattr(when, name) is not None
+        ]
+        holds = row["applies"] == "yes" and all(c["holds"] for c in row["conditions"])
+        row["holds"] = holds
+        if policy.for_ is not None:
+            since = (pending or {}).get(policy.name)
+            row["for"] = {
+                "needed_s": policy.for_.total_seconds(),
+                "since": since.isoformat() if holds and since else None,
+                "held_s": (facts.now - since).total_seconds() if holds and since else 0.0,
+            }
+        out.append(row)
+    return out
+
+
+def _condition(
+    name: str, threshold: Any, condition: Condition, when: When, facts: Facts
+) -> dict[str, Any]:
+    value = condition.observe(when, facts)
+    return {
+        "condition": name,
+        "threshold": _jsonable(threshold),
+        "observed": None if value is None else _jsonable(value),
+        "holds": value is not None and condition.holds(value, threshold),
+        "unknown": None if value is not None else _unknown(name, facts),
+    }
+
+
+def _unknown(name: str, facts: Facts) -> str:
+    """Why a condition has no value yet."""
+    view = facts.view
+    if name in ("cost_usd_above", "projected_cost_usd_above") and facts.cost is None:
+        return "no usage yet, or no price for the model"
+    if view.counts is None:
+        return "no request counts yet"
+    if name in ("failure_ratio_above", "projected_cost_usd_above"):
+        return "too few finished requests (min_requests)"
+    return "not known yet"

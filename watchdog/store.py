@@ -645,6 +645,19 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(query)
 
+    async def find(
+        self, batch_id: str, provider: str | None
+    ) -> list[tuple[Tracked, datetime | None]]:
+        """A tracked batch (at each provider that has one by this id, or at ``provider``),
+        with its next poll."""
+        c = batches.c
+        query = select(*CLAIMED, c.next_poll_at).where(c.batch_id == batch_id)
+        if provider is not None:
+            query = query.where(c.provider == provider)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query.order_by(c.provider))).mappings().all()
+        return [(_tracked(row), row["next_poll_at"]) for row in rows]
+
     async def list_batches(self, status: str | None = None) -> list[dict[str, Any]]:
         query = select(batches).order_by(
             batches.c.tracked_at, batches.c.provider, batches.c.batch_id
