@@ -20,9 +20,10 @@ from watchdog.engine import Engine, TickSummary, utcnow
 from watchdog.explain import explained
 from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
-from watchdog.observe import rules_of
+from watchdog.observe import Judging, rules_of
 from watchdog.providers import ProviderClient
 from watchdog.record import log_event
+from watchdog.replay import Sample, compare, fresh, judge, recorded, totals, wire_of
 from watchdog.rows import Tracked
 from watchdog.service import Service
 from watchdog.settings import Settings
@@ -292,6 +293,33 @@ async def explain(
 
 def _member(one: Assessment, tracked: Tracked) -> bool:
     return any((m.view.provider, m.view.batch_id) == tracked.key for m in one.members)
+
+
+async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str, Any]:
+    """The recorded history since ``since`` judged again with ``settings``' policies and
+    prices, against what the daemon did (read-only: nothing written, nothing sent)."""
+    async with open_store(settings) as store:
+        batches, samples, cancels = await store.history(since)
+    rules = rules_of(settings)
+    judging = Judging(rules, settings.poll_interval, settings.adaptive_polling)
+    lines = []
+    for tracked in batches:
+        view, key = tracked.view, tracked.key
+        timeline = [Sample(row["at"], wire_of(view, row)) for row in samples.get(key, [])]
+        start = fresh(view, tracked.tracked_at or timeline[0].at)
+        steps = judge(start, timeline, judging, every=settings.poll_interval, until=now)
+        done = recorded(timeline, cancels.get(key), rules.pricing, view.provider)
+        lines.append(compare(view, done, steps))
+    lines.sort(key=lambda line: (line["change"] == "unchanged", line["provider"], line["batch_id"]))
+    return {
+        "since": since.isoformat(),
+        "batches": lines,
+        "totals": totals(lines),
+        "limits": [
+            "dry_run, the safety limits and budgets are not replayed: policies and prices are",
+            "a poll is judged at each recorded sample and every poll_interval between",
+        ],
+    }
 
 
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:

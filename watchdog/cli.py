@@ -80,6 +80,11 @@ def build_parser() -> Parser:
     unexempt = sub.add_parser("unexempt", parents=[common], help="lift a silence")
     unexempt.add_argument("batch_id", metavar="ID")
     unexempt.add_argument("--provider", metavar="NAME")
+    replay = sub.add_parser(
+        "replay", parents=[common], help="judge recorded history again with this config"
+    )
+    replay.add_argument("--since", type=_when, metavar="WHEN", help="7d (ago, default) or a time")
+    replay.add_argument("--json", action="store_true")
     explain = sub.add_parser("explain", parents=[common], help="what the next tick will do")
     explain.add_argument("batch_id", metavar="ID")
     explain.add_argument("--provider", metavar="NAME")
@@ -496,6 +501,40 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
+    now = datetime.now(UTC)
+    since = args.since or now - timedelta(days=7)
+    report = asyncio.run(app.replay(settings, since, now))
+    print(dump(report) if args.json else replay_table(report))
+    return EX_OK
+
+
+def replay_table(report: dict[str, Any]) -> str:
+    def money(amount: float | None) -> str:
+        return "-" if amount is None else f"${amount:,.4f}"
+
+    rows = []
+    for line in report["batches"]:
+        if line["change"] == "unchanged":
+            continue
+        old, new = line["recorded"] or {}, line["replayed"] or {}
+        cells = [line["batch_id"], line["provider"], line["change"]]
+        cells += [old.get("policy") or "-", new.get("policy") or "-", new.get("at") or "-"]
+        rows.append([printable(c) for c in cells] + [money(new.get("saves_usd"))])
+    t = report["totals"]
+    header = ["ID", "PROVIDER", "CHANGE", "WAS", "WOULD BE", "CANCELLED AT", "SAVES"]
+    body = table(rows, header) if rows else "no batch would be judged differently"
+    summary = (
+        f"{t['batches']} batches since {report['since']}: {t['newly_cancelled']} newly "
+        f"cancelled, {t['no_longer_cancelled']} no longer cancelled, "
+        f"{t['cancelled_at_another_time']} at another time; saved {money(t['saved_usd'])}, "
+        f"at risk {money(t['at_risk_usd'])}"
+    )
+    return "\n".join([body, summary, *(f"note: {n}" for n in report["limits"])])
+
+
 def _explain(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
     from watchdog.explain import render
@@ -536,6 +575,7 @@ HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "check-config": _check_config,
     "budgets": _budgets,
     "explain": _explain,
+    "replay": _replay,
 }
 
 

@@ -11,10 +11,10 @@ from decimal import Decimal
 from typing import Any
 
 from watchdog.decisions import Candidate, exemption, hold_reason
-from watchdog.models import TERMINAL, BatchObject, BatchView
+from watchdog.models import TERMINAL, BatchObject, BatchView, view_of
 from watchdog.observe import Judging, Observation, observe
 from watchdog.policies import Verdict
-from watchdog.pricing import projected_cost
+from watchdog.pricing import Price, batch_cost, projected_cost, usd
 from watchdog.rows import Change, Tracked
 
 _TRACKED = frozenset(f.name for f in fields(Tracked))
@@ -159,3 +159,116 @@ def wire_of(view: BatchView, sampled: Mapping[str, Any]) -> BatchObject:
 
 def _unix(when: datetime | None) -> int | None:
     return None if when is None else int(when.timestamp())
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What the daemon did to one batch: its first cancel (policy, when), what the batch
+    had cost then and the projection the cancel was sent at (None: not cancelled)."""
+
+    policy: str | None = None
+    at: datetime | None = None
+    cost: Decimal | None = None
+    projected: Decimal | None = None
+
+    @property
+    def saved(self) -> Decimal | None:
+        if self.cost is None or self.projected is None:
+            return None
+        return max(self.projected - self.cost, Decimal(0))
+
+
+def compare(
+    view: BatchView,
+    recorded: Recorded,
+    steps: Sequence[Step],
+) -> dict[str, Any]:
+    """One batch's line of the replay report: what happened against what the new
+    config would have done, and what that is worth at the projected rate."""
+    cancel = steps[-1] if steps and steps[-1].cancel else None
+    replayed = None
+    if cancel is not None and cancel.verdict is not None:
+        replayed = {
+            "policy": cancel.verdict.policy,
+            "at": cancel.at.isoformat(),
+            "cost_usd": usd(cancel.cost),
+            "projected_usd": usd(cancel.projected),
+            "saves_usd": usd(cancel.saves),
+        }
+    was = None
+    if recorded.policy is not None and recorded.at is not None:
+        was = {
+            "policy": recorded.policy,
+            "at": recorded.at.isoformat(),
+            "cost_usd": usd(recorded.cost),
+            "saved_usd": usd(recorded.saved),
+        }
+    change, note = _change(recorded, cancel)
+    return {
+        "provider": view.provider,
+        "batch_id": view.batch_id,
+        "recorded": was,
+        "replayed": replayed,
+        "change": change,
+        "polls": len(steps),
+        "note": note,
+    }
+
+
+def _change(recorded: Recorded, cancel: Step | None) -> tuple[str, str | None]:
+    if recorded.policy is None:
+        return ("newly_cancelled", None) if cancel else ("unchanged", None)
+    limit = (
+        f"history after the real cancel ({recorded.at.isoformat() if recorded.at else '?'}) "
+        "shows that cancel's effect: what the batch would have done without it is unknown"
+    )
+    if cancel is None or cancel.verdict is None:
+        return "no_longer_cancelled", limit
+    if recorded.at is not None and cancel.at < recorded.at:
+        return "earlier", None
+    if recorded.at is not None and cancel.at > recorded.at:
+        return "later", limit
+    same = cancel.verdict.policy == recorded.policy
+    return ("unchanged", None) if same else ("other_policy", None)
+
+
+def totals(lines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batches newly and no longer cancelled, dollars saved (new cancels, and earlier
+    ones' extra) and put at risk (cancels the new config would not send)."""
+    saved = at_risk = Decimal(0)
+    for line in lines:
+        new, old = line["replayed"], line["recorded"]
+        if line["change"] == "newly_cancelled":
+            saved += Decimal(str(new["saves_usd"] or 0))
+        elif line["change"] in ("earlier", "later", "other_policy"):
+            saved += Decimal(str(new["saves_usd"] or 0)) - Decimal(str(old["saved_usd"] or 0))
+        elif line["change"] == "no_longer_cancelled":
+            at_risk += Decimal(str(old["saved_usd"] or 0))
+    changes = [line["change"] for line in lines]
+    return {
+        "batches": len(lines),
+        "newly_cancelled": changes.count("newly_cancelled"),
+        "no_longer_cancelled": changes.count("no_longer_cancelled"),
+        "cancelled_at_another_time": changes.count("earlier") + changes.count("later"),
+        "saved_usd": usd(saved),
+        "at_risk_usd": usd(at_risk),
+    }
+
+
+def recorded(
+    samples: Sequence[Sample],
+    cancel: tuple[datetime, str] | None,
+    pricing: Sequence[Price],
+    provider: str,
+) -> Recorded:
+    """The real cancel, valued like the replay's: at the prices given, from the last
+    sample the daemon had seen when it sent it."""
+    if cancel is None:
+        return Recorded()
+    at, policy = cancel
+    before = [s for s in samples if s.at <= at]
+    if not before:
+        return Recorded(policy, at)
+    view = view_of(provider, before[-1].wire)
+    cost = batch_cost(pricing, provider, view.model, view.tokens)
+    return Recorded(policy, at, cost, projected_cost(cost, view.counts, 1))

@@ -658,6 +658,28 @@ class Store:
             rows = (await conn.execute(query.order_by(c.provider))).mappings().all()
         return [(_tracked(row), row["next_poll_at"]) for row in rows]
 
+    async def history(
+        self, since: datetime
+    ) -> tuple[list[Tracked], dict[tuple[str, str], list[dict[str, Any]]], dict[Any, Any]]:
+        """What ``replay`` judges again: the batches sampled since ``since``, their
+        samples in time order, and each one's first ``cancel_requested`` (time, policy)."""
+        s, e, c = batch_samples.c, batch_events.c, batches.c
+        sampled = select(s.provider, s.batch_id, s.at, *(s[name] for name in SAMPLED))
+        seen = select(s.id).where(s.provider == c.provider, s.batch_id == c.batch_id, s.at >= since)
+        cancels = select(e.provider, e.batch_id, e.at, e.policy).where(
+            e.kind == Kind.CANCEL_REQUESTED, e.at >= since
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(*CLAIMED).where(seen.exists()))).mappings().all()
+            found: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            query = sampled.where(s.at >= since).order_by(s.provider, s.batch_id, s.at, s.id)
+            for row in (await conn.execute(query)).mappings():
+                found.setdefault((row["provider"], row["batch_id"]), []).append(dict(row))
+            first: dict[Any, Any] = {}
+            for provider, batch_id, at, policy in await conn.execute(cancels.order_by(e.id)):
+                first.setdefault((provider, batch_id), (at, policy))
+        return [_tracked(row) for row in rows], found, first
+
     async def list_batches(self, status: str | None = None) -> list[dict[str, Any]]:
         query = select(batches).order_by(
             batches.c.tracked_at, batches.c.provider, batches.c.batch_id
