@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -307,3 +308,42 @@ async def test_retention_prunes_old_routine_events_in_bounded_batches(store: Sto
     assert left == [("counts_changed", new), ("cancel_requested", old)]
     keep_all = RetentionSettings(events={"counts_changed": None})
     assert await prune(store, keep_all, NOW + timedelta(days=30)) == {}
+
+
+async def test_samples_thin_with_age_and_are_dropped_at_last(store: Store) -> None:
+    """A poll's sample is written with its row; after thin_after a batch keeps one
+    sample per step (and every status change), after drop_after none."""
+    from sqlalchemy import select
+
+    from watchdog.retention import prune
+    from watchdog.settings import RetentionSettings
+    from watchdog.tables import batch_samples
+
+    await store.track("p", "b1", {}, NOW)
+    minutes = [NOW - timedelta(days=10, minutes=m) for m in range(120, 0, -10)]  # 12 polls
+    for i, at in enumerate(minutes):
+        status = "in_progress" if i != 3 else "finalizing"  # a status change, and back
+        change = Change("p", "b1", wire=wire("b1", status), last_polled_at=at)
+        await store.apply([change], [])
+    ancient = Change(
+        "p", "b1", wire=wire("b1", "in_progress"), last_polled_at=NOW - timedelta(days=100)
+    )
+    recent = Change("p", "b1", wire=wire("b1", "in_progress"), last_polled_at=NOW)
+    await store.apply([ancient, recent], [])
+
+    async def left() -> list[tuple[Any, str]]:
+        query = select(batch_samples.c.at, batch_samples.c.status).order_by(batch_samples.c.at)
+        async with store.engine.connect() as conn:
+            return [tuple(r) for r in await conn.execute(query)]
+
+    assert len(await left()) == 14
+    await prune(store, RetentionSettings(), NOW)
+    kept = await left()
+    assert (NOW - timedelta(days=100), "in_progress") not in kept and kept[-1] == (
+        NOW,
+        "in_progress",
+    )
+    old = [(at, status) for at, status in kept if at < NOW]
+    hours = {at.replace(minute=0, second=0, microsecond=0) for at, _ in old}
+    # One per hour, plus the status change to finalizing and the return from it.
+    assert len(old) == len(hours) + 2 and ("finalizing" in {s for _, s in old})
