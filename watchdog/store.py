@@ -43,7 +43,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from watchdog.events import Event, Kind
 from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
 from watchdog.rows import Change, Tracked
-from watchdog.tables import NOT_FINISHED, batch_events, batch_samples, batches, state
+from watchdog.tables import (
+    COUNTS_AND_TOKENS,
+    NOT_FINISHED,
+    batch_events,
+    batch_samples,
+    batches,
+    state,
+)
 
 TIMESTAMPS = (
     "created_at",
@@ -260,16 +267,7 @@ def wire_columns(batch: BatchObject) -> dict[str, Any]:
     return values
 
 
-SAMPLED = (
-    "status",
-    "request_total",
-    "request_completed",
-    "request_failed",
-    "input_tokens",
-    "cached_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-)
+SAMPLED = ("status", *COUNTS_AND_TOKENS)
 
 
 def _sample(change: Change) -> dict[str, Any] | None:
@@ -307,13 +305,7 @@ CLAIMED = tuple(
         "metadata",
         "created_at",
         "expires_at",
-        "request_total",
-        "request_completed",
-        "request_failed",
-        "input_tokens",
-        "cached_tokens",
-        "output_tokens",
-        "reasoning_tokens",
+        *COUNTS_AND_TOKENS,
         "cost_usd",
         "matched_policy",
         "poll_failures",

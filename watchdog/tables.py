@@ -100,6 +100,26 @@ NOT_FINISHED = text(  # parenthesised: it is and-ed into queries as it stands
 )
 TOKEN = BigInteger
 
+COUNTS_AND_TOKENS = (
+    "request_total",
+    "request_completed",
+    "request_failed",
+    "input_tokens",
+    "cached_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+)
+
+
+def counts_and_tokens() -> list[Column[int]]:
+    """The request counts and usage tokens, as ``batches`` and ``batch_samples`` keep
+    them (fresh columns for each table)."""
+    kinds = {
+        name: BigInteger if name.startswith("request") else TOKEN for name in COUNTS_AND_TOKENS
+    }
+    return [Column(name, kind) for name, kind in kinds.items()]
+
+
 batches = Table(
     "batches",
     metadata,
@@ -122,13 +142,7 @@ batches = Table(
     Column("output_file_id", String(128)),
     Column("error_file_id", String(128)),
     Column("errors", JSON),
-    Column("request_total", BigInteger),
-    Column("request_completed", BigInteger),
-    Column("request_failed", BigInteger),
-    Column("input_tokens", TOKEN),
-    Column("cached_tokens", TOKEN),
-    Column("output_tokens", TOKEN),
-    Column("reasoning_tokens", TOKEN),
+    *counts_and_tokens(),
     # Derived.
     Column("cost_usd", Money),
     Column("matched_policy", String(64)),
@@ -194,13 +208,7 @@ batch_samples = Table(
     Column("provider", String(64), nullable=False),
     Column("batch_id", String(128), nullable=False),
     Column("status", String(64)),
-    Column("request_total", BigInteger),
-    Column("request_completed", BigInteger),
-    Column("request_failed", BigInteger),
-    Column("input_tokens", TOKEN),
-    Column("cached_tokens", TOKEN),
-    Column("output_tokens", TOKEN),
-    Column("reasoning_tokens", TOKEN),
+    *counts_and_tokens(),
     Index(None, "provider", "batch_id", "at"),
     Index(None, "at"),
 )
