@@ -43,6 +43,18 @@ class Metrics:
             ["provider", "policy"],
             registry=r,
         )
+        self.cancels_stuck = Counter(
+            "watchdog_cancels_stuck",
+            "Batches not ended long after a cancel (cancel_stuck events).",
+            ["provider", "policy"],
+            registry=r,
+        )
+        self.saved = Counter(
+            "watchdog_saved_usd",
+            "Money cancels saved: the projection at the cancel less the final cost.",
+            ["provider", "policy"],
+            registry=r,
+        )
         self.tracked = Gauge(
             "watchdog_tracked_batches",
             "Tracked batches by status.",
@@ -104,6 +116,10 @@ class Metrics:
             self.cancels.labels(*labels, str(detail.get("outcome", "failed"))).inc()
         elif event.kind == Kind.CANCEL_ABANDONED:
             self.cancels_abandoned.labels(*labels).inc()
+        elif event.kind == Kind.CANCEL_STUCK:
+            self.cancels_stuck.labels(*labels).inc()
+        elif event.kind == Kind.CANCEL_SETTLED and isinstance(detail.get("saved_usd"), int | float):
+            self.saved.labels(*labels).inc(max(float(detail["saved_usd"]), 0.0))
 
     def set_tracked(self, rows: Iterable[tuple[str, str | None, int, Decimal | None]]) -> None:
         """(provider, status, count, cost) rows replace the gauges' previous values."""
