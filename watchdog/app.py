@@ -322,6 +322,17 @@ async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str
     }
 
 
+async def report(settings: Settings, since: datetime, by: str) -> dict[str, Any]:
+    """Spend, batches, cancels and savings per day and group (read-only)."""
+    from watchdog.report import Report
+
+    built = Report(by)
+    async with open_store(settings) as store:
+        async for row in store.report_rows(since):
+            built.add(row)
+    return {"since": since.isoformat()} | built.as_dict()
+
+
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:
     async with open_store(settings) as store:
         return await store.list_batches(status)

@@ -80,6 +80,13 @@ def build_parser() -> Parser:
     unexempt = sub.add_parser("unexempt", parents=[common], help="lift a silence")
     unexempt.add_argument("batch_id", metavar="ID")
     unexempt.add_argument("--provider", metavar="NAME")
+    report = sub.add_parser("report", parents=[common], help="spend and savings per group and day")
+    report.add_argument("--since", type=_when, metavar="WHEN", help="7d (ago, default) or a time")
+    groups = "provider, model, policy or metadata.KEY"
+    report.add_argument("--by", type=_by, default="provider", metavar="GROUP", help=groups)
+    shape = report.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true")
+    shape.add_argument("--csv", action="store_true")
     replay = sub.add_parser(
         "replay", parents=[common], help="judge recorded history again with this config"
     )
@@ -501,6 +508,49 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _by(text: str) -> str:
+    from watchdog.report import check_by
+
+    try:
+        return check_by(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--by {text!r}: ")) from None
+
+
+def _spend_report(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog import app
+
+    since = args.since or datetime.now(UTC) - timedelta(days=7)
+    found = asyncio.run(app.report(settings, since, args.by))
+    if args.json:
+        print(dump(found))
+    elif args.csv:
+        write_csv(found)
+    else:
+        print(report_table(found))
+    return EX_OK
+
+
+def write_csv(found: dict[str, Any]) -> None:
+    import csv
+
+    fields = ["day", "group", "batches", "spend_usd", "unknown_cost", "cancels", "saved_usd"]
+    out = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+    out.writeheader()
+    out.writerows([*found["rows"], found["totals"]])
+
+
+def report_table(found: dict[str, Any]) -> str:
+    def cells(r: dict[str, Any]) -> list[str]:
+        unknown = f" (+{r['unknown_cost']} unknown)" if r["unknown_cost"] else ""
+        spend, saved = f"${r['spend_usd']:,.4f}{unknown}", f"${r['saved_usd']:,.4f}"
+        return [r["day"], printable(r["group"]), str(r["batches"]), spend, str(r["cancels"]), saved]
+
+    header = ["DAY", found["by"].upper(), "BATCHES", "SPEND", "CANCELS", "SAVED"]
+    rows = [cells(r) for r in found["rows"]]
+    return table([*rows, cells(found["totals"])], header) if rows else "no batches in the window"
+
+
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
 
@@ -576,6 +626,7 @@ HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "budgets": _budgets,
     "explain": _explain,
     "replay": _replay,
+    "report": _spend_report,
 }
 
 

@@ -672,6 +672,17 @@ class Store:
                 first.setdefault((provider, batch_id), (at, policy))
         return [_tracked(row) for row in rows], found, first
 
+    async def report_rows(self, since: datetime) -> AsyncIterator[dict[str, Any]]:
+        """The batches created since ``since``, with what a spend report needs (through
+        the created_at index; streamed)."""
+        c = batches.c
+        names = "provider model metadata created_at cost_usd cancel_policy matched_policy"
+        names += " cancel_outcome cancel_projected_usd"
+        query = select(*(c[n] for n in names.split())).where(c.created_at >= since)
+        async with self.engine.connect() as conn:
+            async for row in await conn.stream(query.execution_options(yield_per=1000)):
+                yield dict(row._mapping)
+
     async def list_batches(self, status: str | None = None) -> list[dict[str, Any]]:
         query = select(batches).order_by(
             batches.c.tracked_at, batches.c.provider, batches.c.batch_id
