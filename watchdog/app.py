@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from watchdog import logs, safety
-from watchdog.budgets import Assessment, assess, spending_of
+from watchdog.budgets import Assessment
 from watchdog.engine import Engine, TickSummary, utcnow
 from watchdog.explain import explained
 from watchdog.metrics import Metrics
@@ -25,7 +25,7 @@ from watchdog.providers import ProviderClient
 from watchdog.record import log_event
 from watchdog.replay import Sample, compare, fresh, judge, recorded, totals, wire_of
 from watchdog.rows import Tracked
-from watchdog.service import Service
+from watchdog.service import Service, assess_budgets
 from watchdog.settings import Settings
 from watchdog.store import (
     AlreadyRunning,
@@ -174,6 +174,9 @@ async def run(
 ) -> TickSummary | None:
     """The daemon: one tick with ``once``, else a service until SIGTERM or SIGINT."""
     metrics = Metrics()
+    token = settings.http.read_token(os.environ)  # read before anything starts: 78 if missing
+    if token is not None and redact is not None:
+        redact.add(token.get_secret_value())
     async with open_daemon(settings, dry_run=dry_run, metrics=metrics, redact=redact) as daemon:
         _announce(daemon, config)
         if once:
@@ -185,6 +188,7 @@ async def run(
             metrics=metrics,
             config=config,
             make_rules=lambda fresh: rules_of(fresh, dry_run=dry_run),
+            page_token=None if token is None else token.get_secret_value(),
         )
         await service.run()
         log.info("daemon_stopped")
@@ -197,6 +201,7 @@ def check_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     environ = os.environ if environ is None else environ
     for name, provider in settings.providers.items():
         provider.read_key(name, environ)
+    settings.http.read_token(environ)
 
 
 async def migrate(settings: Settings) -> tuple[str | None, str | None]:
@@ -260,12 +265,8 @@ async def resume(settings: Settings) -> bool:
 
 async def budgets(settings: Settings, now: datetime) -> list[Assessment]:
     """Every budget group as the daemon would assess it now (read-only)."""
-    if not settings.budgets:
-        return []
     async with open_store(settings) as store:
-        rows = await store.spending(min(b.start(now) for b in settings.budgets))
-    exempt = settings.safety.exempt_metadata
-    return assess(settings.budgets, [spending_of(t, exempt, now) for t in rows], now)
+        return await assess_budgets(store, settings, now)
 
 
 async def explain(

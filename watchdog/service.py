@@ -6,22 +6,27 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
 
 from watchdog import safety
+from watchdog.budgets import Assessment, assess, spending_of
 from watchdog.engine import Engine, Rules, TickSummary
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
+from watchdog.models import TERMINAL
+from watchdog.page import Status, render
 from watchdog.retention import prune
 from watchdog.scheduler import TickLoop, utcnow
 from watchdog.settings import ConfigError, ProviderSettings, Settings, load_settings
-from watchdog.store import Store
+from watchdog.store import EventFilter, Store
 from watchdog.systemd import Notifier
 
 log = structlog.get_logger("watchdog.service")
 FAILED_TICKS_NOT_READY = 3
+PAGE_BATCHES, PAGE_EVENTS = 500, 25  # what the status page shows at most
 
 
 def status_line(summary: TickSummary | None) -> str:
@@ -46,6 +51,7 @@ class Service:
         config: Path | None,
         make_rules: Callable[[Settings], Rules],
         notifier: Notifier | None = None,
+        page_token: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -65,7 +71,13 @@ class Service:
         )
         engine.on_progress = self.ticks.beat
         self.health = HealthServer(
-            alive=self.ticks.alive, ready=self._ready, metrics=metrics, refresh=self._refresh
+            alive=self.ticks.alive,
+            ready=self._ready,
+            metrics=metrics,
+            refresh=self._refresh,
+            page=self._page,
+            token=page_token,
+            guarded=not settings.http.loopback,
         )
 
     async def run(self) -> None:
@@ -135,6 +147,36 @@ class Service:
             return True, ""
         return True, f"safety tripped at {tripped['tripped_at']}: alert-only until resume"
 
+    async def _page(self) -> str:
+        """The status page, from the database as it is now."""
+        now, store = self.engine.clock(), self.store
+        rows = await store.list_batches()
+        # The running ones first, newest first; a page, not an export.
+        rows.sort(key=lambda r: (r["status"] in TERMINAL, -_stamp(r["tracked_at"])))
+        wanted = EventFilter(limit=PAGE_EVENTS)
+        events = [e async for e in store.stream_events(wanted)][::-1]
+        by_day: dict[str, dict[str, float]] = {}
+        saved = 0.0
+        async for row in store.report_rows(now - timedelta(days=14)):
+            day = row["created_at"].date().isoformat()
+            spent = by_day.setdefault(day, {})
+            cost = float(row["cost_usd"] or 0)
+            spent[row["provider"]] = spent.get(row["provider"], 0.0) + cost
+            if row["cancel_outcome"] == "succeeded" and row["cancel_projected_usd"] is not None:
+                saved += max(float(row["cancel_projected_usd"]) - cost, 0.0)
+        status = Status(
+            now=now,
+            batches=rows[:PAGE_BATCHES],
+            events=events,
+            budgets=[a.summary() for a in await assess_budgets(store, self.settings, now)],
+            spend_by_day=by_day,
+            saved_usd=saved,
+            providers={n: c.breaker.available for n, c in self.engine.clients.items()},
+            safety_tripped=await safety.status(store) is not None,
+            dry_run=self.engine.rules.dry_run,
+        )
+        return render(status)
+
     async def _refresh(self) -> None:
         self.metrics.set_tracked(await self.store.stats())
 
@@ -165,3 +207,16 @@ class Service:
 def _clients(settings: Settings) -> dict[str, ProviderSettings]:
     """What the providers' clients were built from (discovery is reloaded with the rules)."""
     return {name: p.model_copy(update={"discover": None}) for name, p in settings.providers.items()}
+
+
+async def assess_budgets(store: Store, settings: Settings, now: datetime) -> list[Assessment]:
+    """Every budget group of ``settings`` over the database as it is now (read-only)."""
+    if not settings.budgets:
+        return []
+    rows = await store.spending(min(b.start(now) for b in settings.budgets))
+    exempt = settings.safety.exempt_metadata
+    return assess(settings.budgets, [spending_of(t, exempt, now) for t in rows], now)
+
+
+def _stamp(when: datetime | None) -> float:
+    return when.timestamp() if when is not None else 0.0

@@ -132,6 +132,31 @@ class HttpSettings(_Strict):
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="loopback unless you mean otherwise")
     port: int = Field(default=9464, ge=0, le=65535, description="0: any free port (tests)")
+    token_env: str | None = Field(
+        default=None, description="environment variable with the status page's token"
+    )
+    token_file: Path | None = Field(default=None, description="or a file holding it")
+
+    @property
+    def loopback(self) -> bool:
+        return _loopback(self.host)
+
+    def read_token(self, environ: Mapping[str, str]) -> SecretStr | None:
+        """The status page's token, or None when none is configured; ConfigError when
+        it is configured but missing."""
+        if self.token_env:
+            value = environ.get(self.token_env, "").strip()
+            if not value:
+                raise ConfigError(f"http: environment variable {self.token_env} is not set")
+            return SecretStr(value)
+        if self.token_file:
+            try:
+                return SecretStr(self.token_file.read_text().strip())
+            except OSError as exc:
+                raise ConfigError(
+                    f"http: cannot read token_file {self.token_file}: {exc.strerror}"
+                ) from None
+        return None
 
 
 class SafetySettings(_Strict):

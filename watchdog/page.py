@@ -1,0 +1,208 @@
+"""The status page (``GET /``): what the daemon guards, spent and saved, at a glance.
+Server-rendered HTML with its CSS inline and its chart as inline SVG — no script, no
+build step, nothing fetched from elsewhere. Everything shown is escaped. Pure."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from html import escape
+from typing import Any
+
+REFRESH_S = 15
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f8fa}
+header{background:#1b1f24;color:#fff;padding:12px 16px;display:flex;flex-wrap:wrap;gap:8px 16px;
+align-items:center}header h1{font-size:18px;margin:0}main{padding:12px 16px;max-width:1200px}
+.chip{border-radius:10px;padding:2px 8px;font-size:12px;background:#2d333b}.bad{background:#b62324}
+.ok{background:#1a7f37}.warn{background:#9a6700}section{background:#fff;border:1px solid #d0d7de;
+border-radius:6px;margin:12px 0;padding:8px 12px;overflow-x:auto}h2{font-size:15px;margin:4px 0 8px}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 8px;
+border-bottom:1px solid #eaeef2;white-space:nowrap}td.wrap{white-space:normal;word-break:break-all}
+.bar{background:#eaeef2;border-radius:3px;height:8px;min-width:80px;position:relative}
+.bar span{display:block;height:8px;border-radius:3px;background:#0969da}
+.bar span.over{background:#b62324}.tiles{display:flex;flex-wrap:wrap;gap:12px}
+.tile{flex:1 1 140px}.tile b{display:block;font-size:20px}svg text{font-size:10px;fill:#57606a}
+@media (max-width:600px){main{padding:8px}th,td{padding:3px 4px}}
+"""
+COLOURS = ("#0969da", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a")
+
+
+@dataclass
+class Status:
+    """Everything the page shows, gathered by the service."""
+
+    now: datetime
+    batches: Sequence[Mapping[str, Any]] = ()
+    events: Sequence[Mapping[str, Any]] = ()
+    budgets: Sequence[Mapping[str, Any]] = ()
+    spend_by_day: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    saved_usd: float = 0.0
+    providers: Mapping[str, bool] = field(default_factory=dict)
+    safety_tripped: bool = False
+    dry_run: bool = False
+
+
+def render(s: Status) -> str:
+    """The whole page."""
+    return "".join(
+        [
+            "<!doctype html><html lang=en><head><meta charset=utf-8>",
+            '<meta name=viewport content="width=device-width,initial-scale=1">',
+            f'<meta http-equiv=refresh content="{REFRESH_S}">',
+            f"<title>batch-watchdog</title><style>{CSS}</style></head><body>",
+            _header(s),
+            "<main>",
+            _totals(s),
+            _budgets(s.budgets),
+            _chart(s.spend_by_day),
+            _batches(s.batches, s.now),
+            _events(s.events),
+            "</main></body></html>",
+        ]
+    )
+
+
+def _e(value: Any) -> str:
+    return escape("-" if value is None else str(value), quote=True)
+
+
+def _header(s: Status) -> str:
+    chips = [
+        '<span class="chip bad">safety tripped: alert-only</span>'
+        if s.safety_tripped
+        else '<span class="chip ok">safety ok</span>',
+        '<span class="chip warn">dry run</span>' if s.dry_run else "",
+    ]
+    for name, up in sorted(s.providers.items()):
+        kind = "ok" if up else "bad"
+        chips.append(
+            f'<span class="chip {kind}">{_e(name)}: {"up" if up else "unavailable"}</span>'
+        )
+    when = _e(s.now.isoformat(timespec="seconds"))
+    return f"<header><h1>batch-watchdog</h1>{''.join(chips)}<span>{when}</span></header>"
+
+
+def _totals(s: Status) -> str:
+    known = [b["cost_usd"] for b in s.batches if b.get("cost_usd") is not None]
+    running = sum(1 for b in s.batches if b.get("status") not in _FINISHED)
+    tiles = [
+        ("tracked", str(len(s.batches))),
+        ("running", str(running)),
+        ("known spend", _money(sum(float(c) for c in known))),
+        ("unknown cost", str(len(s.batches) - len(known))),
+        ("saved by cancels", _money(s.saved_usd)),
+    ]
+    cells = "".join(f'<div class="tile">{_e(k)}<b>{_e(v)}</b></div>' for k, v in tiles)
+    return f'<section><div class="tiles">{cells}</div></section>'
+
+
+_FINISHED = ("completed", "failed", "expired", "cancelled")
+
+
+def _bar(fraction: float, over: bool = False) -> str:
+    width = max(0.0, min(fraction, 1.0)) * 100
+    kind = "over" if over else ""
+    return f'<div class="bar"><span class="{kind}" style="width:{width:.0f}%"></span></div>'
+
+
+def _budgets(budgets: Sequence[Mapping[str, Any]]) -> str:
+    if not budgets:
+        return ""
+    rows = []
+    for b in budgets:
+        limit = b["limit_usd"] or 1
+        group = ", ".join(f"{k}={v}" for k, v in b["group"].items()) or "all"
+        rows.append(
+            f"<tr><td>{_e(b['budget'])}</td><td>{_e(group)}</td><td>{_e(_money(b['spend_usd']))}</td>"
+            f"<td>{_e(_money(b['committed_usd']))} of {_e(_money(b['limit_usd']))}"
+            f"{_bar(b['committed_usd'] / limit, b['state'] == 'over')}</td>"
+            f"<td>{_e(b['state'])}</td></tr>"
+        )
+    head = "<tr><th>budget</th><th>group</th><th>spend</th><th>committed</th><th>state</th></tr>"
+    return f"<section><h2>Budgets</h2><table>{head}{''.join(rows)}</table></section>"
+
+
+def _chart(by_day: Mapping[str, Mapping[str, float]]) -> str:
+    """Spend per day, stacked by provider, as an inline SVG bar chart."""
+    days = sorted(by_day)[-14:]
+    if not days:
+        return "<section><h2>Spend per day</h2><p>no spend recorded yet</p></section>"
+    providers = sorted({p for d in days for p in by_day[d]})
+    top = max(sum(by_day[d].values()) for d in days) or 1.0
+    width, height, step = 40 * len(days) + 40, 160, 40
+    parts = [
+        f'<svg role="img" aria-label="spend per day" viewBox="0 0 {width} {height + 30}" '
+        f'width="100%" height="{height + 30}">'
+    ]
+    for i, day in enumerate(days):
+        y = float(height)
+        for j, provider in enumerate(providers):
+            h = by_day[day].get(provider, 0.0) / top * (height - 10)
+            y -= h
+            colour = COLOURS[j % len(COLOURS)]
+            title = f"{day} {provider}: {_money(by_day[day].get(provider, 0.0))}"
+            parts.append(
+                f'<rect x="{30 + i * step}" y="{y:.1f}" width="28" height="{h:.1f}" '
+                f'fill="{colour}"><title>{_e(title)}</title></rect>'
+            )
+        parts.append(f'<text x="{30 + i * step}" y="{height + 14}">{_e(day[5:])}</text>')
+    parts.append(f'<text x="0" y="10">{_e(_money(top))}</text></svg>')
+    legend = " ".join(
+        f'<span style="color:{COLOURS[j % len(COLOURS)]}">&#9632;</span> {_e(p)}'
+        for j, p in enumerate(providers)
+    )
+    return f"<section><h2>Spend per day</h2>{''.join(parts)}<div>{legend}</div></section>"
+
+
+def _batches(batches: Sequence[Mapping[str, Any]], now: datetime) -> str:
+    rows = []
+    for b in batches:
+        total = b.get("request_total") or 0
+        done = (b.get("request_completed") or 0) + (b.get("request_failed") or 0)
+        progress = _bar(done / total) if total else "-"
+        cost = "unknown" if b.get("cost_usd") is None else _money(float(b["cost_usd"]))
+        meta = json.dumps(b["metadata"], ensure_ascii=False) if b.get("metadata") else ""
+        rows.append(
+            "<tr>"
+            f"<td>{_e(b['batch_id'])}</td><td>{_e(b['provider'])}</td>"
+            f"<td>{_e(b.get('status') or 'not polled')}</td>"
+            f"<td>{_e(b.get('model'))}</td><td>{_e(cost)}</td><td>{progress} {done}/{total}</td>"
+            f"<td>{_e(_until(b.get('expires_at'), now))}</td>"
+            f"<td>{_e(b.get('cancel_policy') or b.get('matched_policy'))}</td>"
+            f"<td>{_e(b.get('exempt_reason') or '')}</td><td class=wrap>{_e(meta)}</td>"
+            "</tr>"
+        )
+    head = (
+        "<tr><th>batch</th><th>provider</th><th>status</th><th>model</th><th>cost</th>"
+        "<th>progress</th><th>expires in</th><th>policy</th><th>exempt</th><th>metadata</th></tr>"
+    )
+    body = "".join(rows) or '<tr><td colspan="10">no batches tracked</td></tr>'
+    return f"<section><h2>Batches</h2><table>{head}{body}</table></section>"
+
+
+def _events(events: Sequence[Mapping[str, Any]]) -> str:
+    rows = [
+        f"<tr><td>{_e(e['at'].isoformat(timespec='seconds'))}</td><td>{_e(e['kind'])}</td><td>{_e(e['batch_id'])}</td>"
+        f"<td>{_e(e['policy'])}</td>"
+        f"<td class=wrap>{_e(json.dumps(e['detail']) if e['detail'] else '')}</td></tr>"
+        for e in events
+    ]
+    head = "<tr><th>at</th><th>event</th><th>batch</th><th>policy</th><th>detail</th></tr>"
+    return f"<section><h2>Last events</h2><table>{head}{''.join(rows)}</table></section>"
+
+
+def _until(expires: datetime | None, now: datetime) -> str:
+    if expires is None:
+        return "-"
+    left = (expires - now).total_seconds()
+    if left <= 0:
+        return "expired"
+    hours, rest = divmod(int(left), 3600)
+    return f"{hours}h{rest // 60:02d}m"
+
+
+def _money(amount: float | None) -> str:
+    return "unknown" if amount is None else f"${amount:,.2f}"
