@@ -170,7 +170,7 @@ def _batches(batches: Sequence[Mapping[str, Any]], now: datetime) -> str:
             f"<td>{_e(b['batch_id'])}</td><td>{_e(b['provider'])}</td>"
             f"<td>{_e(b.get('status') or 'not polled')}</td>"
             f"<td>{_e(b.get('model'))}</td><td>{_e(cost)}</td><td>{progress} {done}/{total}</td>"
-            f"<td>{_e(_until(b.get('expires_at'), now))}</td>"
+            f"<td>{_e(_until(b.get('expires_at'), now, b.get('status')))}</td>"
             f"<td>{_e(b.get('cancel_policy') or b.get('matched_policy'))}</td>"
             f"<td>{_e(b.get('exempt_reason') or '')}</td><td class=wrap>{_e(meta)}</td>"
             "</tr>"
@@ -194,8 +194,8 @@ def _events(events: Sequence[Mapping[str, Any]]) -> str:
     return f"<section><h2>Last events</h2><table>{head}{''.join(rows)}</table></section>"
 
 
-def _until(expires: datetime | None, now: datetime) -> str:
-    if expires is None:
+def _until(expires: datetime | None, now: datetime, status: str | None) -> str:
+    if expires is None or status in _FINISHED:
         return "-"
     left = (expires - now).total_seconds()
     if left <= 0:

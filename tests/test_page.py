@@ -1,0 +1,145 @@
+"""The status page: served by a running daemon against the simulator, escaped (batch
+metadata holding markup is shown, never run), behind a token off loopback, and loaded
+in a real headless Chromium (no console error; a screenshot kept)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Sim
+from tests.daemons import Daemon, write_config
+from watchdog.health import HealthServer
+from watchdog.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+HOSTILE = {"note": "<script>alert(1)</script>", "x": '"><img src=x onerror=alert(1)>'}
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+async def running(tmp_path: Path, sim: Sim, clock: Any) -> tuple[Daemon, str]:
+    """A daemon that has polled the batches, and its status page's URL."""
+    clock.t = time.time()  # the daemon's clock: the batches were created today
+    sim.simulator.add("batch_hostile", model=LLAMA, metadata=HOSTILE, total=1000, rate=5)
+    sim.simulator.add("batch_plain", model=LLAMA, total=1000, rate=5, age=600)
+    extra = "budgets:\n  - {name: all-daily, limit_usd: 100, window: day}\n"
+    extra += "  - {name: tiny, limit_usd: 0.01, window: day}\n"
+    config = write_config(tmp_path / "w.yaml", db_url=f"sqlite+aiosqlite:///{tmp_path}/w.db",
+                          sim_url=sim.url, extra=extra)  # fmt: skip
+    daemon = await Daemon.start(config)
+    for batch_id in ("batch_hostile", "batch_plain"):
+        track = await Daemon.start(config, command="track", args=[batch_id, "--provider", "sim"])
+        assert await track.finish() == 0
+    await daemon.wait_for(lambda: sum(t.get("polled", 0) for t in daemon.ticks()) >= 1)
+    port = next(e["port"] for e in daemon.events if e.get("event") == "http_listening")
+    return daemon, f"http://127.0.0.1:{port}/"
+
+
+async def test_the_page_shows_everything_escaped(tmp_path: Path, sim: Sim, clock: Any) -> None:
+    daemon, url = await running(tmp_path, sim, clock)
+    try:
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            assert response.status == 200
+            html = await response.text()
+            csp = response.headers["Content-Security-Policy"]
+    finally:
+        await daemon.stop()
+    assert "batch_hostile" in html and "batch_plain" in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in html
+    assert "<script" not in html and "<img" not in html
+    assert "default-src 'none'" in csp
+    assert "<svg" in html and "Spend per day" in html and "tiny" in html
+
+
+def server(token: str | None, guarded: bool) -> HealthServer:
+    async def ready() -> tuple[bool, str]:
+        return True, ""
+
+    async def nothing() -> None:
+        return None
+
+    async def page() -> str:
+        return "<!doctype html><p>status</p>"
+
+    return HealthServer(alive=lambda now: True, ready=ready, metrics=Metrics(),
+                        refresh=nothing, page=page, token=token, guarded=guarded)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("token", "guarded", "headers", "query", "status"),
+    [
+        (None, False, {}, "", 200),  # loopback: open
+        ("s3cret-token", True, {}, "", 401),
+        ("s3cret-token", True, {"Authorization": "Bearer s3cret-token"}, "", 200),
+        ("s3cret-token", True, {}, "?token=s3cret-token", 200),
+        ("s3cret-token", True, {"Authorization": "Bearer wrong"}, "", 401),
+        (None, True, {}, "", 403),  # off loopback with no token configured: not served
+    ],
+)
+async def test_off_loopback_the_page_needs_the_token(
+    aiohttp_client: Any, token: str | None, guarded: bool, headers: dict[str, str], query: str,
+    status: int,
+) -> None:  # fmt: skip
+    client = await aiohttp_client(server(token, guarded).app())
+    response = await client.get("/" + query, headers=headers)
+    assert response.status == status
+    assert (await client.get("/healthz")).status == 200  # the probes stay open
+    assert (await client.get("/metrics")).status == 200
+
+
+def chromium() -> str:
+    """Debian's chromium (.ci/run installs it); under CI its absence fails."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
+        pytest.skip("chromium is not installed on this machine")
+    return path
+
+
+async def headless(browser: str, profile: Path, *args: str) -> tuple[int, str, str]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        browser, *flags, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return proc.returncode or 0, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+async def test_the_page_loads_in_a_real_browser(tmp_path: Path, sim: Sim, clock: Any) -> None:
+    """Chromium renders the page (the batches, the chart), reports no console error or
+    refused resource, and its screenshot is kept in test-output/."""
+    browser = chromium()
+    daemon, url = await running(tmp_path, sim, clock)
+    shot = ROOT / "test-output" / "status-page.png"
+    shot.parent.mkdir(exist_ok=True)
+    try:
+        code, dom, log = await headless(browser, tmp_path / "p1", "--dump-dom", url)
+        assert code == 0, log[-2000:]
+        code, _, shot_log = await headless(
+            browser, tmp_path / "p2", f"--screenshot={shot}", "--window-size=1280,1000", url
+        )
+        assert code == 0, shot_log[-2000:]
+        phone = shot.with_name("status-page-phone.png")
+        code, _, phone_log = await headless(
+            browser, tmp_path / "p3", f"--screenshot={phone}", "--window-size=390,844", url
+        )
+        assert code == 0, phone_log[-2000:]
+        shot_log += phone_log
+    finally:
+        await daemon.stop()
+    assert "batch_hostile" in dom and "<svg" in dom and "Last events" in dom
+    console = [line for line in (log + shot_log).splitlines() if "CONSOLE" in line]
+    assert not console, console
+    assert "Refused to" not in log + shot_log
+    assert shot.stat().st_size > 10_000
