@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import Sim
 from tests.daemons import Daemon, write_config
+from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
 
@@ -143,3 +144,15 @@ async def test_the_page_loads_in_a_real_browser(tmp_path: Path, sim: Sim, clock:
     assert not console, console
     assert "Refused to" not in log + shot_log
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run", "--once"]])
+async def test_a_configured_token_that_is_missing_is_a_config_error(
+    cli: Cli,  # noqa: F811
+    command: list[str],
+) -> None:
+    text = cli.config.read_text()
+    guarded = "http: {port: 0, host: 0.0.0.0, token_env: PAGE_TOKEN}"
+    cli.config.write_text(text.replace("http: {port: 0}", guarded))
+    result = await cli(*command, env={"PAGE_TOKEN": ""})
+    assert result.code == 78 and "http: environment variable PAGE_TOKEN is not set" in result.err

@@ -108,22 +108,26 @@ class ProviderSettings(_Strict):
 
     def read_key(self, name: str, environ: Mapping[str, str]) -> SecretStr | None:
         """The API key, or None when the provider needs none; ConfigError when it is missing."""
-        if self.api_key_env:
-            value = environ.get(self.api_key_env, "").strip()
-            if not value:
-                raise ConfigError(
-                    f"provider {name!r}: environment variable {self.api_key_env} is not set"
-                )
-            return SecretStr(value)
-        if self.api_key_file:
-            try:
-                return SecretStr(self.api_key_file.read_text().strip())
-            except OSError as exc:
-                raise ConfigError(
-                    f"provider {name!r}: cannot read api_key_file {self.api_key_file}: "
-                    f"{exc.strerror}"
-                ) from None
-        return None
+        where = f"provider {name!r}"
+        return read_secret(where, "api_key_file", self.api_key_env, self.api_key_file, environ)
+
+
+def read_secret(
+    where: str, file_key: str, env: str | None, path: Path | None, environ: Mapping[str, str]
+) -> SecretStr | None:
+    """A secret from its environment variable or its file; None when neither is set,
+    ConfigError (naming ``where``, never the value) when the one set is missing."""
+    if env:
+        value = environ.get(env, "").strip()
+        if not value:
+            raise ConfigError(f"{where}: environment variable {env} is not set")
+        return SecretStr(value)
+    if path:
+        try:
+            return SecretStr(path.read_text().strip())
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read {file_key} {path}: {exc.strerror}") from None
+    return None
 
 
 class HttpSettings(_Strict):
@@ -144,19 +148,7 @@ class HttpSettings(_Strict):
     def read_token(self, environ: Mapping[str, str]) -> SecretStr | None:
         """The status page's token, or None when none is configured; ConfigError when
         it is configured but missing."""
-        if self.token_env:
-            value = environ.get(self.token_env, "").strip()
-            if not value:
-                raise ConfigError(f"http: environment variable {self.token_env} is not set")
-            return SecretStr(value)
-        if self.token_file:
-            try:
-                return SecretStr(self.token_file.read_text().strip())
-            except OSError as exc:
-                raise ConfigError(
-                    f"http: cannot read token_file {self.token_file}: {exc.strerror}"
-                ) from None
-        return None
+        return read_secret("http", "token_file", self.token_env, self.token_file, environ)
 
 
 class SafetySettings(_Strict):
