@@ -14,7 +14,7 @@ import pytest
 PACKAGE = Path(__file__).parent.parent / "watchdog"
 # Pure: no clock, no network, no database, no logging; judged from tables of values.
 PURE = {"models", "pricing", "policies", "decisions", "durations", "events", "rows", "errors"}
-PURE |= {"observe", "cancels", "budgets", "replay", "explain", "report", "page"}
+PURE |= {"observe", "cancels", "budgets", "replay", "explain", "report", "page", "dialects"}
 IO_LIBRARIES = {
     "aiohttp",
     "sqlalchemy",

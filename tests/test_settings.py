@@ -172,9 +172,11 @@ BAD = [
         "pricing[0].provider: unknown provider 'nope'",
     ),
     ("providers:\n  p: {base_url: ftp://x}\n", "providers.p.base_url"),
+    ("?\n", "a setting's name must be text, not None"),  # a hypothesis find
+    ("providers:\n  p: {base_url: https://x, api: gemini}\n", "providers.p.api: must be 'openai'"),
     (
         "providers:\n  p: {base_url: https://x, api_kye_env: K}\n",
-        "providers.p.api_kye_env: unknown key; valid keys: allow_insecure_http, api_key_env",
+        "providers.p.api_kye_env: unknown key; valid keys: allow_insecure_http, api, api_key_env",
     ),
     (
         "policies:\n  - {when: {age_above: 1h}, action: cancel}\n",

@@ -84,6 +84,8 @@ async def open_clients(
                 timeout=provider.timeout.total_seconds(),
                 max_retries=provider.max_retries,
                 concurrency=provider.concurrency,
+                api=provider.api,
+                api_version=provider.api_version,
             )
             clients[name] = await stack.enter_async_context(client)
         yield clients

@@ -106,6 +106,7 @@ def build_parser() -> Parser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
     sim.add_argument("--scenario", choices=["empty", "demo"], default="demo")
+    sim.add_argument("--api", choices=["openai", "azure", "groq", "mistral"], default="openai")
     demo = sub.add_parser("demo", parents=[common], help="simulator + daemon, end to end")
     demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS")
     return parser
@@ -295,6 +296,21 @@ def _line(cells: list[str], widths: list[int]) -> str:
     return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
+def _cannot_judge(name: str, api: str, settings: Settings) -> list[str]:
+    """What this provider's policies can never hold on, and why (its kind's limits)."""
+    from watchdog.dialects import KINDS
+
+    cannot = KINDS[api].cannot()
+    found = []
+    for policy in settings.policies:
+        if policy.match.provider not in (None, name):
+            continue
+        for condition, why in cannot.items():
+            if getattr(policy.when, condition) is not None:
+                found.append(f"{policy.name}: {condition} never holds on {name}: {why}")
+    return found
+
+
 def _discovery(discover: Discovery) -> str:
     """What discovery takes in, in words."""
     scope = [f"model={discover.match.model}"] if discover.match.model else []
@@ -333,7 +349,8 @@ def show_config(settings: Settings, path: str) -> str:
             key = f"key from ${p.api_key_env}"
         elif p.api_key_file:
             key = f"key from {p.api_key_file}"
-        lines.append(f"  {name}: {p.base_url} ({key})")
+        lines.append(f"  {name}: {p.base_url} ({key}; api: {p.api})")
+        lines += [f"    {line}" for line in _cannot_judge(name, p.api, settings)]
         if p.discover is not None:
             lines.append(f"    discovers: {_discovery(p.discover)}")
     lines.append(f"pricing ({len(settings.pricing)}, USD per 1M tokens, first match wins):")
@@ -369,7 +386,7 @@ def command(args: argparse.Namespace) -> int:
     if args.command == "simulate":
         from watchdog.demo import serve_simulator
 
-        asyncio.run(serve_simulator(args.host, args.port, args.scenario))
+        asyncio.run(serve_simulator(args.host, args.port, args.scenario, args.api))
         return EX_OK
     if args.command == "demo":
         from watchdog.demo import run_demo

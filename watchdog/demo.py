@@ -91,13 +91,13 @@ async def _start(sim: Simulator, host: str, port: int) -> tuple[web.AppRunner, s
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1]
-    return runner, f"http://{host}:{bound}/v1"
+    return runner, f"http://{host}:{bound}{sim.base_path}"
 
 
-async def serve_simulator(host: str, port: int, scenario: str) -> None:
-    """Serve until SIGINT or SIGTERM."""
+async def serve_simulator(host: str, port: int, scenario: str, api: str = "openai") -> None:
+    """Serve until SIGINT or SIGTERM, in the dialect of the ``api`` kind."""
     logs.configure()
-    sim = Simulator()
+    sim = Simulator(api=api)
     ids = demo_scenario(sim) if scenario == "demo" else []
     runner, url = await _start(sim, host, port)
     log.info("simulator_listening", base_url=url, batches=ids)

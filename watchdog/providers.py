@@ -1,25 +1,24 @@
-"""The OpenAI-compatible Batch API adapter (get, cancel, list) over the HTTP base: the
-only place that knows its paths, its answers' shapes and its "already finished"
-answer to a cancel. Keys never leave here and the HTTP base."""
+"""The Batch API adapter (get, cancel, list) over the HTTP base, in the dialect of the
+provider's ``api`` kind (``dialects``): the only place that sends its paths, headers
+and parameters and reads its answers and its "already finished" answer to a cancel.
+Keys never leave here and the HTTP base."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from watchdog.breaker import Breaker
+from watchdog.dialects import AZURE_API_VERSION, KINDS, inward, inward_page
 from watchdog.errors import CancelRefused, PermanentError
 from watchdog.http import HttpClient
 from watchdog.models import BatchObject, BatchPage, read_page, validate_batch_id
 
 Model = TypeVar("Model", bound=BaseModel)
-
-
-def _bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class ProviderClient:
@@ -36,13 +35,20 @@ class ProviderClient:
         concurrency: int = 16,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         breaker: Breaker | None = None,
+        api: str = "openai",
+        api_version: str | None = None,
     ) -> None:
         self.name = name
+        self.kind = KINDS[api]
         self.base_url = base_url.rstrip("/")
+        # Azure wants its api-version on every call.
+        version = api_version or AZURE_API_VERSION
+        self.params = {"api-version": version} if self.kind.version_param else {}
+        self._pages: dict[str, int] = {}  # page-numbered lists: last id seen -> next page
         key = api_key.get_secret_value() if api_key is not None else ""
         self.http = HttpClient(
             name,
-            headers={"Accept": "application/json"} | _bearer(key),
+            headers={"Accept": "application/json"} | self.kind.headers(key),
             secrets=[key],
             timeout=timeout,
             max_retries=max_retries,
@@ -78,7 +84,7 @@ class ProviderClient:
 
     async def get(self, batch_id: str) -> BatchObject:
         """``GET /batches/{id}``."""
-        body = await self.http.request("GET", self._batch_url(batch_id))
+        body = await self.http.request("GET", self._batch_url(batch_id), params=self.params)
         return self._batch(body, batch_id)
 
     async def cancel(self, batch_id: str) -> BatchObject:
@@ -87,7 +93,7 @@ class ProviderClient:
         answer was lost is settled from the batch's state on the next poll instead."""
         try:
             url = self._batch_url(batch_id) + "/cancel"
-            body = await self.http.request("POST", url, idempotent=False)
+            body = await self.http.request("POST", url, idempotent=False, params=self.params)
         except PermanentError as exc:
             if exc.status in (400, 409):
                 raise CancelRefused(str(exc), status=exc.status) from None
@@ -95,18 +101,45 @@ class ProviderClient:
         return self._batch(body, batch_id)
 
     async def list(self, *, limit: int = 100, after: str | None = None) -> BatchPage:
-        """One page of ``GET /batches`` (newest first, cursor = last id)."""
-        params = {"limit": str(max(1, min(limit, 100)))}
-        if after is not None:
-            params["after"] = validate_batch_id(after)
-        body = await self.http.request("GET", f"{self.base_url}/batches", params=params)
-        return self._parse(read_page, body)
+        """One page of the batch list (newest first; the cursor is the last id, which a
+        page-numbered list maps to its next page number)."""
+        size = str(max(1, min(limit, 100)))
+        if self.kind.paging == "page":
+            page = self._pages.pop(validate_batch_id(after), 0) if after else 0
+            params = {"page": str(page), "page_size": size, "order_by": "-created"}
+        else:
+            page, params = 0, {"limit": size}
+            if after is not None:
+                params["after"] = validate_batch_id(after)
+        url = f"{self.base_url}/{self.kind.batches}"
+        body = await self.http.request("GET", url, params=params | self.params)
+        found = self._parse(self._page_reader(page, int(size)), body)
+        if self.kind.paging == "page" and found.cursor is not None:
+            self._pages[found.cursor] = page + 1
+        return found
+
+    def _page_reader(self, page: int, size: int) -> Callable[[bytes], BatchPage]:
+        if self.kind.name == "openai":
+            return read_page  # one pass over the JSON: the hot path stays as it was
+
+        def read(body: bytes) -> BatchPage:
+            raw = _json(body)
+            if isinstance(raw, dict):
+                raw |= {"_page": page, "_page_size": size}
+            return BatchPage.model_validate(inward_page(self.kind, raw))
+
+        return read
 
     def _batch_url(self, batch_id: str) -> str:
-        return f"{self.base_url}/batches/{validate_batch_id(batch_id)}"
+        return f"{self.base_url}/{self.kind.batches}/{validate_batch_id(batch_id)}"
+
+    def _read_batch(self, body: bytes) -> BatchObject:
+        if self.kind.name == "openai":
+            return BatchObject.model_validate_json(body)
+        return BatchObject.model_validate(inward(self.kind, _json(body)))
 
     def _batch(self, body: bytes, batch_id: str) -> BatchObject:
-        batch = self._parse(BatchObject.model_validate_json, body)
+        batch = self._parse(self._read_batch, body)
         if batch.id != batch_id:
             raise PermanentError(f"answer is for batch {batch.id[:130]!r}, not {batch_id!r}")
         return batch
@@ -120,3 +153,12 @@ class ProviderClient:
             if error["type"] == "json_invalid":
                 raise PermanentError(f"answer is not JSON: {self.http.snippet(body)}") from None
             raise PermanentError(f"invalid answer: {where}: {error['msg']}") from None
+
+
+def _json(body: bytes) -> Any:
+    """The body's JSON; a ValidationError-shaped failure (json_invalid) when it is not,
+    as the one-pass reader would raise."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return BatchObject.model_validate_json(body)  # raises json_invalid for _parse

@@ -39,6 +39,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from watchdog.budgets import Budget
+from watchdog.dialects import AZURE_API_VERSION
 from watchdog.durations import Duration
 from watchdog.events import Kind
 from watchdog.policies import Discovery, Policy
@@ -82,6 +83,12 @@ class ProviderSettings(_Strict):
     concurrency: int = Field(default=16, ge=1, le=512, description="requests in flight at once")
     allow_insecure_http: bool = Field(
         default=False, description="allow http:// to a host that is not loopback (keys in clear)"
+    )
+    api: Literal["openai", "azure", "groq", "mistral"] = Field(
+        default="openai", description="the Batch API's dialect (see README: API kinds)"
+    )
+    api_version: str = Field(
+        default=AZURE_API_VERSION, description="azure: the api-version query parameter"
     )
     discover: Discovery | None = Field(
         default=None,
@@ -410,6 +417,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of settings")
+    if odd := [k for k in data if not isinstance(k, str)]:  # `? x` or `1: x` at the top
+        raise ConfigError(f"{path}: a setting's name must be text, not {odd[0]!r}")
     return data
 
 

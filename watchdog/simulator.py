@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from watchdog.chaos import BEFORE, Chaos
+from watchdog.dialects import KINDS, outward
 
 Clock = Callable[[], float]
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -160,8 +161,14 @@ class Simulator:
     SIM_FIELDS = frozenset(SimBatch.__dataclass_fields__) - {"id", "created_at", "cancel_at"}
 
     def __init__(
-        self, *, clock: Clock = time.time, api_key: str | None = None, chaos: Chaos | None = None
+        self,
+        *,
+        clock: Clock = time.time,
+        api_key: str | None = None,
+        chaos: Chaos | None = None,
+        api: str = "openai",
     ) -> None:
+        self.kind = KINDS[api]  # the dialect served, from the same progression
         self.clock = clock
         self.chaos = chaos
         self.api_key = api_key
@@ -182,12 +189,18 @@ class Simulator:
         self.batches[batch_id] = batch
         return batch
 
+    @property
+    def base_path(self) -> str:
+        """Where the dialect's API lives on this server (the providers' base_url path)."""
+        return {"azure": "/openai", "groq": "/openai/v1"}.get(self.kind.name, "/v1")
+
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._server_date, self._faults_and_auth])
-        app.router.add_post("/v1/batches", self._create)
-        app.router.add_get("/v1/batches", self._list)
-        app.router.add_get("/v1/batches/{id}", self._get)
-        app.router.add_post("/v1/batches/{id}/cancel", self._cancel)
+        root = f"{self.base_path}/{self.kind.batches}"
+        app.router.add_post(root, self._create)
+        app.router.add_get(root, self._list)
+        app.router.add_get(root + "/{id}", self._get)
+        app.router.add_post(root + "/{id}/cancel", self._cancel)
         app.router.add_get("/_sim/calls", self._calls)
         app.router.add_post("/_sim/faults", self._add_fault)
         return app
@@ -213,8 +226,12 @@ class Simulator:
                     headers=fault.headers,
                     content_type="application/json",
                 )
-            if self.api_key and request.headers.get("Authorization") != f"Bearer {self.api_key}":
+            if self.api_key and self.kind.headers(self.api_key).items() - request.headers.items():
                 return _error(401, "Incorrect API key provided.", "invalid_request_error")
+            if self.kind.version_param and not request.query.get("api-version"):
+                return _error(
+                    400, "api-version query parameter is required", "invalid_request_error"
+                )
         kind = self.chaos.pick(request) if self.chaos and request.path.startswith("/v1/") else None
         if kind is not None and self.chaos is not None and kind in BEFORE:
             return await self.chaos.before(kind, request)
@@ -226,7 +243,7 @@ class Simulator:
         return result
 
     def _take_fault(self, request: web.Request) -> Fault | None:
-        path = request.path.removeprefix("/v1")
+        path = request.path.removeprefix(self.base_path)
         for fault in self.faults:
             if fault.method == request.method and path.startswith(fault.path) and fault.times > 0:
                 fault.times -= 1
@@ -244,7 +261,7 @@ class Simulator:
         batch = self.add(
             metadata=body.get("metadata"), model=body.get("model", DEFAULT_MODEL), **sim
         )
-        return web.json_response(batch.wire(self.clock()))
+        return web.json_response(self._served(batch, self.clock()))
 
     async def _get(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])
@@ -253,7 +270,7 @@ class Simulator:
         self._count(batch.id, "get")
         if self.latency:
             await asyncio.sleep(self.latency)
-        return web.json_response(batch.wire(self.clock()))
+        return web.json_response(self._served(batch, self.clock()))
 
     async def _cancel(self, request: web.Request) -> web.Response:
         batch = self.batches.get(request.match_info["id"])
@@ -270,32 +287,42 @@ class Simulator:
             )
         if batch.cancel_at is None:
             batch.cancel_at = now
-        return web.json_response(batch.wire(now))
+        return web.json_response(self._served(batch, now))
 
     async def _list(self, request: web.Request) -> web.Response:
+        paged = self.kind.paging == "page"
         try:
-            limit = min(max(int(request.query.get("limit", "20")), 1), 100)
+            size = request.query.get("page_size" if paged else "limit", "100" if paged else "20")
+            limit = min(max(int(size), 1), 100)
+            first = int(request.query.get("page", "0")) * limit if paged else 0
         except ValueError:
-            return _error(400, "limit must be an integer", "invalid_request_error")
+            return _error(400, "limit, page and page_size are integers", "invalid_request_error")
         self.calls["(list)"]["list"] += 1
         if self.list_latency:
             await asyncio.sleep(self.list_latency)
         ordered = sorted(self.batches.values(), key=lambda b: (-b.created_at, b.id))
+        now = self.clock()
+        if paged:  # Mistral: page numbers and a total
+            page = ordered[first : first + limit]
+            data = [self._served(b, now) for b in page]
+            return web.json_response({"object": "list", "data": data, "total": len(ordered)})
         after = request.query.get("after")
         if after is not None:
             ids = [b.id for b in ordered]
             ordered = ordered[ids.index(after) + 1 :] if after in ids else []
         page = ordered[:limit]
-        now = self.clock()
         return web.json_response(
             {
                 "object": "list",
-                "data": [b.wire(now) for b in page],
+                "data": [self._served(b, now) for b in page],
                 "first_id": page[0].id if page else None,
                 "last_id": page[-1].id if page else None,
                 "has_more": len(ordered) > limit,
             }
         )
+
+    def _served(self, batch: SimBatch, now: float) -> dict[str, Any]:
+        return outward(self.kind, batch.wire(now))
 
     def _count(self, batch_id: str, kind: str) -> None:
         self.calls[batch_id][kind] += 1

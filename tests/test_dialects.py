@@ -1,0 +1,174 @@
+"""Batch API kinds (providers.NAME.api): each kind's recorded payloads map onto the
+view the engine judges (unknown statuses and missing fields included); on the
+simulator's dialect of each kind a violator is cancelled once and a healthy batch left
+alone; a config mixing kinds judges all of them in one tick. SQLite."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from tests.conftest import API_KEY, LLAMA_PRICE, Clock, _no_sleep
+from watchdog.dialects import KINDS, inward, inward_page
+from watchdog.engine import Engine, Rules
+from watchdog.models import BatchObject, BatchPage, is_unknown_status, view_of
+from watchdog.policies import Policy
+from watchdog.pricing import Price
+from watchdog.providers import ProviderClient
+from watchdog.simulator import Simulator
+from watchdog.store import Store
+
+DATA = Path(__file__).parent / "data" / "dialects"
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+
+
+def payload(name: str) -> Any:
+    return json.loads((DATA / name).read_text())
+
+
+def test_azure_payload_and_its_missing_deadline() -> None:
+    batch = BatchObject.model_validate(inward(KINDS["azure"], payload("azure_batch.json")))
+    view = view_of("az", batch)
+    assert view.counts is not None and (view.counts.completed, view.counts.failed) == (240, 10)
+    assert view.tokens is not None and view.tokens.input == 480_000
+    assert view.expires_at is None  # Azure does not expire batches at 24 h: no deadline
+    assert "expires_within" in KINDS["azure"].cannot()
+
+
+def test_groq_payload_has_no_usage_so_cost_is_unknown() -> None:
+    batch = BatchObject.model_validate(inward(KINDS["groq"], payload("groq_batch.json")))
+    view = view_of("groq", batch)
+    assert view.tokens is None and view.model is None and view.counts is not None
+    assert view.expires_at is not None  # a 7 d window, but a real deadline
+    assert KINDS["groq"].cannot()["cost_usd_above"].startswith("no usage on a groq batch")
+
+
+def test_mistral_job_and_list() -> None:
+    job = BatchObject.model_validate(inward(KINDS["mistral"], payload("mistral_job.json")))
+    view = view_of("mistral", job)
+    assert view.status == "in_progress" and view.model == "mistral-small-latest"
+    assert view.counts is not None and (view.counts.total, view.counts.completed) == (200, 45)
+    assert view.counts.failed == 15 and view.tokens is None
+    raw = payload("mistral_list.json") | {"_page": 0, "_page_size": 3}
+    page = BatchPage.model_validate(inward_page(KINDS["mistral"], raw))
+    statuses = [b.status for b in page.data]
+    assert statuses == ["validating", "SOMETHING_NEW", "cancelling"]
+    assert is_unknown_status("SOMETHING_NEW") and page.has_more is False
+    assert page.cursor == "job-1" and page.data[1].request_counts is None
+
+
+CAP = {"name": "cost-cap", "when": {"cost_usd_above": 5}, "action": "cancel"}
+FAILING = {"name": "failing", "when": {"failure_ratio_above": 0.2, "min_requests": 50},
+           "action": "cancel"}  # fmt: skip
+SPENDER = {
+    "model": LLAMA,
+    "age": 30,
+    "total": 200_000,
+    "rate": 3000,
+    "input_tokens": 2000,
+    "output_tokens": 1000,
+}  # fmt: skip  ($9.90 at 30 s)
+FLAKY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 10, "failure_rate": 0.5}
+HEALTHY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 1}
+
+
+async def serve(aiohttp_server: Any, clock: Clock, api: str) -> tuple[Simulator, str]:
+    sim = Simulator(clock=clock.time, api_key=API_KEY, api=api)
+    server = await aiohttp_server(sim.app())
+    return sim, str(server.make_url(sim.base_path))
+
+
+def engine_of(store: Store, clients: Any, rules: Rules, clock: Clock) -> Engine:
+    minute = timedelta(seconds=60)
+    return Engine(
+        store=store, clients=clients, rules=rules, poll_interval=minute, owner="t", clock=clock.now
+    )
+
+
+def client(name: str, url: str, api: str) -> ProviderClient:
+    return ProviderClient(name, base_url=url, api_key=SecretStr(API_KEY), timeout=5,
+                          sleep=_no_sleep, api=api)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("api", "violator", "policy"),
+    [
+        ("openai", SPENDER, CAP),
+        ("azure", SPENDER, CAP),
+        ("groq", FLAKY, FAILING),
+        ("mistral", FLAKY, FAILING),
+    ],
+)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_each_kind_cancels_its_violator_once(
+    aiohttp_server: Any, store: Store, clock: Clock, api: str, violator: dict[str, Any],
+    policy: dict[str, Any],
+) -> None:  # fmt: skip
+    sim, url = await serve(aiohttp_server, clock, api)
+    sim.add("batch_bad", **violator)
+    sim.add("batch_good", **HEALTHY)
+    rules = Rules((Policy.model_validate(policy),), (Price.model_validate(LLAMA_PRICE),))
+    async with client("p", url, api) as provider:
+        engine = engine_of(store, {"p": provider}, rules, clock)
+        for batch_id in ("batch_bad", "batch_good"):
+            await store.track("p", batch_id, {}, clock.now())
+        first = await engine.tick()
+        clock.advance(60)
+        await engine.tick()
+    assert first.polled == 2 and first.cancel_succeeded == 1
+    assert sim.calls["batch_bad"]["cancel"] == 1 and sim.calls["batch_good"]["cancel"] == 0
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+async def test_one_daemon_judges_three_kinds_in_one_tick(
+    aiohttp_server: Any, store: Store, clock: Clock
+) -> None:
+    clients, sims = {}, {}
+    for api in ("openai", "azure", "mistral"):
+        sims[api], url = await serve(aiohttp_server, clock, api)
+        sims[api].add(f"batch_{api}_bad", **FLAKY)
+        sims[api].add(f"batch_{api}_good", **HEALTHY)
+        clients[api] = client(api, url, api)
+    rules = Rules((Policy.model_validate(FAILING),), (Price.model_validate(LLAMA_PRICE),))
+    for api, sim in sims.items():
+        for batch_id in sim.batches:
+            await store.track(api, batch_id, {}, clock.now())
+    for c in clients.values():
+        await c.__aenter__()
+    try:
+        engine = engine_of(store, clients, rules, clock)
+        summary = await engine.tick()
+    finally:
+        for c in clients.values():
+            await c.__aexit__(None, None, None)
+    assert summary.polled == 6 and summary.cancel_succeeded == 3
+    for api, sim in sims.items():
+        assert sim.calls[f"batch_{api}_bad"]["cancel"] == 1
+        assert sim.calls[f"batch_{api}_good"]["cancel"] == 0
+
+
+def test_check_config_says_what_each_kind_cannot_judge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from watchdog.cli import main
+
+    (tmp_path / "w.yaml").write_text("""
+providers:
+  groq: {base_url: "https://api.groq.com/openai/v1", api: groq}
+  az: {base_url: "https://x.openai.azure.com/openai", api: azure}
+pricing: [{model: "*", input: 1, output: 1}]
+policies:
+  - {name: cap, when: {cost_usd_above: 5}, action: cancel}
+  - {name: late, when: {expires_within: 1h, progress_below: 0.5}, action: cancel}
+""")
+    assert main(["check-config", "--config", str(tmp_path / "w.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "groq: https://api.groq.com/openai/v1 (no key; api: groq)" in out
+    assert "cap: cost_usd_above never holds on groq: no usage on a groq batch" in out
+    assert "late: expires_within never holds on az: azure does not expire batches" in out
+    assert "cap: cost_usd_above never holds on az" not in out
