@@ -62,6 +62,34 @@ def test_mistral_job_and_list() -> None:
     assert page.cursor == "job-1" and page.data[1].request_counts is None
 
 
+def test_together_payloads_progress_and_bare_list() -> None:
+    kind = KINDS["together"]
+    batch = BatchObject.model_validate(inward(kind, payload("together_batch.json")))
+    view = view_of("together", batch)
+    assert view.status == "in_progress" and str(view.model).startswith("meta-llama/")
+    assert view.counts is not None and (view.counts.total, view.counts.completed) == (100, 37)
+    assert view.expires_at is not None and view.tokens is None
+    page = BatchPage.model_validate(inward_page(kind, payload("together_list.json")))
+    assert [b.id for b in page.data] == ["job-new", "job-old"]  # newest first
+    assert [b.status for b in page.data] == ["something_new", "completed"]
+    assert page.has_more is False and "failure_ratio_above" in kind.cannot()
+
+
+def test_anthropic_payloads_counts_move_at_the_end() -> None:
+    kind = KINDS["anthropic"]
+
+    def read(name: str) -> Any:
+        return view_of("a", BatchObject.model_validate(inward(kind, payload(name))))
+
+    running = read("anthropic_batch.json")
+    assert running.status == "in_progress" and running.counts is not None
+    assert (running.counts.total, running.counts.finished) == (100, 0)
+    ended = read("anthropic_ended.json")
+    assert ended.status == "cancelled" and ended.counts is not None
+    assert (ended.counts.completed, ended.counts.failed, ended.counts.total) == (40, 5, 100)
+    assert kind.headers("k") == {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+
+
 CAP = {"name": "cost-cap", "when": {"cost_usd_above": 5}, "action": "cancel"}
 FAILING = {"name": "failing", "when": {"failure_ratio_above": 0.2, "min_requests": 50},
            "action": "cancel"}  # fmt: skip
@@ -75,6 +103,9 @@ SPENDER = {
 }  # fmt: skip  ($9.90 at 30 s)
 FLAKY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 10, "failure_rate": 0.5}
 HEALTHY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 1}
+LATE = {"name": "late", "when": {"expires_within": "1h", "progress_below": 0.5},
+        "action": "cancel"}  # fmt: skip
+SLOW = {"model": LLAMA, "age": 84_000, "total": 10_000, "rate": 0.01}  # 40 min left at 8 %
 
 
 async def serve(aiohttp_server: Any, clock: Clock, api: str) -> tuple[Simulator, str]:
@@ -102,6 +133,8 @@ def client(name: str, url: str, api: str) -> ProviderClient:
         ("azure", SPENDER, CAP),
         ("groq", FLAKY, FAILING),
         ("mistral", FLAKY, FAILING),
+        ("together", SLOW, LATE),
+        ("anthropic", SLOW, LATE),
     ],
 )
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
@@ -129,7 +162,7 @@ async def test_one_daemon_judges_three_kinds_in_one_tick(
     aiohttp_server: Any, store: Store, clock: Clock
 ) -> None:
     clients, sims = {}, {}
-    for api in ("openai", "azure", "mistral"):
+    for api in ("openai", "azure", "mistral"):  # three kinds, one daemon
         sims[api], url = await serve(aiohttp_server, clock, api)
         sims[api].add(f"batch_{api}_bad", **FLAKY)
         sims[api].add(f"batch_{api}_good", **HEALTHY)

@@ -106,7 +106,8 @@ def build_parser() -> Parser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
     sim.add_argument("--scenario", choices=["empty", "demo"], default="demo")
-    sim.add_argument("--api", choices=["openai", "azure", "groq", "mistral"], default="openai")
+    kinds = ["openai", "azure", "groq", "mistral", "together", "anthropic"]
+    sim.add_argument("--api", choices=kinds, default="openai", help="the dialect to serve")
     demo = sub.add_parser("demo", parents=[common], help="simulator + daemon, end to end")
     demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS")
     return parser

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 AZURE_API_VERSION = "2024-10-21"  # the GA version whose Batch API this speaks
+ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header (the SDK's default)
 
 # Mistral's job statuses onto OpenAI's, and back (the simulator's).
 MISTRAL = {
@@ -32,16 +34,19 @@ class Kind:
     batches: str  # the collection's path under base_url
     auth: str  # "bearer" | "api-key" header
     version_param: bool = False  # api-version on every call (Azure)
-    paging: str = "cursor"  # "cursor" (after=last id) | "page" (page, page_size)
+    paging: str = "cursor"  # "cursor" (after=last id) | "page" (page, page_size) | "none"
+    after: str = "after"  # the cursor's query parameter
     usage: bool = True  # the batch object carries usage: cost can be known
     deadline: bool = True  # expires_at is a hard deadline
-    cancel_verb: str = "POST"
+    counts: str = "live"  # "live" | "progress" (a percentage) | "at_end" (move when it ends)
 
     def headers(self, key: str) -> dict[str, str]:
         if not key:
             return {}
         if self.auth == "api-key":
             return {"api-key": key}
+        if self.auth == "x-api-key":
+            return {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
         return {"Authorization": f"Bearer {key}"}
 
     def cannot(self) -> dict[str, str]:
@@ -53,6 +58,12 @@ class Kind:
         if not self.deadline:
             why = f"{self.name} does not expire batches at expires_at"
             out |= {"expires_within": why, "eta_after_expiry": why}
+        if self.counts != "live":
+            why = {
+                "progress": f"{self.name} gives a progress percentage, no per-request counts",
+                "at_end": f"{self.name}'s request counts move only when the batch ends",
+            }[self.counts]
+            out |= {"failure_ratio_above": why}
         return out
 
 
@@ -61,6 +72,12 @@ KINDS: Mapping[str, Kind] = {
     "azure": Kind("azure", "batches", "api-key", version_param=True, deadline=False),
     "groq": Kind("groq", "batches", "bearer", usage=False),
     "mistral": Kind("mistral", "batch/jobs", "bearer", paging="page", usage=False),
+    "together": Kind(
+        "together", "batches", "bearer", paging="none", usage=False, counts="progress"
+    ),
+    "anthropic": Kind(
+        "anthropic", "messages/batches", "x-api-key", after="after_id", usage=False, counts="at_end"
+    ),
 }
 
 
@@ -71,6 +88,10 @@ def inward(kind: Kind, raw: Any) -> Any:
         return raw
     if kind.name == "mistral":
         return _from_mistral(raw)
+    if kind.name == "together":
+        return _from_together(raw.get("job", raw) if isinstance(raw.get("job"), dict) else raw)
+    if kind.name == "anthropic":
+        return _from_anthropic(raw)
     if not kind.deadline:
         return {**raw, "expires_at": None}
     if not kind.usage:
@@ -80,7 +101,10 @@ def inward(kind: Kind, raw: Any) -> Any:
 
 def inward_page(kind: Kind, raw: Any) -> Any:
     """A list answer of ``kind`` as an OpenAI-shaped page (``has_more`` from the page
-    size for page-numbered lists)."""
+    size for page-numbered lists; a bare array, Together's, is one page, newest first)."""
+    if kind.paging == "none" and isinstance(raw, list):
+        data = sorted((inward(kind, i) for i in raw), key=_newest_first)
+        return {"object": "list", "data": data, "has_more": False}
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
         return raw
     data = [inward(kind, item) for item in raw["data"]]
@@ -119,6 +143,10 @@ def _from_mistral(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 def outward(kind: Kind, wire: Mapping[str, Any]) -> dict[str, Any]:
     """An OpenAI-shaped batch (the simulator's) as ``kind`` serves it."""
+    if kind.name == "together":
+        return _to_together(wire)
+    if kind.name == "anthropic":
+        return _to_anthropic(wire)
     if kind.name == "mistral":
         counts = wire.get("request_counts") or {}
         done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
@@ -145,3 +173,126 @@ def outward(kind: Kind, wire: Mapping[str, Any]) -> dict[str, Any]:
         out.pop("usage", None)
         out.pop("model", None)
     return out
+
+
+def _newest_first(item: Any) -> tuple[float, str]:
+    created = item.get("created_at") if isinstance(item, dict) else None
+    return (-(created if isinstance(created, int | float) else 0), str(item.get("id", "")))
+
+
+def _unix(text: Any) -> int | None:
+    """An ISO 8601 / RFC 3339 time as Unix seconds (None when absent or unreadable, as
+    the wire bounds then judge the batch without it)."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+def _iso(stamp: Any) -> str | None:
+    if not isinstance(stamp, int | float):
+        return None
+    return datetime.fromtimestamp(stamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _from_together(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """UPPERCASE statuses, ISO times, a progress percentage instead of counts: taken as
+    a fraction of 100 requests (no failures known)."""
+    status, progress = raw.get("status"), raw.get("progress")
+    counts = None
+    if isinstance(progress, int | float) and 0 <= progress <= 100:
+        counts = {"total": 100, "completed": int(progress), "failed": 0}
+    return {
+        "id": raw.get("id"),
+        "object": "batch",
+        "status": status.lower() if isinstance(status, str) else status,
+        "created_at": _unix(raw.get("created_at")),
+        "expires_at": _unix(raw.get("job_deadline")),
+        "completed_at": _unix(raw.get("completed_at")),
+        "model": raw.get("model_id"),
+        "endpoint": raw.get("endpoint"),
+        "request_counts": counts,
+    }
+
+
+def _to_together(wire: Mapping[str, Any]) -> dict[str, Any]:
+    counts = wire.get("request_counts") or {}
+    total = counts.get("total") or 0
+    done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
+    return {
+        "id": wire["id"],
+        "user_id": "user-sim",
+        "input_file_id": wire.get("input_file_id"),
+        "file_size_bytes": 1024,
+        "status": str(wire["status"]).upper(),
+        "job_deadline": _iso(wire.get("expires_at")),
+        "created_at": _iso(wire.get("created_at")),
+        "completed_at": _iso(wire.get("completed_at")),
+        "endpoint": wire.get("endpoint"),
+        "progress": round(100 * done / total, 1) if total else 0.0,
+        "model_id": wire.get("model"),
+        "output_file_id": wire.get("output_file_id"),
+        "error_file_id": None,
+        "error": None,
+    }
+
+
+ANTHROPIC_TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """processing_status in_progress / canceling / ended; the counts by outcome, which
+    move only when the batch ends (before that, all are ``processing``)."""
+    counts = raw.get("request_counts")
+    status = raw.get("processing_status")
+    mapped, request_counts = status, None
+    if isinstance(counts, dict):
+        n = {
+            k: counts.get(k) or 0
+            for k in ("processing", "succeeded", "errored", "canceled", "expired")
+        }
+        request_counts = {"total": sum(n.values()), "completed": n["succeeded"],
+                          "failed": n["errored"] + n["expired"]}  # fmt: skip
+        if status == "ended":
+            mapped = "cancelled" if raw.get("cancel_initiated_at") else "completed"
+            if n["expired"] and not n["succeeded"] and not n["errored"]:
+                mapped = "expired"
+    if mapped == "canceling":
+        mapped = "cancelling"
+    return {
+        "id": raw.get("id"),
+        "object": "batch",
+        "status": mapped,
+        "created_at": _unix(raw.get("created_at")),
+        "expires_at": _unix(raw.get("expires_at")),
+        "cancelling_at": _unix(raw.get("cancel_initiated_at")),
+        "request_counts": request_counts,
+    }
+
+
+def _to_anthropic(wire: Mapping[str, Any]) -> dict[str, Any]:
+    counts = wire.get("request_counts") or {}
+    total, status = counts.get("total") or 0, wire["status"]
+    ended = status in ANTHROPIC_TERMINAL
+    done, failed = counts.get("completed") or 0, counts.get("failed") or 0
+    left = max(total - done - failed, 0)
+    n = {"processing": total, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    if ended:
+        n = {"processing": 0, "succeeded": done, "errored": failed,
+             "canceled": left if status == "cancelled" else 0,
+             "expired": left if status == "expired" else 0}  # fmt: skip
+    processing = "ended" if ended else "canceling" if status == "cancelling" else "in_progress"
+    return {
+        "id": wire["id"],
+        "type": "message_batch",
+        "processing_status": processing,
+        "request_counts": n,
+        "created_at": _iso(wire.get("created_at")),
+        "expires_at": _iso(wire.get("expires_at")),
+        "ended_at": _iso(wire.get(f"{status}_at")) if ended else None,
+        "cancel_initiated_at": _iso(wire.get("cancelling_at")),
+        "archived_at": None,
+        "results_url": None,
+    }

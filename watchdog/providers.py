@@ -104,13 +104,14 @@ class ProviderClient:
         """One page of the batch list (newest first; the cursor is the last id, which a
         page-numbered list maps to its next page number)."""
         size = str(max(1, min(limit, 100)))
+        page, params = 0, {}
         if self.kind.paging == "page":
             page = self._pages.pop(validate_batch_id(after), 0) if after else 0
             params = {"page": str(page), "page_size": size, "order_by": "-created"}
-        else:
-            page, params = 0, {"limit": size}
+        elif self.kind.paging == "cursor":
+            params = {"limit": size}
             if after is not None:
-                params["after"] = validate_batch_id(after)
+                params[self.kind.after] = validate_batch_id(after)
         url = f"{self.base_url}/{self.kind.batches}"
         body = await self.http.request("GET", url, params=params | self.params)
         found = self._parse(self._page_reader(page, int(size)), body)

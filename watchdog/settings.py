@@ -84,7 +84,7 @@ class ProviderSettings(_Strict):
     allow_insecure_http: bool = Field(
         default=False, description="allow http:// to a host that is not loopback (keys in clear)"
     )
-    api: Literal["openai", "azure", "groq", "mistral"] = Field(
+    api: Literal["openai", "azure", "groq", "mistral", "together", "anthropic"] = Field(
         default="openai", description="the Batch API's dialect (see README: API kinds)"
     )
     api_version: str = Field(

@@ -306,7 +306,9 @@ class Simulator:
             page = ordered[first : first + limit]
             data = [self._served(b, now) for b in page]
             return web.json_response({"object": "list", "data": data, "total": len(ordered)})
-        after = request.query.get("after")
+        if self.kind.paging == "none":  # Together: every batch, a bare array
+            return web.json_response([self._served(b, now) for b in ordered])
+        after = request.query.get(self.kind.after)
         if after is not None:
             ids = [b.id for b in ordered]
             ordered = ordered[ids.index(after) + 1 :] if after in ids else []
