@@ -61,9 +61,11 @@ class Kind:
         if self.counts != "live":
             why = {
                 "progress": f"{self.name} gives a progress percentage, no per-request counts",
-                "at_end": f"{self.name}'s request counts move only when the batch ends",
+                "at_end": f"{self.name}'s request counts are known only when the batch ends",
             }[self.counts]
             out |= {"failure_ratio_above": why}
+            if self.counts == "at_end":
+                out |= {name: why for name in ("progress_below", "stalled_for", "eta_after_expiry")}
         return out
 
 
@@ -244,7 +246,8 @@ ANTHROPIC_TERMINAL = ("completed", "failed", "expired", "cancelled")
 
 def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
     """processing_status in_progress / canceling / ended; the counts by outcome, which
-    move only when the batch ends (before that, all are ``processing``)."""
+    move only when the batch ends: before that they say nothing of its progress, so
+    none are given (progress and failure conditions stay unknown, never 0 %)."""
     counts = raw.get("request_counts")
     status = raw.get("processing_status")
     mapped, request_counts = status, None
@@ -259,6 +262,8 @@ def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
             mapped = "cancelled" if raw.get("cancel_initiated_at") else "completed"
             if n["expired"] and not n["succeeded"] and not n["errored"]:
                 mapped = "expired"
+        else:
+            request_counts = None
     if mapped == "canceling":
         mapped = "cancelling"
     return {
