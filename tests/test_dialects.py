@@ -207,3 +207,25 @@ policies:
     assert "cap: cost_usd_above never holds on groq: no usage on a groq batch" in out
     assert "late: expires_within never holds on az: azure does not expire batches" in out
     assert "cap: cost_usd_above never holds on az" not in out
+
+
+@pytest.mark.parametrize(("api", "requests"), [("mistral", 3), ("anthropic", 3), ("together", 1)])
+async def test_each_kind_pages_its_own_list(
+    aiohttp_server: Any, clock: Clock, api: str, requests: int
+) -> None:
+    """250 batches read through each kind's own paging: Mistral's page numbers,
+    Anthropic's after_id, Together's one bare array; newest first, each once."""
+    sim, url = await serve(aiohttp_server, clock, api)
+    for i in range(250):
+        sim.add(f"batch_{i:03d}", age=i, total=10, rate=1)
+    seen: list[str] = []
+    async with client("p", url, api) as provider:
+        after = None
+        while True:
+            page = await provider.list(limit=100, after=after)
+            seen += [b.id for b in page.data]
+            if not page.has_more:
+                break
+            after = page.cursor
+    assert seen == [f"batch_{i:03d}" for i in range(250)]
+    assert sim.calls["(list)"]["list"] == requests

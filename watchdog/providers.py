@@ -106,6 +106,8 @@ class ProviderClient:
         size = str(max(1, min(limit, 100)))
         page, params = 0, {}
         if self.kind.paging == "page":
+            if after is None:
+                self._pages.clear()  # a new pass: what an earlier one left is of no use
             page = self._pages.pop(validate_batch_id(after), 0) if after else 0
             params = {"page": str(page), "page_size": size, "order_by": "-created"}
         elif self.kind.paging == "cursor":
