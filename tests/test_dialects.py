@@ -229,3 +229,51 @@ async def test_each_kind_pages_its_own_list(
             after = page.cursor
     assert seen == [f"batch_{i:03d}" for i in range(250)]
     assert sim.calls["(list)"]["list"] == requests
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"error": {"message": "No batch found", "type": "invalid_request_error"}}',
+        b'{"type": "error", "error": {"type": "not_found_error", "message": "No batch found"}}',
+        b'{"object": "error", "message": "No batch found", "type": "invalid_request_error"}',
+    ],
+    ids=["openai", "anthropic", "mistral"],
+)
+def test_each_kinds_error_body_gives_its_message(body: bytes) -> None:
+    assert client("p", "https://x/v1", "openai").http.snippet(body) == "No batch found"
+
+
+async def test_run_once_guards_three_kinds_in_one_tick(aiohttp_server: Any, tmp_path: Path) -> None:
+    """`batch-watchdog run --once` (a real process) with an openai, an azure and an
+    anthropic provider, discovery on: every batch of the three tracked and judged in
+    its one tick, each violator cancelled once, each healthy batch left alone."""
+    import time as wall
+
+    from tests.daemons import Daemon
+
+    clock = Clock(wall.time())
+    sims, providers = {}, ""
+    for api in ("openai", "azure", "anthropic"):
+        sims[api], url = await serve(aiohttp_server, clock, api)
+        sims[api].add(f"batch_{api}_late", **SLOW)
+        sims[api].add(f"batch_{api}_fresh", **HEALTHY)
+        providers += f"  {api}_p: {{base_url: '{url}', api: {api}, api_key_env: SIM_TOKEN, "
+        providers += "discover: true}\n"
+    config = tmp_path / "w.yaml"
+    config.write_text(f"""
+database_url: sqlite+aiosqlite:///{tmp_path}/w.db
+log_format: json
+http: {{enabled: false}}
+providers:
+{providers}pricing: [{{model: "*", input: 1, output: 1}}]
+policies:
+  - {{name: aged, when: {{age_above: 23h}}, action: cancel}}
+""")
+    run = await Daemon.start(config, args=["--once"])
+    assert await run.finish() == 0, "".join(run.raw[-20:])
+    (tick,) = run.ticks()
+    assert (tick["polled"], tick["cancel_succeeded"]) == (6, 3)
+    for api, sim in sims.items():
+        assert sim.calls[f"batch_{api}_late"]["cancel"] == 1
+        assert sim.calls[f"batch_{api}_fresh"]["cancel"] == 0

@@ -224,7 +224,9 @@ class HttpClient:
             data = json.loads(body)
             error = data.get("error") if isinstance(data, dict) else None
             if isinstance(error, dict) and isinstance(error.get("message"), str):
-                text = error["message"]
+                text = error["message"]  # OpenAI's and Anthropic's shape
+            elif isinstance(data, dict) and isinstance(data.get("message"), str):
+                text = data["message"]  # Mistral's
         except ValueError:
             pass
         text = self.scrub(" ".join(text.split()))
