@@ -30,9 +30,9 @@ def rate(j: int) -> float:
     return 0.1 * (j + 1)  # requests a second: $0.06 (j+1) a minute
 
 
-async def recorded_run(h: Harness) -> None:
+async def recorded_run(h: Harness, dry_run: bool = False) -> None:
     """The daemon with a $5 cap, polling 60 batches once a minute for 15 minutes."""
-    h.configure(policies=cap(5))
+    h.configure(policies=cap(5), dry_run=dry_run)
     for j in range(SPENDERS):
         h.sim.simulator.add(f"batch_s{j:02d}", model=LLAMA, total=TOTAL, rate=rate(j), **CENT)
     for i in range(HEALTHY):
@@ -76,6 +76,21 @@ async def test_the_same_config_reproduces_every_decision(harness: Harness, db_ur
     totals = report["totals"]
     assert (totals["newly_cancelled"], totals["no_longer_cancelled"]) == (0, 0)
     assert totals["saved_usd"] == 0 and totals["at_risk_usd"] == 0
+
+
+async def test_a_dry_runs_decisions_are_what_is_replayed(harness: Harness, db_url: str) -> None:
+    """A dry run sent no cancel: its decisions (policy_matched, dry_run) are what the
+    same config reproduces, and nothing says its history was cut short."""
+    h = harness
+    await recorded_run(h, dry_run=True)
+    report = await judged_again(h, db_url, 5)
+    lines = {line["batch_id"]: line for line in report["batches"]}
+    decided = {b for b, line in lines.items() if line["recorded"]}
+    assert decided == {f"batch_s{j:02d}" for j in range(SPENDERS) if first_over(j, 5)}
+    assert all(lines[b]["recorded"]["dry_run"] for b in decided)
+    assert {line["change"] for line in lines.values()} == {"unchanged"}
+    assert all(line["note"] is None for line in lines.values())
+    assert sum(h.sim.calls(b, "cancel") for b in h.sim.simulator.batches) == 0
 
 
 async def test_a_stricter_cap_reports_the_extra_cancels_and_savings(

@@ -170,6 +170,7 @@ class Recorded:
     at: datetime | None = None
     cost: Decimal | None = None
     projected: Decimal | None = None
+    dry_run: bool = False  # decided in a dry run: nothing was sent, the history goes on
 
     @property
     def saved(self) -> Decimal | None:
@@ -202,6 +203,7 @@ def compare(
             "at": recorded.at.isoformat(),
             "cost_usd": usd(recorded.cost),
             "saved_usd": usd(recorded.saved),
+            "dry_run": recorded.dry_run,
         }
     change, note = _change(recorded, cancel)
     return {
@@ -218,10 +220,13 @@ def compare(
 def _change(recorded: Recorded, cancel: Step | None) -> tuple[str, str | None]:
     if recorded.policy is None:
         return ("newly_cancelled", None) if cancel else ("unchanged", None)
-    limit = (
-        f"history after the real cancel ({recorded.at.isoformat() if recorded.at else '?'}) "
-        "shows that cancel's effect: what the batch would have done without it is unknown"
-    )
+    limit = None  # a dry run sent nothing: its history goes on as it would have
+    if not recorded.dry_run:
+        when = recorded.at.isoformat() if recorded.at else "?"
+        limit = (
+            f"history after the real cancel ({when}) shows that cancel's effect: "
+            "what the batch would have done without it is unknown"
+        )
     if cancel is None or cancel.verdict is None:
         return "no_longer_cancelled", limit
     if recorded.at is not None and cancel.at < recorded.at:
@@ -257,7 +262,7 @@ def totals(lines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def recorded(
     samples: Sequence[Sample],
-    cancel: tuple[datetime, str] | None,
+    cancel: tuple[datetime, str, bool] | None,
     pricing: Sequence[Price],
     provider: str,
 ) -> Recorded:
@@ -265,10 +270,10 @@ def recorded(
     sample the daemon had seen when it sent it."""
     if cancel is None:
         return Recorded()
-    at, policy = cancel
+    at, policy, dry = cancel
     before = [s for s in samples if s.at <= at]
     if not before:
-        return Recorded(policy, at)
+        return Recorded(policy, at, dry_run=dry)
     view = view_of(provider, before[-1].wire)
     cost = batch_cost(pricing, provider, view.model, view.tokens)
-    return Recorded(policy, at, cost, projected_cost(cost, view.counts, 1))
+    return Recorded(policy, at, cost, projected_cost(cost, view.counts, 1), dry)

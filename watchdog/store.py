@@ -654,12 +654,14 @@ class Store:
         self, since: datetime
     ) -> tuple[list[Tracked], dict[tuple[str, str], list[dict[str, Any]]], dict[Any, Any]]:
         """What ``replay`` judges again: the batches sampled since ``since``, their
-        samples in time order, and each one's first ``cancel_requested`` (time, policy)."""
+        samples in time order, and each one's first cancel — ``cancel_requested``, or in
+        a dry run the ``policy_matched`` that would have sent it — (time, policy, dry)."""
         s, e, c = batch_samples.c, batch_events.c, batches.c
         sampled = select(s.provider, s.batch_id, s.at, *(s[name] for name in SAMPLED))
         seen = select(s.id).where(s.provider == c.provider, s.batch_id == c.batch_id, s.at >= since)
-        cancels = select(e.provider, e.batch_id, e.at, e.policy).where(
-            e.kind == Kind.CANCEL_REQUESTED, e.at >= since
+        decided = (Kind.CANCEL_REQUESTED, Kind.POLICY_MATCHED)
+        cancels = select(e.provider, e.batch_id, e.at, e.policy, e.kind, e.detail).where(
+            e.kind.in_(decided), e.at >= since
         )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(*CLAIMED).where(seen.exists()))).mappings().all()
@@ -668,8 +670,16 @@ class Store:
             for row in (await conn.execute(query)).mappings():
                 found.setdefault((row["provider"], row["batch_id"]), []).append(dict(row))
             first: dict[Any, Any] = {}
-            for provider, batch_id, at, policy in await conn.execute(cancels.order_by(e.id)):
-                first.setdefault((provider, batch_id), (at, policy))
+            for provider, batch_id, at, policy, kind, detail in await conn.execute(
+                cancels.order_by(e.id)
+            ):
+                # A dry run's decision to cancel is its policy_matched (nothing was sent).
+                dry = kind == Kind.POLICY_MATCHED
+                if not dry or ((detail or {}).get("action"), (detail or {}).get("dry_run")) == (
+                    "cancel",
+                    True,
+                ):
+                    first.setdefault((provider, batch_id), (at, policy, dry))
         return [_tracked(row) for row in rows], found, first
 
     async def report_rows(self, since: datetime) -> AsyncIterator[dict[str, Any]]:
