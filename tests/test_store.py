@@ -347,3 +347,17 @@ async def test_samples_thin_with_age_and_are_dropped_at_last(store: Store) -> No
     hours = {at.replace(minute=0, second=0, microsecond=0) for at, _ in old}
     # One per hour, plus the status change to finalizing and the return from it.
     assert len(old) == len(hours) + 2 and ("finalizing" in {s for _, s in old})
+
+
+async def test_a_glance_at_the_batches_is_bounded(store: Store) -> None:
+    """The status page's batches: the running ones first, then the newest finished, at
+    most the limit."""
+    for i in range(5):
+        await store.track("p", f"done{i}", {}, NOW)
+        done = wire(f"done{i}", "completed").model_copy(update={"created_at": 1_764_000_000 + i})
+        await store.apply([Change("p", f"done{i}", wire=done)], [])
+    for i in range(3):
+        await store.track("p", f"run{i}", {}, NOW)
+    rows = await store.some_batches(5)
+    assert {r["batch_id"] for r in rows[:3]} == {"run0", "run1", "run2"}  # in no order
+    assert [r["batch_id"] for r in rows[3:]] == ["done4", "done3"]

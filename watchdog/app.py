@@ -16,7 +16,7 @@ import structlog
 
 from watchdog import logs, safety
 from watchdog.budgets import Assessment
-from watchdog.engine import Engine, TickSummary, utcnow
+from watchdog.engine import Engine, TickSummary, assess_budgets, utcnow
 from watchdog.explain import explained
 from watchdog.metrics import Metrics
 from watchdog.models import validate_batch_id
@@ -25,7 +25,7 @@ from watchdog.providers import ProviderClient
 from watchdog.record import log_event
 from watchdog.replay import Sample, compare, fresh, judge, recorded, totals, wire_of
 from watchdog.rows import Tracked
-from watchdog.service import Service, assess_budgets
+from watchdog.service import Service
 from watchdog.settings import Settings
 from watchdog.store import (
     AlreadyRunning,
@@ -268,7 +268,7 @@ async def resume(settings: Settings) -> bool:
 async def budgets(settings: Settings, now: datetime) -> list[Assessment]:
     """Every budget group as the daemon would assess it now (read-only)."""
     async with open_store(settings) as store:
-        return await assess_budgets(store, settings, now)
+        return await assess_budgets(store, rules_of(settings), now)
 
 
 async def explain(

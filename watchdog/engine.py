@@ -16,7 +16,7 @@ import structlog
 from watchdog import cancels
 from watchdog.act import send_cancels
 from watchdog.breaker import Change as BreakerChange
-from watchdog.budgets import assess, news, spending_of, verdict
+from watchdog.budgets import Assessment, assess, news, spending_of, verdict
 from watchdog.decisions import Candidate, Plan, exemption, plan
 from watchdog.errors import PermanentError
 from watchdog.events import Event, Kind
@@ -231,9 +231,7 @@ class Engine:
         if not await self.store.take_turn(BUDGET_PASS, self.owner, now, now + self.lease):
             return
         try:
-            rows = await self.store.spending(min(b.start(now) for b in budgets))
-            exempt = self.rules.safety.exempt_metadata
-            found = assess(budgets, [spending_of(t, exempt, now) for t in rows], now)
+            found = await assess_budgets(self.store, self.rules, now)
             self.metrics.set_budgets(found)
             said = news(found, await self.store.get_state(BUDGETS) or {}, now)
             await self.store.set_state(BUDGETS, said.memory, now, said.events)
@@ -574,3 +572,13 @@ def _forced(obs: Observation, wanted: Verdict | None) -> Observation:
     if wanted is None or not obs.ok or (obs.verdict and obs.verdict.action == "cancel"):
         return obs
     return replace(obs, verdict=wanted)
+
+
+async def assess_budgets(store: Store, rules: Rules, now: datetime) -> list[Assessment]:
+    """Every budget group of ``rules`` over the database as it is now (read-only): the
+    tick's, the status page's and ``budgets``'s one way to it."""
+    if not rules.budgets:
+        return []
+    rows = await store.spending(min(b.start(now) for b in rules.budgets))
+    exempt = rules.safety.exempt_metadata
+    return assess(rules.budgets, [spending_of(t, exempt, now) for t in rows], now)

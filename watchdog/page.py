@@ -40,6 +40,9 @@ class Status:
     budgets: Sequence[Mapping[str, Any]] = ()
     spend_by_day: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     saved_usd: float = 0.0
+    tracked: int = 0  # all tracked batches (the table shows a bounded few)
+    running: int = 0
+    known_spend_usd: float = 0.0
     providers: Mapping[str, bool] = field(default_factory=dict)
     safety_tripped: bool = False
     dry_run: bool = False
@@ -86,14 +89,11 @@ def _header(s: Status) -> str:
 
 
 def _totals(s: Status) -> str:
-    known = [b["cost_usd"] for b in s.batches if b.get("cost_usd") is not None]
-    running = sum(1 for b in s.batches if b.get("status") not in _FINISHED)
     tiles = [
-        ("tracked", str(len(s.batches))),
-        ("running", str(running)),
-        ("known spend", _money(sum(float(c) for c in known))),
-        ("unknown cost", str(len(s.batches) - len(known))),
-        ("saved by cancels", _money(s.saved_usd)),
+        ("tracked", str(s.tracked)),
+        ("running", str(s.running)),
+        ("known spend", _money(s.known_spend_usd)),
+        ("saved by cancels (14 d)", _money(s.saved_usd)),
     ]
     cells = "".join(f'<div class="tile">{_e(k)}<b>{_e(v)}</b></div>' for k, v in tiles)
     return f'<section><div class="tiles">{cells}</div></section>'

@@ -6,18 +6,18 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
 from watchdog import safety
-from watchdog.budgets import Assessment, assess, spending_of
-from watchdog.engine import Engine, Rules, TickSummary
+from watchdog.engine import Engine, Rules, TickSummary, assess_budgets
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
 from watchdog.models import TERMINAL
 from watchdog.page import Status, render
+from watchdog.report import Report
 from watchdog.retention import prune
 from watchdog.scheduler import TickLoop, utcnow
 from watchdog.settings import ConfigError, ProviderSettings, Settings, load_settings
@@ -26,7 +26,7 @@ from watchdog.systemd import Notifier
 
 log = structlog.get_logger("watchdog.service")
 FAILED_TICKS_NOT_READY = 3
-PAGE_BATCHES, PAGE_EVENTS = 500, 25  # what the status page shows at most
+PAGE_BATCHES, PAGE_EVENTS, SPEND_DAYS = 500, 25, 14  # what the status page shows
 
 
 def status_line(summary: TickSummary | None) -> str:
@@ -148,29 +148,27 @@ class Service:
         return True, f"safety tripped at {tripped['tripped_at']}: alert-only until resume"
 
     async def _page(self) -> str:
-        """The status page, from the database as it is now."""
+        """The status page, from the database as it is now (bounded: what a glance needs,
+        whatever the history)."""
         now, store = self.engine.clock(), self.store
-        rows = await store.list_batches()
-        # The running ones first, newest first; a page, not an export.
-        rows.sort(key=lambda r: (r["status"] in TERMINAL, -_stamp(r["tracked_at"])))
-        wanted = EventFilter(limit=PAGE_EVENTS)
-        events = [e async for e in store.stream_events(wanted)][::-1]
+        counts = await store.stats()
+        spend = Report("provider")  # the last 14 days, as `report` sums them
+        async for row in store.report_rows(now - timedelta(days=SPEND_DAYS)):
+            spend.add(row)
         by_day: dict[str, dict[str, float]] = {}
-        saved = 0.0
-        async for row in store.report_rows(now - timedelta(days=14)):
-            day = row["created_at"].date().isoformat()
-            spent = by_day.setdefault(day, {})
-            cost = float(row["cost_usd"] or 0)
-            spent[row["provider"]] = spent.get(row["provider"], 0.0) + cost
-            if row["cancel_outcome"] == "succeeded" and row["cancel_projected_usd"] is not None:
-                saved += max(float(row["cancel_projected_usd"]) - cost, 0.0)
+        for (day, provider), line in spend.lines.items():
+            by_day.setdefault(day, {})[provider] = float(line.spend)
+        events = [e async for e in store.stream_events(EventFilter(limit=PAGE_EVENTS))]
         status = Status(
             now=now,
-            batches=rows[:PAGE_BATCHES],
-            events=events,
-            budgets=[a.summary() for a in await assess_budgets(store, self.settings, now)],
+            batches=await store.some_batches(PAGE_BATCHES),
+            events=events[::-1],
+            budgets=[a.summary() for a in await assess_budgets(store, self.engine.rules, now)],
             spend_by_day=by_day,
-            saved_usd=saved,
+            saved_usd=float(spend.as_dict()["totals"]["saved_usd"] or 0),
+            tracked=sum(n for _, _, n, _ in counts),
+            running=sum(n for _, s, n, _ in counts if s not in TERMINAL),
+            known_spend_usd=float(sum(c for _, _, _, c in counts if c is not None)),
             providers={n: c.breaker.available for n, c in self.engine.clients.items()},
             safety_tripped=await safety.status(store) is not None,
             dry_run=self.engine.rules.dry_run,
@@ -207,16 +205,3 @@ class Service:
 def _clients(settings: Settings) -> dict[str, ProviderSettings]:
     """What the providers' clients were built from (discovery is reloaded with the rules)."""
     return {name: p.model_copy(update={"discover": None}) for name, p in settings.providers.items()}
-
-
-async def assess_budgets(store: Store, settings: Settings, now: datetime) -> list[Assessment]:
-    """Every budget group of ``settings`` over the database as it is now (read-only)."""
-    if not settings.budgets:
-        return []
-    rows = await store.spending(min(b.start(now) for b in settings.budgets))
-    exempt = settings.safety.exempt_metadata
-    return assess(settings.budgets, [spending_of(t, exempt, now) for t in rows], now)
-
-
-def _stamp(when: datetime | None) -> float:
-    return when.timestamp() if when is not None else 0.0

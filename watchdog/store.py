@@ -693,6 +693,19 @@ class Store:
             async for row in await conn.stream(query.execution_options(yield_per=1000)):
                 yield dict(row._mapping)
 
+    async def some_batches(self, limit: int) -> list[dict[str, Any]]:
+        """At most ``limit`` tracked batches for a glance: the running ones (through the
+        due index), then the newest finished (by creation) — never the whole history."""
+        c = batches.c
+        async with self.engine.connect() as conn:
+            running = await conn.execute(select(batches).where(NOT_FINISHED).limit(limit))
+            rows = [dict(r) for r in running.mappings()]
+            if len(rows) < limit:
+                finished = select(batches).where(c.status.in_(sorted(TERMINAL)))
+                query = finished.order_by(c.created_at.desc()).limit(limit - len(rows))
+                rows += [dict(r) for r in (await conn.execute(query)).mappings()]
+        return rows
+
     async def list_batches(self, status: str | None = None) -> list[dict[str, Any]]:
         query = select(batches).order_by(
             batches.c.tracked_at, batches.c.provider, batches.c.batch_id
