@@ -16,7 +16,7 @@ from pydantic import SecretStr
 from tests.conftest import API_KEY, LLAMA_PRICE, Clock, _no_sleep
 from watchdog.dialects import KINDS, inward, inward_page
 from watchdog.engine import Engine, Rules
-from watchdog.models import BatchObject, BatchPage, is_unknown_status, view_of
+from watchdog.models import BatchObject, BatchPage, is_unknown_status, page_of, view_of
 from watchdog.policies import Policy
 from watchdog.pricing import Price
 from watchdog.providers import ProviderClient
@@ -54,12 +54,21 @@ def test_mistral_job_and_list() -> None:
     assert view.status == "in_progress" and view.model == "mistral-small-latest"
     assert view.counts is not None and (view.counts.total, view.counts.completed) == (200, 45)
     assert view.counts.failed == 15 and view.tokens is None
-    raw = payload("mistral_list.json") | {"_page": 0, "_page_size": 3}
-    page = BatchPage.model_validate(inward_page(KINDS["mistral"], raw))
+    page = BatchPage.model_validate(
+        inward_page(KINDS["mistral"], payload("mistral_list.json"), 0, 3)
+    )
     statuses = [b.status for b in page.data]
     assert statuses == ["validating", "SOMETHING_NEW", "cancelling"]
     assert is_unknown_status("SOMETHING_NEW") and page.has_more is False
     assert page.cursor == "job-1" and page.data[1].request_counts is None
+
+
+def test_a_malformed_item_of_another_dialect_costs_only_itself() -> None:
+    """As for OpenAI's pages: the bad item is skipped (its batch gets its own GET)."""
+    raw = payload("mistral_list.json")
+    raw["data"][0]["total_requests"] = -5
+    page = page_of(inward_page(KINDS["mistral"], raw, 0, 3))
+    assert [b.id for b in page.data] == ["job-2", "job-1"] and page.skipped == 1
 
 
 def test_together_payloads_progress_and_bare_list() -> None:

@@ -101,7 +101,7 @@ def inward(kind: Kind, raw: Any) -> Any:
     return raw
 
 
-def inward_page(kind: Kind, raw: Any) -> Any:
+def inward_page(kind: Kind, raw: Any, page: int = 0, size: int = 100) -> Any:
     """A list answer of ``kind`` as an OpenAI-shaped page (``has_more`` from the page
     size for page-numbered lists; a bare array, Together's, is one page, newest first)."""
     if kind.paging == "none" and isinstance(raw, list):
@@ -112,7 +112,6 @@ def inward_page(kind: Kind, raw: Any) -> Any:
     data = [inward(kind, item) for item in raw["data"]]
     if kind.paging == "page":
         total = raw.get("total")
-        page, size = raw.get("_page", 0), raw.get("_page_size", len(data))
         more = isinstance(total, int) and (page + 1) * max(size, 1) < total
         last = data[-1].get("id") if data and isinstance(data[-1], dict) else None
         return {"object": "list", "data": data, "has_more": more, "last_id": last}

@@ -229,6 +229,15 @@ def read_page(body: bytes) -> BatchPage:
             raw = json.loads(body)
         except ValueError:
             raise exc from None
+        return page_of(raw)
+
+
+def page_of(raw: Any) -> BatchPage:
+    """A parsed list page (another dialect's, mapped), item by item where need be: one
+    malformed item costs only itself (ValidationError when the page itself is bad)."""
+    try:
+        return BatchPage.model_validate(raw)
+    except ValidationError:
         if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
             raise
         return BatchPage.model_validate(_lenient(raw))

@@ -16,7 +16,7 @@ from watchdog.breaker import Breaker
 from watchdog.dialects import AZURE_API_VERSION, KINDS, inward, inward_page
 from watchdog.errors import CancelRefused, PermanentError
 from watchdog.http import HttpClient
-from watchdog.models import BatchObject, BatchPage, read_page, validate_batch_id
+from watchdog.models import BatchObject, BatchPage, page_of, read_page, validate_batch_id
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -126,10 +126,7 @@ class ProviderClient:
             return read_page  # one pass over the JSON: the hot path stays as it was
 
         def read(body: bytes) -> BatchPage:
-            raw = _json(body)
-            if isinstance(raw, dict):
-                raw |= {"_page": page, "_page_size": size}
-            return BatchPage.model_validate(inward_page(self.kind, raw))
+            return page_of(inward_page(self.kind, _json(body), page, size))
 
         return read
 

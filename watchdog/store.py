@@ -675,11 +675,10 @@ class Store:
             ):
                 # A dry run's decision to cancel is its policy_matched (nothing was sent).
                 dry = kind == Kind.POLICY_MATCHED
-                if not dry or ((detail or {}).get("action"), (detail or {}).get("dry_run")) == (
-                    "cancel",
-                    True,
-                ):
-                    first.setdefault((provider, batch_id), (at, policy, dry))
+                said = detail or {}
+                if dry and (said.get("action"), said.get("dry_run")) != ("cancel", True):
+                    continue
+                first.setdefault((provider, batch_id), (at, policy, dry))
         return [_tracked(row) for row in rows], found, first
 
     async def report_rows(self, since: datetime) -> AsyncIterator[dict[str, Any]]:
@@ -901,9 +900,11 @@ class Store:
         untracked (an untrack sticks), each with a ``tracked`` event (via discovery):
         the events, committed."""
         c, e = batches.c, batch_events.c
+        if not batch_ids:
+            return []
         async with self.engine.begin() as conn:
             query = select(c.batch_id).where(_keyed((provider, b) for b in batch_ids))
-            known = {b for (b,) in await conn.execute(query)} if batch_ids else set()
+            known = {b for (b,) in await conn.execute(query)}
             fresh = [b for b in dict.fromkeys(batch_ids) if b not in known]
             if not fresh:
                 return []
