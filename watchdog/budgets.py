@@ -331,26 +331,10 @@ def news(found: Sequence[Assessment], memory: Mapping[str, Any], now: datetime) 
 
 
 def _event(one: Assessment, kind: Kind, now: datetime, **detail: Any) -> Event:
-    paths = dict(zip(one.budget.group_by, one.group, strict=True))
-    return Event(
-        now,
-        None,
-        None,
-        kind,
-        policy=one.budget.name,
-        detail={
-            "budget": one.budget.name,
-            "group": paths,
-            "window_start": one.window_start.isoformat(),
-            "spend_usd": usd(one.spend),
-            "committed_usd": usd(one.committed),
-            "limit_usd": usd(one.limit),
-            "unknown_cost": one.unknown_cost,
-            "unknown_remaining": one.unknown_remaining,
-            "action": one.budget.action,
-            **detail,
-        },
-    )
+    """A budget event: the group's figures as ``budgets --json`` shows them, and what
+    is news (a threshold, the batches chosen)."""
+    said = {k: v for k, v in one.summary().items() if k not in ("state", "to_cancel")}
+    return Event(now, None, None, kind, policy=one.budget.name, detail=said | detail)
 
 
 def _chosen(one: Assessment) -> list[dict[str, Any]]:

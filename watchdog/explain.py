@@ -64,7 +64,7 @@ def explained(
 
 
 def _budget(one: Assessment, tracked: Tracked) -> dict[str, Any]:
-    chosen = any(m.view.batch_id == tracked.view.batch_id for m in one.chosen)
+    chosen = any((m.view.provider, m.view.batch_id) == tracked.key for m in one.chosen)
     return one.summary() | {"this_batch_chosen": chosen}
 
 
