@@ -270,15 +270,14 @@ def wire_columns(batch: BatchObject) -> dict[str, Any]:
 SAMPLED = ("status", *COUNTS_AND_TOKENS)
 
 
-def _sample(change: Change) -> dict[str, Any] | None:
-    """A poll that saw something new, as a ``batch_samples`` row (None: nothing new,
-    or not a poll's answer)."""
+def _sample(change: Change, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A poll that saw something new, as a ``batch_samples`` row from the columns it
+    writes (None: nothing new, or not a poll's answer)."""
     at = change.last_polled_at
     if change.wire is None or not isinstance(at, datetime):
         return None
-    wire = wire_columns(change.wire)
     return {"at": at, "provider": change.provider, "batch_id": change.batch_id} | {
-        name: wire.get(name) for name in SAMPLED
+        name: values.get(name) for name in SAMPLED
     }
 
 
@@ -605,7 +604,7 @@ class Store:
             lost = set(wanted) - written
             kept = [e for e in events if e.key not in lost]
             await self._insert_events(conn, kept)
-            samples = [_sample(c) for c in changes if c.key in written]
+            samples = [_sample(c, wanted[c.key]) for c in changes if c.key in written]
             if rows := [s for s in samples if s is not None]:
                 await conn.execute(insert(batch_samples), rows)
         return written
