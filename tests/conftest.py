@@ -105,6 +105,11 @@ async def store(db_url: str) -> AsyncIterator[Store]:
 
 
 LLAMA_PRICE = {"model": "meta-llama/*", "input": 0.03, "output": 0.05}
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+# A simulated batch over a $5 cap when first polled: 3,000 requests a second for 30 s
+# at $0.00011 a request (LLAMA_PRICE) = $9.90 spent, $22 projected.
+SPENDER: dict[str, Any] = {"model": LLAMA, "age": 30, "total": 200_000, "rate": 3000,
+                           "input_tokens": 2000, "output_tokens": 1000}  # fmt: skip
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import Harness
+from tests.conftest import LLAMA, Harness
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from watchdog.budgets import Budget, Spending, assess
 from watchdog.engine import Engine
@@ -160,7 +160,6 @@ def test_thresholds_crossed() -> None:
 
 # Through real ticks: the simulator, the engine, SQLite and PostgreSQL.
 
-LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 DOLLAR_FIFTH = {"input_tokens": 5_000_000, "output_tokens": 1_000_000}  # $0.20 a request
 RESEARCH_DAILY = {
     "name": "research-daily",

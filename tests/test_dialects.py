@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import API_KEY, LLAMA_PRICE, Clock, _no_sleep
+from tests.conftest import API_KEY, LLAMA, LLAMA_PRICE, SPENDER, Clock, _no_sleep
 from watchdog.dialects import KINDS, inward, inward_page
 from watchdog.engine import Engine, Rules
 from watchdog.models import BatchObject, BatchPage, is_unknown_status, page_of, view_of
@@ -24,7 +24,6 @@ from watchdog.simulator import Simulator
 from watchdog.store import Store
 
 DATA = Path(__file__).parent / "data" / "dialects"
-LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
 
 def payload(name: str) -> Any:
@@ -103,14 +102,6 @@ def test_anthropic_payloads_counts_move_at_the_end() -> None:
 CAP = {"name": "cost-cap", "when": {"cost_usd_above": 5}, "action": "cancel"}
 FAILING = {"name": "failing", "when": {"failure_ratio_above": 0.2, "min_requests": 50},
            "action": "cancel"}  # fmt: skip
-SPENDER = {
-    "model": LLAMA,
-    "age": 30,
-    "total": 200_000,
-    "rate": 3000,
-    "input_tokens": 2000,
-    "output_tokens": 1000,
-}  # fmt: skip  ($9.90 at 30 s)
 FLAKY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 10, "failure_rate": 0.5}
 HEALTHY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 1}
 LATE = {"name": "late", "when": {"expires_within": "1h", "progress_below": 0.5},

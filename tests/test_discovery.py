@@ -7,10 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.conftest import Harness
+from tests.conftest import LLAMA, SPENDER, Harness
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 
-LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 COST_CAP = [
     {
         "name": "cost-cap",
@@ -26,15 +25,7 @@ def account(h: Harness, healthy: int = 11) -> None:
     """``healthy`` cheap running batches and one past the $5 cap ($9.90 at 30 s)."""
     for i in range(healthy):
         h.sim.simulator.add(f"batch_ok_{i:02d}", model=LLAMA, total=1000, rate=0.1)
-    h.sim.simulator.add(
-        "batch_spender",
-        model=LLAMA,
-        age=30,
-        total=200_000,
-        rate=3000,
-        input_tokens=2000,
-        output_tokens=1000,
-    )
+    h.sim.simulator.add("batch_spender", **SPENDER)
 
 
 async def tracked_via(h: Harness) -> dict[str, str | None]:
@@ -107,16 +98,7 @@ async def test_an_exempt_batch_is_discovered_never_cancelled(harness: Harness) -
     """metadata watchdog=off: tracked and shown like any other, never cancelled."""
     h = harness
     h.configure(policies=COST_CAP, discover=True)
-    h.sim.simulator.add(
-        "batch_vip",
-        model=LLAMA,
-        metadata={"watchdog": "off"},
-        age=30,
-        total=200_000,
-        rate=3000,
-        input_tokens=2000,
-        output_tokens=1000,
-    )
+    h.sim.simulator.add("batch_vip", metadata={"watchdog": "off"}, **SPENDER)
     await h.tick()
     assert (await tracked_via(h)) == {"batch_vip": "discovery"}
     assert h.sim.calls("batch_vip", "cancel") == 0
@@ -148,7 +130,7 @@ async def test_run_once_discovers_through_the_cli(cli: Cli, clock: Any) -> None:
     sim = cli.sim.simulator
     for i in range(11):
         sim.add(f"batch_ok_{i:02d}", model=LLAMA, total=1000, rate=0.1)
-    sim.add("batch_spender", model=LLAMA, age=30, total=200_000, rate=3000, input_tokens=2000)
+    sim.add("batch_spender", **SPENDER)
     cli.write_config(provider="    discover: true\n")
     result = await cli("run", "--once")
     assert result.code == 0, result.err

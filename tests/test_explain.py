@@ -8,9 +8,9 @@ import json
 import time
 from typing import Any
 
+from tests.conftest import LLAMA, SPENDER
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 
-LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 SPEND = {"input_tokens": 2000, "output_tokens": 1000}  # $0.00011 a request
 
 
@@ -18,8 +18,7 @@ async def test_explain_says_why_and_what_next(cli: Cli, clock: Any) -> None:  # 
     clock.t = time.time()
     sim = cli.sim.simulator
     # $9.90 spent: over the $5 cap, but exempt (metadata watchdog=off).
-    sim.add("batch_vip", model=LLAMA, age=30, total=200_000, rate=3000,
-            metadata={"watchdog": "off", "team": "research"}, **SPEND)  # fmt: skip
+    sim.add("batch_vip", metadata={"watchdog": "off", "team": "research"}, **SPENDER)
     sim.add("batch_cheap", model=LLAMA, total=1000, rate=1, **SPEND)
     sim.add("batch_new", model=LLAMA, total=1000, rate=1)
     cli.write_config(

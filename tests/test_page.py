@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Sim
+from tests.conftest import LLAMA, Sim
 from tests.daemons import Daemon, write_config
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from watchdog.health import HealthServer
@@ -22,7 +22,6 @@ from watchdog.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = {"note": "<script>alert(1)</script>", "x": '"><img src=x onerror=alert(1)>'}
-LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
 
 async def running(tmp_path: Path, sim: Sim, clock: Any) -> tuple[Daemon, str]:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import LLAMA, SPENDER
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 
-LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 SPEND = {"input_tokens": 2000, "output_tokens": 1000}  # $0.00011 a request
 
 
@@ -22,8 +22,7 @@ async def test_report_groups_days_and_totals(cli: Cli, clock: Any) -> None:  # n
     clock.t = time.time()  # created today, as the daemon's clock sees it
     sim = cli.sim.simulator
     # $9.90 when polled: over the $5 cap, cancelled; projected $22, so $12.10 saved.
-    sim.add("batch_big", model=LLAMA, age=30, total=200_000, rate=3000,
-            metadata={"team": "research"}, **SPEND)  # fmt: skip
+    sim.add("batch_big", metadata={"team": "research"}, **SPENDER)
     sim.add("batch_small", model=LLAMA, age=100, total=1000, rate=1,
             metadata={"team": "ops"}, **SPEND)  # fmt: skip
     sim.add("batch_legacy", model=None, with_usage=False, total=100, rate=1)
