@@ -102,12 +102,17 @@ def test_anthropic_payloads_counts_move_at_the_end() -> None:
 CAP = {"name": "cost-cap", "when": {"cost_usd_above": 5}, "action": "cancel"}
 FAILING = {"name": "failing", "when": {"failure_ratio_above": 0.2, "min_requests": 50},
            "action": "cancel"}  # fmt: skip
-FLAKY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 10, "failure_rate": 0.5}
-HEALTHY = {"model": LLAMA, "age": 60, "total": 5000, "rate": 1}
+FLAKY: dict[str, Any] = {"model": LLAMA, "age": 60, "total": 5000, "rate": 10, "failure_rate": 0.5}
+HEALTHY: dict[str, Any] = {"model": LLAMA, "age": 60, "total": 5000, "rate": 1}
 LATE = {"name": "late", "when": {"expires_within": "1h", "progress_below": 0.5},
         "action": "cancel"}  # fmt: skip
 AGED = {"name": "aged", "when": {"age_above": "23h"}, "action": "cancel"}
-SLOW = {"model": LLAMA, "age": 84_000, "total": 10_000, "rate": 0.01}  # 40 min left at 8 %
+SLOW: dict[str, Any] = {
+    "model": LLAMA,
+    "age": 84_000,
+    "total": 10_000,
+    "rate": 0.01,
+}  # 40 min left at 8 %
 
 
 async def serve(aiohttp_server: Any, clock: Clock, api: str) -> tuple[Simulator, str]:
