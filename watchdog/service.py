@@ -161,7 +161,7 @@ class Service:
         events = [e async for e in store.stream_events(EventFilter(limit=PAGE_EVENTS))]
         status = Status(
             now=now,
-            batches=await store.some_batches(PAGE_BATCHES),
+            batches=await store.some_batches(PAGE_BATCHES, now - timedelta(days=SPEND_DAYS)),
             events=events[::-1],
             budgets=[a.summary() for a in await assess_budgets(store, self.engine.rules, now)],
             spend_by_day=by_day,

@@ -691,15 +691,17 @@ class Store:
             async for row in await conn.stream(query.execution_options(yield_per=1000)):
                 yield dict(row._mapping)
 
-    async def some_batches(self, limit: int) -> list[dict[str, Any]]:
+    async def some_batches(self, limit: int, since: datetime) -> list[dict[str, Any]]:
         """At most ``limit`` tracked batches for a glance: the running ones (through the
-        due index), then the newest finished (by creation) — never the whole history."""
+        due index), then the newest finished since ``since`` (a range of the creation
+        index) — never the whole history."""
         c = batches.c
         async with self.engine.connect() as conn:
             running = await conn.execute(select(batches).where(NOT_FINISHED).limit(limit))
             rows = [dict(r) for r in running.mappings()]
             if len(rows) < limit:
-                finished = select(batches).where(c.status.in_(sorted(TERMINAL)))
+                recent = (c.created_at >= since, c.status.in_(sorted(TERMINAL)))
+                finished = select(batches).where(*recent)
                 query = finished.order_by(c.created_at.desc()).limit(limit - len(rows))
                 rows += [dict(r) for r in (await conn.execute(query)).mappings()]
         return rows
