@@ -59,18 +59,28 @@ async def test_using_it_steps_work_verbatim(tmp_path: Path, aiohttp_server: Any)
     )
     assert proc.stderr is not None and proc.stdout is not None
     logged: list[dict[str, Any]] = []
-    async with asyncio.timeout(60):
-        async for raw in proc.stderr:
-            try:
-                logged.append(json.loads(raw))
-            except ValueError:
-                continue
-            kinds = [e.get("event") for e in logged]
-            # Only the daemon serves HTTP: wait for its first tick after that.
-            if "http_listening" in kinds and kinds[-1] == "tick_completed":
-                break
-        proc.send_signal(signal.SIGTERM)
+    try:  # eight commands and a daemon's start: generous, for a loaded CI machine
+        async with asyncio.timeout(120):
+            async for raw in proc.stderr:
+                try:
+                    logged.append(json.loads(raw))
+                except ValueError:
+                    continue
+                kinds = [e.get("event") for e in logged]
+                # Only the daemon serves HTTP: wait for its first tick after that.
+                if "http_listening" in kinds and kinds[-1] == "tick_completed":
+                    break
+    except TimeoutError:
+        proc.kill()
         out, _ = await proc.communicate()
+        raise AssertionError(f"no tick in 120 s; logged {logged}; printed {out.decode()}") from None
+    proc.send_signal(signal.SIGTERM)
+    try:
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        raise AssertionError("still running 30 s after SIGTERM") from None
     assert proc.returncode == 0, out.decode()[-2000:]
     text = out.decode()
     assert "config OK" in text and "tracking deepinfra/batch_abc123" in text

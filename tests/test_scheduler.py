@@ -46,6 +46,28 @@ async def test_stop_drains_the_tick_in_flight() -> None:
     assert finished.is_set()
 
 
+async def test_a_tick_past_the_drain_timeout_is_stopped_and_cleaned_up_before_returning() -> None:
+    """A tick still running when the drain time is up is cancelled, and its cleanup (the
+    claims given back) runs before ``run`` returns, while the database is still open:
+    not later, in asyncio's teardown, after the engine was disposed."""
+    stop = asyncio.Event()
+    cleaned = asyncio.Event()
+
+    async def tick() -> None:
+        stop.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0.05)  # a cleanup that itself awaits, as a release does
+            cleaned.set()
+
+    with capture_logs() as logs:
+        loop = TickLoop(tick, timedelta(seconds=60))
+        await asyncio.wait_for(loop.run(stop, drain_timeout=0.1), timeout=10)
+    assert cleaned.is_set()
+    assert [e["waited_s"] for e in logs if e["event"] == "tick_abandoned"] == [0.1]
+
+
 async def test_an_early_tick_comes_for_a_batch_due_before_the_next_regular_one() -> None:
     """Adaptive polling: when something is due before the next regular tick, the loop
     wakes for it instead of waiting the whole interval."""

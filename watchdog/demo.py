@@ -17,7 +17,7 @@ from aiohttp import web
 from watchdog import app, logs
 from watchdog.engine import utcnow
 from watchdog.models import TERMINAL
-from watchdog.scheduler import TickLoop
+from watchdog.scheduler import TickLoop, stopped
 from watchdog.settings import ConfigError, load_settings
 from watchdog.simulator import Simulator
 
@@ -156,7 +156,7 @@ async def _demo_daemon(
             next_due=daemon.engine.next_due,
         )
         await loop_.run(stop)
-        watcher.cancel()
+        await stopped(watcher)
         return await daemon.store.list_batches()
 
 

@@ -24,6 +24,15 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+async def stopped(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel the tasks and wait until they have ended. One cancelled mid-query gives
+    its connection back while the database is still open; left to asyncio's teardown,
+    after the engine was disposed, it waited for ever and the process never exited."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class TickLoop:
     """Runs ``tick`` every ``interval`` until ``stop`` is set."""
 
@@ -168,10 +177,13 @@ class TickLoop:
         try:
             await stop.wait()
         finally:
-            guard.cancel()
+            await stopped(guard)
             scheduler.pause()
             inflight = self._inflight
             if inflight is not None and not inflight.done():
                 # Let in-flight cancels finish and record their outcome.
                 await asyncio.wait([inflight], timeout=drain_timeout)
+                if not inflight.done():  # stopped here, it gives its claims back
+                    log.warning("tick_abandoned", waited_s=drain_timeout)
+                    await stopped(inflight)
             scheduler.shutdown(wait=False)

@@ -19,7 +19,7 @@ from watchdog.models import TERMINAL
 from watchdog.page import Status, render
 from watchdog.report import Report
 from watchdog.retention import prune
-from watchdog.scheduler import TickLoop, utcnow
+from watchdog.scheduler import TickLoop, stopped, utcnow
 from watchdog.settings import ConfigError, ProviderSettings, Settings, load_settings
 from watchdog.store import EventFilter, Store
 from watchdog.systemd import Notifier
@@ -94,8 +94,7 @@ class Service:
             timeout = self.settings.shutdown_timeout.total_seconds()
             await self.ticks.run(self.stop, drain_timeout=timeout)
         finally:
-            heartbeat.cancel()
-            pruning.cancel()
+            await stopped(heartbeat, pruning)  # a prune may be mid-query
             await self.health.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
