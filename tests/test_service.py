@@ -212,7 +212,7 @@ async def test_sigterm_while_pruning_exits(tmp_path: Path, sim: Sim) -> None:
     """SIGTERM in the middle of a prune run (a hundred deletes of 2,000 rows here): the
     prune stops and the process exits 0. Before, the cancelled prune was left to
     asyncio's teardown after the database closed, and could wait for ever (a race: the
-    process hung in 2 of 18 such stops; the next test makes it certain, in process)."""
+    process hung in 3 of 28 such stops; the next test makes it certain, in process)."""
     db = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
     extra = "retention: {batch: 2000, max_batches: 100}\n"
     config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=sim.url, extra=extra)
