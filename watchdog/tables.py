@@ -98,8 +98,6 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 NOT_FINISHED = text(  # parenthesised: it is and-ed into queries as it stands
     "(status IS NULL OR status NOT IN ({}))".format(", ".join(f"'{s}'" for s in sorted(TERMINAL)))
 )
-TOKEN = BigInteger
-
 COUNTS_AND_TOKENS = (
     "request_total",
     "request_completed",
@@ -114,10 +112,7 @@ COUNTS_AND_TOKENS = (
 def counts_and_tokens() -> list[Column[int]]:
     """The request counts and usage tokens, as ``batches`` and ``batch_samples`` keep
     them (fresh columns for each table)."""
-    kinds = {
-        name: BigInteger if name.startswith("request") else TOKEN for name in COUNTS_AND_TOKENS
-    }
-    return [Column(name, kind) for name, kind in kinds.items()]
+    return [Column(name, BigInteger) for name in COUNTS_AND_TOKENS]
 
 
 batches = Table(
