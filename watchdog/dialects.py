@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from watchdog.models import TERMINAL
+
 AZURE_API_VERSION = "2024-10-21"  # the GA version whose Batch API this speaks
 ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header (the SDK's default)
 
@@ -149,31 +151,33 @@ def outward(kind: Kind, wire: Mapping[str, Any]) -> dict[str, Any]:
     if kind.name == "anthropic":
         return _to_anthropic(wire)
     if kind.name == "mistral":
-        counts = wire.get("request_counts") or {}
-        done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
-        return {
-            "id": wire["id"],
-            "object": "batch",
-            "status": TO_MISTRAL.get(wire["status"], wire["status"]),
-            "model": wire.get("model"),
-            "endpoint": "/v1/chat/completions",
-            "metadata": wire.get("metadata"),
-            "created_at": wire.get("created_at"),
-            "started_at": wire.get("in_progress_at"),
-            "completed_at": wire.get(f"{wire['status']}_at")
-            if wire["status"] in ("completed", "failed", "expired", "cancelled")
-            else None,
-            "total_requests": counts.get("total"),
-            "completed_requests": done,
-            "succeeded_requests": counts.get("completed"),
-            "failed_requests": counts.get("failed"),
-            "errors": [],
-        }
+        return _to_mistral(wire)
     out = dict(wire)
     if not kind.usage:
         out.pop("usage", None)
         out.pop("model", None)
     return out
+
+
+def _to_mistral(wire: Mapping[str, Any]) -> dict[str, Any]:
+    counts = wire.get("request_counts") or {}
+    done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
+    return {
+        "id": wire["id"],
+        "object": "batch",
+        "status": TO_MISTRAL.get(wire["status"], wire["status"]),
+        "model": wire.get("model"),
+        "endpoint": "/v1/chat/completions",
+        "metadata": wire.get("metadata"),
+        "created_at": wire.get("created_at"),
+        "started_at": wire.get("in_progress_at"),
+        "completed_at": wire.get(f"{wire['status']}_at") if wire["status"] in TERMINAL else None,
+        "total_requests": counts.get("total"),
+        "completed_requests": done,
+        "succeeded_requests": counts.get("completed"),
+        "failed_requests": counts.get("failed"),
+        "errors": [],
+    }
 
 
 def _newest_first(item: Any) -> tuple[float, str]:
@@ -240,9 +244,6 @@ def _to_together(wire: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-ANTHROPIC_TERMINAL = ("completed", "failed", "expired", "cancelled")
-
-
 def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
     """processing_status in_progress / canceling / ended; the counts by outcome, which
     move only when the batch ends: before that they say nothing of its progress, so
@@ -279,7 +280,7 @@ def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
 def _to_anthropic(wire: Mapping[str, Any]) -> dict[str, Any]:
     counts = wire.get("request_counts") or {}
     total, status = counts.get("total") or 0, wire["status"]
-    ended = status in ANTHROPIC_TERMINAL
+    ended = status in TERMINAL
     done, failed = counts.get("completed") or 0, counts.get("failed") or 0
     left = max(total - done - failed, 0)
     n = {"processing": total, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
