@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from watchdog.decisions import FINAL, exemption
+from watchdog.decisions import FINAL, exempt_from
 from watchdog.durations import parse_duration
 from watchdog.events import Event, Kind
 from watchdog.models import ACTIVE, BatchView
@@ -162,9 +162,7 @@ class Spending:
 
 def spending_of(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datetime) -> Spending:
     """A tracked batch as a budget sees it."""
-    exempt = exemption(
-        tracked.view.metadata, exempt_metadata, tracked.exempt_until, tracked.exempt_reason, now
-    )
+    exempt = exempt_from(tracked, exempt_metadata, now)
     stopping = tracked.cancel_requested_at is not None and tracked.cancel_outcome not in FINAL
     return Spending(tracked.view, tracked.cost_usd, stopping, exempt is not None)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from watchdog.models import ACTIVE, CANCELLING, TERMINAL
+from watchdog.rows import Tracked
 
 MAX_CANCEL_ATTEMPTS = 3  # requests that may have reached the provider
 FINAL = frozenset({"refused", "abandoned"})  # outcomes after which no cancel is sent
@@ -67,6 +68,33 @@ def exemption(
     if until is not None and now < until:
         return f"silenced until {until.isoformat()}" + (f": {reason}" if reason else "")
     return None
+
+
+def exempt_from(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datetime) -> str | None:
+    """Why this tracked batch is exempt from cancels right now (its metadata or its
+    silence), or None."""
+    return exemption(
+        tracked.view.metadata, exempt_metadata, tracked.exempt_until, tracked.exempt_reason, now
+    )
+
+
+def candidate_of(
+    tracked: Tracked,
+    policy: str,
+    exempt_metadata: Mapping[str, str],
+    now: datetime,
+    blocked: str | None = None,
+) -> Candidate:
+    """A tracked batch some policy (or budget) wants cancelled, as the plan sees it."""
+    return Candidate(
+        *tracked.key,
+        status=tracked.view.status,
+        policy=policy,
+        cancel_outcome=tracked.cancel_outcome,
+        cancel_attempts=tracked.cancel_attempts,
+        exempt=exempt_from(tracked, exempt_metadata, now),
+        blocked=blocked,
+    )
 
 
 def plan(

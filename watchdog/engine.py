@@ -17,7 +17,7 @@ from watchdog import cancels
 from watchdog.act import send_cancels
 from watchdog.breaker import Change as BreakerChange
 from watchdog.budgets import Assessment, assess, news, spending_of, verdict
-from watchdog.decisions import Candidate, Plan, exemption, plan
+from watchdog.decisions import Candidate, Plan, candidate_of, plan
 from watchdog.errors import PermanentError
 from watchdog.events import Event, Kind
 from watchdog.metrics import Metrics
@@ -411,23 +411,10 @@ class Engine:
         return [by_key[(c.provider, c.batch_id)] for c in decided.cancel], gate
 
     def _candidate(self, obs: Observation, now: datetime) -> Candidate:
-        tracked, verdict, safety = obs.after, obs.verdict, self.rules.safety
-        assert verdict is not None
-        return Candidate(
-            *tracked.key,
-            status=tracked.view.status,
-            policy=verdict.policy,
-            cancel_outcome=tracked.cancel_outcome,
-            cancel_attempts=tracked.cancel_attempts,
-            exempt=exemption(
-                tracked.view.metadata,
-                safety.exempt_metadata,
-                tracked.exempt_until,
-                tracked.exempt_reason,
-                now,
-            ),
-            blocked=self._skewed.get(tracked.view.provider),
-        )
+        assert obs.verdict is not None
+        skewed = self._skewed.get(obs.after.view.provider)
+        exempt = self.rules.safety.exempt_metadata
+        return candidate_of(obs.after, obs.verdict.policy, exempt, now, skewed)
 
     @staticmethod
     def _say_held(decided: Plan, seen: list[Observation]) -> None:

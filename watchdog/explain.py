@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from watchdog.budgets import Assessment
-from watchdog.decisions import Candidate, exemption, hold_reason
+from watchdog.decisions import candidate_of, exempt_from, hold_reason
 from watchdog.models import TERMINAL
 from watchdog.policies import Facts, History, evaluate
 from watchdog.policies import explain as policy_rows
@@ -35,13 +35,7 @@ def explained(
         progress_at=tracked.progress_at,
     )
     facts = Facts(view, tracked.cost_usd, now, history)
-    exempt = exemption(
-        view.metadata,
-        settings.safety.exempt_metadata,
-        tracked.exempt_until,
-        tracked.exempt_reason,
-        now,
-    )
+    exempt = exempt_from(tracked, settings.safety.exempt_metadata, now)
     verdict = evaluate(settings.policies, facts, tracked.pending).verdict
     report: dict[str, Any] = {
         "batch_id": view.batch_id,
@@ -59,7 +53,7 @@ def explained(
         "safety_tripped": bool(tripped),
         "cancel": {"policy": tracked.cancel_policy, "outcome": tracked.cancel_outcome},
     }
-    report["next_tick"] = _next(report, tracked, verdict, exempt, groups)
+    report["next_tick"] = _next(report, tracked, verdict, settings.safety.exempt_metadata, now)
     return report
 
 
@@ -72,8 +66,8 @@ def _next(
     report: Mapping[str, Any],
     tracked: Tracked,
     verdict: Any,
-    exempt: str | None,
-    groups: Sequence[Assessment],
+    exempt_metadata: Mapping[str, str],
+    now: datetime,
 ) -> str:
     """What the next tick will do, judged on what the last poll saw."""
     if tracked.view.status in TERMINAL:
@@ -84,15 +78,7 @@ def _next(
     if verdict is not None and verdict.action == "alert" and chosen is None:
         return f"poll it; alert from {verdict.policy} (recorded once)"
     name = verdict.policy if verdict is not None and verdict.action == "cancel" else chosen
-    candidate = Candidate(
-        *tracked.key,
-        status=tracked.view.status,
-        policy=str(name),
-        cancel_outcome=tracked.cancel_outcome,
-        cancel_attempts=tracked.cancel_attempts,
-        exempt=exempt,
-    )
-    held = hold_reason(candidate)
+    held = hold_reason(candidate_of(tracked, str(name), exempt_metadata, now))
     held = held or ("dry run" if report["dry_run"] else None)
     held = held or ("safety tripped: alert-only until resume" if report["safety_tripped"] else None)
     return f"hold the cancel from {name}: {held}" if held else f"cancel it ({name})"

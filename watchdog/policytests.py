@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from watchdog.durations import Duration
 from watchdog.models import BatchObject, BatchView
 from watchdog.observe import Judging, rules_of
-from watchdog.replay import Sample, Step, fresh, judge
+from watchdog.replay import Sample, Step, fresh, judge, usage_wire
 from watchdog.settings import ConfigError, Settings, explain, load_settings, read_yaml
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)  # t=0 of every timeline unless the file says
@@ -148,12 +148,10 @@ def _samples(batch: TimedBatch, start: datetime) -> list[Sample]:
 
 
 def _usage(tokens: dict[str, int]) -> dict[str, Any]:
-    return {
-        "input_tokens": tokens.get("input", 0),
-        "output_tokens": tokens.get("output", 0),
-        "input_tokens_details": {"cached_tokens": tokens.get("cached", 0)},
-        "output_tokens_details": {"reasoning_tokens": tokens.get("reasoning", 0)},
-    }
+    get = tokens.get
+    return usage_wire(
+        get("input", 0), get("output", 0), cached=get("cached", 0), reasoning=get("reasoning", 0)
+    )
 
 
 def _check(expect: Expect, steps: list[Step], start: datetime) -> str | None:

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from watchdog.decisions import Candidate, exemption, hold_reason
+from watchdog.decisions import candidate_of, hold_reason
 from watchdog.models import TERMINAL, BatchObject, BatchView, view_of
 from watchdog.observe import Judging, Observation, observe
 from watchdog.policies import Verdict
@@ -104,22 +104,7 @@ def _step(obs: Observation, at: datetime, judging: Judging) -> Step:
     tracked, verdict, safety = obs.after, obs.verdict, judging.rules.safety
     held = None
     if verdict is not None and verdict.action == "cancel":
-        why_exempt = exemption(
-            tracked.view.metadata,
-            safety.exempt_metadata,
-            tracked.exempt_until,
-            tracked.exempt_reason,
-            at,
-        )
-        candidate = Candidate(
-            *tracked.key,
-            status=tracked.view.status,
-            policy=verdict.policy,
-            cancel_outcome=tracked.cancel_outcome,
-            cancel_attempts=tracked.cancel_attempts,
-            exempt=why_exempt,
-        )
-        held = hold_reason(candidate)
+        held = hold_reason(candidate_of(tracked, verdict.policy, safety.exempt_metadata, at))
     cancel = verdict is not None and verdict.action == "cancel" and held is None
     projected = projected_cost(obs.cost, tracked.view.counts, 1)
     return Step(at, tracked.view.status, verdict, cancel, held, obs.cost, projected)
@@ -137,12 +122,12 @@ def wire_of(view: BatchView, sampled: Mapping[str, Any]) -> BatchObject:
         }
     usage = None
     if sampled.get("input_tokens") is not None and sampled.get("output_tokens") is not None:
-        usage = {
-            "input_tokens": sampled["input_tokens"],
-            "output_tokens": sampled["output_tokens"],
-            "input_tokens_details": {"cached_tokens": sampled.get("cached_tokens") or 0},
-            "output_tokens_details": {"reasoning_tokens": sampled.get("reasoning_tokens") or 0},
-        }
+        usage = usage_wire(
+            sampled["input_tokens"],
+            sampled["output_tokens"],
+            cached=sampled.get("cached_tokens") or 0,
+            reasoning=sampled.get("reasoning_tokens") or 0,
+        )
     return BatchObject.model_validate(
         {
             "id": view.batch_id,
@@ -155,6 +140,16 @@ def wire_of(view: BatchView, sampled: Mapping[str, Any]) -> BatchObject:
             "usage": usage,
         }
     )
+
+
+def usage_wire(inputs: int, outputs: int, *, cached: int, reasoning: int) -> dict[str, Any]:
+    """Token counts as a batch object's ``usage`` carries them."""
+    return {
+        "input_tokens": inputs,
+        "output_tokens": outputs,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+    }
 
 
 def _unix(when: datetime | None) -> int | None:
