@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -237,9 +238,9 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
 
 
 def budget_table(found: list[dict[str, Any]]) -> str:
-    def money(amount: float | None) -> str:
-        return "-" if amount is None else f"${amount:,.2f}"
+    from watchdog.pricing import dollars
 
+    money = partial(dollars, unknown="-")
     out = []
     for b in found:
         group = ",".join(f"{k}={v}" for k, v in b["group"].items()) or "-"
@@ -580,9 +581,9 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def replay_table(report: dict[str, Any]) -> str:
-    def money(amount: float | None) -> str:
-        return "-" if amount is None else f"${amount:,.4f}"
+    from watchdog.pricing import dollars
 
+    money = partial(dollars, places=4, unknown="-")
     rows = []
     for line in report["batches"]:
         if line["change"] == "unchanged":

@@ -14,7 +14,7 @@ from watchdog.decisions import candidate_of, exempt_from, hold_reason
 from watchdog.models import TERMINAL
 from watchdog.policies import Facts, History, evaluate
 from watchdog.policies import explain as policy_rows
-from watchdog.pricing import projected_cost, usd
+from watchdog.pricing import dollars, projected_cost, usd
 from watchdog.rows import Tracked
 from watchdog.settings import Settings
 
@@ -91,7 +91,7 @@ def render(report: Mapping[str, Any]) -> str:
     cost = "unknown" if report["cost_usd"] is None else f"${report['cost_usd']:.4f}"
     lines = [
         f"{report['batch_id']} ({report['provider']}): {report['status'] or 'not polled'}, "
-        f"{done}, cost {cost}, projected {_money(report['projected_cost_usd'])}",
+        f"{done}, cost {cost}, projected {dollars(report['projected_cost_usd'])}",
         f"polled {report['last_polled_at'] or 'never'}; next poll {report['next_poll_at'] or '-'}",
         "policies (the first that holds acts):",
     ]
@@ -105,8 +105,8 @@ def render(report: Mapping[str, Any]) -> str:
     for b in report["budgets"]:
         mark = "; this batch would be cancelled" if b["this_batch_chosen"] else ""
         lines.append(
-            f"budget {b['budget']}: committed {_money(b['committed_usd'])} of "
-            f"{_money(b['limit_usd'])} ({b['state']}){mark}"
+            f"budget {b['budget']}: committed {dollars(b['committed_usd'])} of "
+            f"{dollars(b['limit_usd'])} ({b['state']}){mark}"
         )
     lines.append(f"exempt: {report['exempt'] or 'no'}")
     switches = (str(report["dry_run"]).lower(), str(report["safety_tripped"]).lower())
@@ -120,10 +120,6 @@ def _condition(c: Mapping[str, Any]) -> str:
         return f"{c['condition']} {c['threshold']}: unknown ({c['unknown']})"
     mark = "holds" if c["holds"] else "does not hold"
     return f"{c['condition']} {c['threshold']}: observed {c['observed']} ({mark})"
-
-
-def _money(amount: float | None) -> str:
-    return "unknown" if amount is None else f"${amount:,.2f}"
 
 
 def _iso(when: datetime | None) -> str | None:

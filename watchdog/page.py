@@ -11,6 +11,9 @@ from datetime import datetime
 from html import escape
 from typing import Any
 
+from watchdog.models import TERMINAL
+from watchdog.pricing import dollars
+
 REFRESH_S = 15
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1b1f24;background:#f6f8fa}
@@ -92,14 +95,11 @@ def _totals(s: Status) -> str:
     tiles = [
         ("tracked", str(s.tracked)),
         ("running", str(s.running)),
-        ("known spend", _money(s.known_spend_usd)),
-        ("saved by cancels (14 d)", _money(s.saved_usd)),
+        ("known spend", dollars(s.known_spend_usd)),
+        ("saved by cancels (14 d)", dollars(s.saved_usd)),
     ]
     cells = "".join(f'<div class="tile">{_e(k)}<b>{_e(v)}</b></div>' for k, v in tiles)
     return f'<section><div class="tiles">{cells}</div></section>'
-
-
-_FINISHED = ("completed", "failed", "expired", "cancelled")
 
 
 def _bar(fraction: float, over: bool = False) -> str:
@@ -116,8 +116,8 @@ def _budgets(budgets: Sequence[Mapping[str, Any]]) -> str:
         limit = b["limit_usd"] or 1
         group = ", ".join(f"{k}={v}" for k, v in b["group"].items()) or "all"
         rows.append(
-            f"<tr><td>{_e(b['budget'])}</td><td>{_e(group)}</td><td>{_e(_money(b['spend_usd']))}</td>"
-            f"<td>{_e(_money(b['committed_usd']))} of {_e(_money(b['limit_usd']))}"
+            f"<tr><td>{_e(b['budget'])}</td><td>{_e(group)}</td><td>{_e(dollars(b['spend_usd']))}</td>"
+            f"<td>{_e(dollars(b['committed_usd']))} of {_e(dollars(b['limit_usd']))}"
             f"{_bar(b['committed_usd'] / limit, b['state'] == 'over')}</td>"
             f"<td>{_e(b['state'])}</td></tr>"
         )
@@ -143,13 +143,13 @@ def _chart(by_day: Mapping[str, Mapping[str, float]]) -> str:
             h = by_day[day].get(provider, 0.0) / top * (height - 10)
             y -= h
             colour = COLOURS[j % len(COLOURS)]
-            title = f"{day} {provider}: {_money(by_day[day].get(provider, 0.0))}"
+            title = f"{day} {provider}: {dollars(by_day[day].get(provider, 0.0))}"
             parts.append(
                 f'<rect x="{30 + i * step}" y="{y:.1f}" width="28" height="{h:.1f}" '
                 f'fill="{colour}"><title>{_e(title)}</title></rect>'
             )
         parts.append(f'<text x="{30 + i * step}" y="{height + 14}">{_e(day[5:])}</text>')
-    parts.append(f'<text x="0" y="10">{_e(_money(top))}</text></svg>')
+    parts.append(f'<text x="0" y="10">{_e(dollars(top))}</text></svg>')
     legend = " ".join(
         f'<span style="color:{COLOURS[j % len(COLOURS)]}">&#9632;</span> {_e(p)}'
         for j, p in enumerate(providers)
@@ -163,7 +163,7 @@ def _batches(batches: Sequence[Mapping[str, Any]], now: datetime) -> str:
         total = b.get("request_total") or 0
         done = (b.get("request_completed") or 0) + (b.get("request_failed") or 0)
         progress = _bar(done / total) if total else "-"
-        cost = "unknown" if b.get("cost_usd") is None else _money(float(b["cost_usd"]))
+        cost = "unknown" if b.get("cost_usd") is None else dollars(float(b["cost_usd"]))
         meta = json.dumps(b["metadata"], ensure_ascii=False) if b.get("metadata") else ""
         rows.append(
             "<tr>"
@@ -195,14 +195,10 @@ def _events(events: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _until(expires: datetime | None, now: datetime, status: str | None) -> str:
-    if expires is None or status in _FINISHED:
+    if expires is None or status in TERMINAL:
         return "-"
     left = (expires - now).total_seconds()
     if left <= 0:
         return "expired"
     hours, rest = divmod(int(left), 3600)
     return f"{hours}h{rest // 60:02d}m"
-
-
-def _money(amount: float | None) -> str:
-    return "unknown" if amount is None else f"${amount:,.2f}"

@@ -110,3 +110,8 @@ def usd(amount: Decimal | None) -> float | None:
     """An amount for an event's JSON detail: to the micro-dollar, a number that prints
     exactly (the table columns keep the full decimal)."""
     return None if amount is None else float(round(amount, 6))
+
+
+def dollars(amount: float | None, *, places: int = 2, unknown: str = "unknown") -> str:
+    """An amount for people ($1,234.50); ``unknown`` when it is not known, never $0."""
+    return unknown if amount is None else f"${amount:,.{places}f}"
