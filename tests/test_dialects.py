@@ -282,3 +282,12 @@ policies:
     for api, sim in sims.items():
         assert sim.calls[f"batch_{api}_late"]["cancel"] == 1
         assert sim.calls[f"batch_{api}_fresh"]["cancel"] == 0
+
+
+def test_the_config_schema_names_every_kind_and_only_those() -> None:
+    """``providers.NAME.api`` accepts exactly the kinds there is a dialect for."""
+    from typing import get_args
+
+    from watchdog.dialects import Api
+
+    assert set(get_args(Api)) == set(KINDS)

@@ -107,8 +107,7 @@ def build_parser() -> Parser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
     sim.add_argument("--scenario", choices=["empty", "demo"], default="demo")
-    kinds = ["openai", "azure", "groq", "mistral", "together", "anthropic"]
-    sim.add_argument("--api", choices=kinds, default="openai", help="the dialect to serve")
+    sim.add_argument("--api", type=_api, default="openai", metavar="KIND", help="dialect to serve")
     demo = sub.add_parser("demo", parents=[common], help="simulator + daemon, end to end")
     demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS")
     return parser
@@ -525,6 +524,14 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
     )
     asyncio.run(write_events(app.stream_events(settings, wanted), args.json))
     return EX_OK
+
+
+def _api(text: str) -> str:
+    from watchdog.dialects import KINDS
+
+    if text not in KINDS:
+        raise argparse.ArgumentTypeError(f"unknown api {text!r}; valid: {', '.join(KINDS)}")
+    return text
 
 
 def _by(text: str) -> str:

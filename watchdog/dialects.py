@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from watchdog.models import TERMINAL
 
@@ -70,6 +70,9 @@ class Kind:
                 out |= {name: why for name in ("progress_below", "stalled_for", "eta_after_expiry")}
         return out
 
+
+# The ``api:`` a provider may name (the config's schema); each is a key of KINDS.
+Api = Literal["openai", "azure", "groq", "mistral", "together", "anthropic"]
 
 KINDS: Mapping[str, Kind] = {
     "openai": Kind("openai", "batches", "bearer"),

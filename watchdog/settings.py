@@ -39,7 +39,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from watchdog.budgets import Budget
-from watchdog.dialects import AZURE_API_VERSION
+from watchdog.dialects import AZURE_API_VERSION, Api
 from watchdog.durations import Duration
 from watchdog.events import Kind
 from watchdog.policies import Discovery, Policy
@@ -84,7 +84,7 @@ class ProviderSettings(_Strict):
     allow_insecure_http: bool = Field(
         default=False, description="allow http:// to a host that is not loopback (keys in clear)"
     )
-    api: Literal["openai", "azure", "groq", "mistral", "together", "anthropic"] = Field(
+    api: Api = Field(
         default="openai", description="the Batch API's dialect (see README: API kinds)"
     )
     api_version: str = Field(
