@@ -16,8 +16,9 @@ from pydantic import ValidationError
 from tests.conftest import LLAMA, Harness
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from watchdog.budgets import Budget, Spending, assess
-from watchdog.engine import Engine
+from watchdog.engine import Engine, assess_budgets
 from watchdog.models import BatchView, Counts
+from watchdog.simulator import Fault
 from watchdog.store import EventFilter
 
 NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
@@ -76,6 +77,25 @@ def test_once_cancelled_nothing_more_is_chosen() -> None:
     ]
     (one,) = assess([budget(match=RESEARCH)], batches, NOW)
     assert one.committed == Decimal(190) and one.chosen == [] and not one.over
+
+
+def test_a_cancel_stops_spending_only_once_it_took() -> None:
+    """A cancel that failed (503, or a 200 leaving the batch running) stops nothing: the
+    batch still counts and is chosen again; one refused or given up keeps counting but
+    is never chosen again, so the next newest is."""
+    failed = [
+        batch(b.view.batch_id, age_h=i + 1, backing_off=True) if i < 5 else b
+        for i, b in enumerate(research_day())
+    ]
+    (one,) = assess([budget(match=RESEARCH)], failed, NOW)
+    assert one.committed == Decimal(390) and len(one.chosen) == 5
+    spent = [
+        batch(b.view.batch_id, age_h=i + 1, spent_cancel=True) if i == 0 else b
+        for i, b in enumerate(research_day())
+    ]
+    (one,) = assess([budget(match=RESEARCH)], spent, NOW)
+    chosen = [c.view.batch_id for c in one.chosen]
+    assert one.committed == Decimal(390) and chosen == [f"batch_r{i}" for i in range(1, 6)]
 
 
 def test_groups_are_budgets_of_their_own() -> None:
@@ -222,6 +242,54 @@ async def test_a_budget_cancels_the_newest_batches_needed_once(harness: Harness)
     assert len(await daemon_events(h, "budget_threshold")) == 2
     canceller = (await h.row("batch_r0"))["cancel_policy"]
     assert canceller == "research-daily"
+
+
+async def test_a_failed_budget_cancel_is_sent_again_after_its_backoff(harness: Harness) -> None:
+    """The newest batch's cancel answers 503: it still counts as running (the budget
+    stays over), and its cancel is sent again once its backoff is over — not before."""
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY])
+    spending_day(h)
+    h.sim.simulator.faults.append(Fault("POST", "/batches/batch_r0/cancel", 503))
+    await h.track(*h.sim.simulator.batches)
+    await h.tick()
+    assert cancelled(h) == {b: 1 for b in RUNNING[1:5]}
+    assert (await h.row("batch_r0"))["cancel_outcome"] == "failed"
+    assert h.engine is not None
+    (one,) = await assess_budgets(h.store, h.engine.rules, h.clock.now())
+    assert one.over and [m.view.batch_id for m in one.chosen] == ["batch_r0"]
+    await h.tick(advance=5)  # within the 15 s backoff: not yet
+    assert h.sim.calls("batch_r0", "cancel") == 0
+    # Due again 15 s after the failure; $35.80 of its projection is still to come, which
+    # is enough to fit (committed $230 against $200): batch_r0 alone.
+    await h.tick(advance=16)
+    assert cancelled(h) == {b: 1 for b in RUNNING[:5]}
+    assert (await h.row("batch_r0"))["cancel_outcome"] == "succeeded"
+    (one,) = await assess_budgets(h.store, h.engine.rules, h.clock.now())
+    assert not one.over
+
+
+async def test_an_abandoned_budget_cancel_chooses_the_next_batch(harness: Harness) -> None:
+    """The newest batch's cancel answers 200 three times and the batch runs on: the
+    cancel is abandoned, and the budget chooses the next newest batch instead."""
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY])
+    spending_day(h)
+    still = json.dumps(h.sim.simulator.batches["batch_r0"].wire(h.clock.time()))
+    h.sim.simulator.faults.append(
+        Fault("POST", "/batches/batch_r0/cancel", 200, body=still, times=3)
+    )
+    await h.track(*h.sim.simulator.batches)
+    await h.tick()
+    for _ in range(3):  # each try 15 s after the last
+        await h.tick(advance=16)
+    assert (await h.row("batch_r0"))["cancel_outcome"] == "abandoned"
+    assert cancelled(h) == {b: 1 for b in RUNNING[1:6]}
+    chosen = [
+        [c["batch_id"] for c in e["detail"]["chosen"]]
+        for e in await daemon_events(h, "budget_exceeded")
+    ]
+    assert chosen[0] == RUNNING[:5] and chosen[-1] == ["batch_r5"]
 
 
 async def test_each_group_is_a_budget_of_its_own(harness: Harness) -> None:

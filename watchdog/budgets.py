@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from watchdog.decisions import FINAL, exempt_from
+from watchdog.decisions import FINAL, MAX_CANCEL_ATTEMPTS, exempt_from
 from watchdog.durations import parse_duration
 from watchdog.events import Event, Kind
 from watchdog.models import ACTIVE, BatchView
@@ -141,8 +141,10 @@ class Spending:
 
     view: BatchView
     cost: Decimal | None
-    stopping: bool = False  # a cancel was sent: nothing more to come
+    stopping: bool = False  # a cancel took (the provider said so): nothing more to come
     exempt: bool = False  # never cancelled (metadata or a silence)
+    spent_cancel: bool = False  # its cancel was refused or given up: never sent again
+    backing_off: bool = False  # a cancel failed and waits for its retry (its next poll)
 
     @property
     def running(self) -> bool:
@@ -161,10 +163,19 @@ class Spending:
 
 
 def spending_of(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datetime) -> Spending:
-    """A tracked batch as a budget sees it."""
+    """A tracked batch as a budget sees it. Only a cancel that took stops its spending:
+    one that failed is still running (and is sent again once its backoff is over), one
+    refused or abandoned keeps counting and the budget chooses another batch."""
     exempt = exempt_from(tracked, exempt_metadata, now)
-    stopping = tracked.cancel_requested_at is not None and tracked.cancel_outcome not in FINAL
-    return Spending(tracked.view, tracked.cost_usd, stopping, exempt is not None)
+    outcome = tracked.cancel_outcome
+    return Spending(
+        tracked.view,
+        tracked.cost_usd,
+        stopping=outcome == "succeeded",
+        exempt=exempt is not None,
+        spent_cancel=outcome in FINAL or tracked.cancel_attempts >= MAX_CANCEL_ATTEMPTS,
+        backing_off=outcome == "failed",
+    )
 
 
 @dataclass(slots=True)
@@ -272,9 +283,14 @@ def _add(one: Assessment, item: Spending) -> None:
 
 def choose(one: Assessment) -> list[Spending]:
     """The running batches to cancel, in the budget's order, until the projection fits
-    (only as many as needed); exempt ones and those of unknown projection are never
-    chosen (cancelling them would fit nothing we can count)."""
-    candidates = [m for m in one.members if m.running and not m.exempt and (m.remaining or 0) > 0]
+    (only as many as needed); exempt ones, those of unknown projection (cancelling them
+    would fit nothing we can count) and those whose cancel was refused or given up
+    (their spend goes on: the next one is chosen instead) are never chosen."""
+    candidates = [
+        m
+        for m in one.members
+        if m.running and not m.exempt and not m.spent_cancel and (m.remaining or 0) > 0
+    ]
     if one.budget.order == "newest_first":
         candidates.sort(key=_created, reverse=True)
     else:
@@ -302,6 +318,7 @@ class News:
     events: list[Event] = field(default_factory=list)
     memory: dict[str, Any] = field(default_factory=dict)
     condemned: dict[tuple[str, str], Assessment] = field(default_factory=dict)
+    backing_off: set[tuple[str, str]] = field(default_factory=set)  # of the condemned
 
 
 def news(found: Sequence[Assessment], memory: Mapping[str, Any], now: datetime) -> News:
@@ -325,6 +342,7 @@ def news(found: Sequence[Assessment], memory: Mapping[str, Any], now: datetime) 
             said = chosen
         out.memory[one.key] = {"window": start, "warned": sorted(warned), "exceeded": said}
         out.condemned |= {(m.view.provider, m.view.batch_id): one for m in one.chosen}
+        out.backing_off |= {(m.view.provider, m.view.batch_id) for m in one.chosen if m.backing_off}
     return out
 
 

@@ -105,6 +105,9 @@ class Engine:
         self._in_backlog = False
         self._skewed: dict[str, str] = {}  # provider -> why its cancels are held
         self._news: list[Event] = []  # providers going unavailable and back, as heard
+        # Batches whose failed cancel came due again in this tick (their backoff ended):
+        # a budget sends its cancel again only then, as a policy's is sent at that poll.
+        self._retry_due: set[tuple[str, str]] = set()
         self.clients = clients
 
     @property
@@ -145,6 +148,7 @@ class Engine:
         if self._next_rules is not None:
             self.rules, self._next_rules = self._next_rules, None
         started, summary, cutoff = time.perf_counter(), TickSummary(), self.clock()
+        self._retry_due = set()
         self.store.check_file()
         gate = await self._open_gate(cutoff)
         try:
@@ -194,6 +198,7 @@ class Engine:
         forced: Mapping[tuple[str, str], Verdict] | None = None,
     ) -> Gate:
         """One chunk of a tick; returns what the rest of the tick may still cancel."""
+        self._retry_due |= {t.key for t in claimed if t.cancel_outcome == "failed"}
         await self._check_clocks()  # with the Date headers of these very answers
         # Judged as of when the answers arrived; the next regular poll counts from the
         # tick's start (a tick longer than the interval leaves its batches due at once).
@@ -236,8 +241,10 @@ class Engine:
             said = news(found, await self.store.get_state(BUDGETS) or {}, now)
             await self.store.set_state(BUDGETS, said.memory, now, said.events)
             self.emitter.tell(said.events)
-            if said.condemned:
-                verdicts = {key: verdict(one) for key, one in said.condemned.items()}
+            # A chosen batch whose cancel failed waits for its backoff, like a policy's.
+            waiting = said.backing_off - self._retry_due
+            verdicts = {k: verdict(one) for k, one in said.condemned.items() if k not in waiting}
+            if verdicts:
                 await self._condemn(verdicts, gate, summary, cutoff)
         finally:
             await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
