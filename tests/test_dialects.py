@@ -6,6 +6,7 @@ alone; a config mixing kinds judges all of them in one tick. SQLite."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,37 @@ def test_together_payloads_progress_and_bare_list() -> None:
     assert [b.id for b in page.data] == ["job-new", "job-old"]  # newest first
     assert [b.status for b in page.data] == ["something_new", "completed"]
     assert page.has_more is False and "failure_ratio_above" in kind.cannot()
+
+
+ZONES = ["UTC", "Pacific/Kiritimati", "America/Los_Angeles", "Asia/Kolkata", "Europe/Berlin"]
+SEVEN_UTC = 1_796_194_800  # 2026-12-02T07:00:00Z
+
+
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize(
+    ("kind", "raw"),
+    [
+        ("together", {"id": "b1", "status": "IN_PROGRESS", "created_at": "2026-12-02T07:00:00",
+                      "job_deadline": "2026-12-03T07:00:00.250"}),
+        ("anthropic", {"id": "b1", "processing_status": "in_progress",
+                       "created_at": "2026-12-02T07:00:00", "expires_at": "2026-12-03T07:00:00"}),
+        ("together", {"id": "b1", "status": "IN_PROGRESS", "created_at": "2026-12-02T07:00:00Z",
+                      "job_deadline": "2026-12-03T09:00:00+02:00"}),
+    ],
+)  # fmt: skip
+def test_times_without_an_offset_are_utc_whatever_the_hosts_zone(
+    zone: str, kind: str, raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A time the provider wrote without an offset is UTC: under any TZ the batch is as
+    old as it is (a 10-minute-old batch read in Kiritimati's zone was 14 h old)."""
+    monkeypatch.setenv("TZ", zone)
+    time.tzset()
+    try:
+        batch = BatchObject.model_validate(inward(KINDS[kind], raw))
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert (batch.created_at, batch.expires_at) == (SEVEN_UTC, SEVEN_UTC + 86400)
 
 
 def test_anthropic_payloads_counts_move_at_the_end() -> None:

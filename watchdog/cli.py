@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from watchdog.durations import format_duration, parse_duration
+from watchdog.durations import format_duration, parse_duration, parse_time
 from watchdog.events import Kind
 
 if TYPE_CHECKING:
@@ -120,12 +120,11 @@ def _when(text: str) -> datetime:
     except ValueError:
         pass
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_time(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is neither a duration (7d, 12h) nor an ISO 8601 time"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _positive(text: str) -> int:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from watchdog.durations import parse_time
 from watchdog.models import TERMINAL
 
 AZURE_API_VERSION = "2024-10-21"  # the GA version whose Batch API this speaks
@@ -189,12 +190,12 @@ def _newest_first(item: Any) -> tuple[float, str]:
 
 
 def _unix(text: Any) -> int | None:
-    """An ISO 8601 / RFC 3339 time as Unix seconds (None when absent or unreadable, as
-    the wire bounds then judge the batch without it)."""
+    """An ISO 8601 / RFC 3339 time as Unix seconds, UTC when it names no offset (None
+    when absent or unreadable, as the wire bounds then judge the batch without it)."""
     if not isinstance(text, str):
         return None
     try:
-        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+        return int(parse_time(text).timestamp())
     except ValueError:
         return None
 

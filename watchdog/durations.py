@@ -1,9 +1,10 @@
-"""Duration values for config and CLI: ``90s``, ``15m``, ``2h``, ``1d`` or plain seconds."""
+"""Duration values for config and CLI: ``90s``, ``15m``, ``2h``, ``1d`` or plain seconds;
+and ISO 8601 times read as UTC unless they name an offset."""
 
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, PlainSerializer
@@ -47,3 +48,10 @@ def format_duration(value: timedelta) -> str:
 Duration = Annotated[
     timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
 ]
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 / RFC 3339 time; one written without an offset is UTC (what every
+    provider means by it), never the host's zone. ValueError when unreadable."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
