@@ -4,6 +4,7 @@ the acceptance cases of the core issue."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -699,3 +700,42 @@ async def test_a_failed_tick_gives_its_claims_back(harness: Harness) -> None:
     assert row["lease_owner"] is None and row["lease_expires_at"] is None
     h.store.apply = original  # type: ignore[method-assign]
     assert (await h.tick()).polled == 1
+
+
+async def test_a_wall_clock_stepped_back_is_planned_again(harness: Harness) -> None:
+    """The host's clock was an hour fast and is corrected: every poll planned by the
+    fast clock lies an hour ahead. The next tick sees the wall clock move an hour less
+    than the monotonic one, plans those polls for now (``clock_stepped``) and polls; the
+    batch whose spend crosses its cap meanwhile is cancelled on that tick, not an hour
+    later. A step forward is said too, and moves nothing."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    assert h.engine is not None
+    fast, mono = [3600.0], [0.0]
+    engine = Engine(
+        store=h.store,
+        clients={"sim": h.client},
+        rules=h.engine.rules,
+        poll_interval=h.engine.poll_interval,
+        owner="stepped",
+        clock=lambda: h.clock.now() + timedelta(seconds=fast[0]),
+        monotonic=lambda: mono[0],
+    )
+    # $0.0065 a request, 100 a second: over the $5 cap after 8 s.
+    h.sim.simulator.add("batch_big", model=LLAMA, total=1_000_000, rate=100,
+                        input_tokens=50_000, output_tokens=100_000)  # fmt: skip
+    await h.track("batch_big")
+    assert (await engine.tick()).polled == 1
+    h.clock.advance(900)
+    mono[0] += 900
+    fast[0] = 0.0  # corrected: an hour back
+    summary = await engine.tick()
+    assert (summary.polled, summary.cancel_succeeded) == (1, 1)
+    (stepped,) = [e for e in await h.store.list_events() if e["kind"] == "clock_stepped"]
+    assert stepped["detail"] == {"step_s": -3600.0, "replanned": 1}
+    h.clock.advance(60)
+    mono[0] += 60
+    fast[0] = 7200.0  # and two hours forward
+    await engine.tick()
+    steps = [e["detail"] for e in await h.store.list_events() if e["kind"] == "clock_stepped"]
+    assert steps[-1] == {"step_s": 7200.0, "replanned": 0}

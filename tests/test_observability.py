@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 import yaml
 
 from tests.conftest import Sim
 from tests.daemons import Daemon, write_config
+from tests.tools import command
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
@@ -30,12 +30,7 @@ BIN = Path(sys.executable).parent
 
 def promtool() -> str:
     """Installed by .ci/run (Debian's prometheus package); under CI its absence fails."""
-    path = shutil.which("promtool")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is not installed (.ci/run installs the prometheus package)")
-        pytest.skip("promtool is not installed on this machine")
-    return path
+    return command("promtool", package="prometheus")
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:

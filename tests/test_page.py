@@ -5,8 +5,6 @@ in a real headless Chromium (no console error; a screenshot kept)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import pytest
 from tests.conftest import LLAMA, Sim
 from tests.daemons import Daemon, write_config
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
+from tests.tools import command
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
 
@@ -97,12 +96,7 @@ async def test_off_loopback_the_page_needs_the_token(
 
 def chromium() -> str:
     """Debian's chromium (.ci/run installs it); under CI its absence fails."""
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed (.ci/run installs Debian's chromium)")
-        pytest.skip("chromium is not installed on this machine")
-    return path
+    return command("chromium", "chromium-browser", package="chromium")
 
 
 async def headless(browser: str, profile: Path, *args: str) -> tuple[int, str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ async def open_daemon(
                     on_events=webhooks.submit if webhooks.hooks else None,
                     bulk_threshold=settings.bulk_refresh_at,
                     adaptive=settings.adaptive_polling,
+                    monotonic=time.monotonic,
                 )
                 try:
                     yield Daemon(settings, store, engine)

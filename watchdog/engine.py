@@ -34,6 +34,9 @@ from watchdog.store import BUDGET_PASS, BUDGETS, LIST_PASS, ListPassState, Store
 
 __all__ = ["Engine", "Rules", "TickSummary", "usd", "utcnow"]
 NOTHING_LISTED = Prefetched({})
+# The wall clock moving this much more (or less) than the monotonic clock between two
+# ticks is a step, not drift (NTP slews far slower).
+CLOCK_STEP = timedelta(seconds=10)
 log = structlog.get_logger("watchdog.engine")
 
 
@@ -92,6 +95,7 @@ class Engine:
         on_events: Listener | None = None,
         bulk_threshold: int = 200,
         adaptive: bool = True,
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self.store, self.rules = store, rules
         self.poll_interval, self.owner, self.clock = poll_interval, owner, clock
@@ -108,6 +112,10 @@ class Engine:
         # Batches whose failed cancel came due again in this tick (their backoff ended):
         # a budget sends its cancel again only then, as a policy's is sent at that poll.
         self._retry_due: set[tuple[str, str]] = set()
+        # The wall clock is checked against this one (the app's: time.monotonic) at each
+        # tick: a step of the wall clock shows as the two moving apart.
+        self._monotonic = monotonic
+        self._last_clocks: tuple[datetime, float] | None = None
         self.clients = clients
 
     @property
@@ -150,6 +158,7 @@ class Engine:
         started, summary, cutoff = time.perf_counter(), TickSummary(), self.clock()
         self._retry_due = set()
         self.store.check_file()
+        await self._clock_step(cutoff)
         gate = await self._open_gate(cutoff)
         try:
             # The next chunk is claimed and fetched while this one is judged and written;
@@ -524,6 +533,26 @@ class Engine:
                 log.warning("clock_skew_cleared", provider=name, offset_s=offset)
         if events:
             await self.emitter.write([], events)
+
+    async def _clock_step(self, now: datetime) -> None:
+        """A wall clock stepped back leaves every planned poll and lease that far in the
+        future: a whole step of ticks would poll nothing. Noticed against the monotonic
+        clock; the schedule is planned again from now (``clock_stepped``). A step
+        forward only makes everything due at once; it is said, not undone."""
+        if self._monotonic is None:
+            return
+        mono, last = self._monotonic(), self._last_clocks
+        self._last_clocks = (now, mono)
+        if last is None:
+            return
+        step = (now - last[0]).total_seconds() - (mono - last[1])
+        if abs(step) < CLOCK_STEP.total_seconds():
+            return
+        replanned = 0
+        if step < 0:
+            replanned = await self.store.replan(now, self.poll_interval, self.lease)
+        detail = {"step_s": round(step, 1), "replanned": replanned}
+        await self.emitter.write([], [Event(now, None, None, Kind.CLOCK_STEPPED, detail=detail)])
 
     def _provider_changed(self, name: str, change: BreakerChange, failures: int) -> None:
         """The breakers' listener: a provider going unavailable (circuit open) or back."""

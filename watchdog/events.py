@@ -34,6 +34,7 @@ class Kind(StrEnum):
     BACKLOG = "backlog"
     CANCEL_ABANDONED = "cancel_abandoned"
     CLOCK_SKEW = "clock_skew"
+    CLOCK_STEPPED = "clock_stepped"
     BUDGET_THRESHOLD = "budget_threshold"
     BUDGET_EXCEEDED = "budget_exceeded"
 
@@ -51,6 +52,7 @@ LEVELS: Mapping[Kind, str] = {
     Kind.PROVIDER_UNAVAILABLE: "warning",
     Kind.BACKLOG: "warning",
     Kind.CLOCK_SKEW: "error",
+    Kind.CLOCK_STEPPED: "warning",
     Kind.BUDGET_THRESHOLD: "warning",
     Kind.BUDGET_EXCEEDED: "error",
 }

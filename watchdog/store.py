@@ -554,6 +554,18 @@ class Store:
             when: datetime | None = (await conn.execute(query)).scalar()
         return when
 
+    async def replan(self, now: datetime, interval: timedelta, lease: timedelta) -> int:
+        """After the wall clock stepped back: every poll planned further off than an
+        interval is due now, every lease longer than a lease ends then (both were set by
+        the clock before the step). How many polls were brought forward."""
+        c = batches.c
+        polls = update(batches).where(NOT_FINISHED, c.next_poll_at > now + interval)
+        leases = update(batches).where(c.lease_expires_at > now + lease)
+        async with self.engine.begin() as conn:
+            moved = await conn.execute(polls.values(next_poll_at=now))
+            await conn.execute(leases.values(lease_expires_at=now + lease))
+        return int(moved.rowcount or 0)
+
     async def backlog(self, now: datetime) -> tuple[int, datetime | None]:
         """Batches due now that nobody holds, and the oldest one's poll time."""
         query = select(func.count(), func.min(batches.c.next_poll_at)).where(*_due(now))
