@@ -81,6 +81,7 @@ def server(token: str | None, guarded: bool) -> HealthServer:
         ("s3cret-token", True, {}, "?token=s3cret-token", 200),
         ("s3cret-token", True, {"Authorization": "Bearer wrong"}, "", 401),
         (None, True, {}, "", 403),  # off loopback with no token configured: not served
+        ("", True, {}, "?token=", 401),  # an empty token never matches an empty one
     ],
 )
 async def test_off_loopback_the_page_needs_the_token(
@@ -149,3 +150,19 @@ async def test_a_configured_token_that_is_missing_is_a_config_error(
     cli.config.write_text(text.replace("http: {port: 0}", guarded))
     result = await cli(*command, env={"PAGE_TOKEN": ""})
     assert result.code == 78 and "http: environment variable PAGE_TOKEN is not set" in result.err
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["run", "--once"]])
+async def test_an_empty_token_file_is_a_config_error(
+    cli: Cli,  # noqa: F811
+    command: list[str],
+) -> None:
+    """An empty (or blank) token file would let an empty given token in off loopback."""
+    token = cli.config.parent / "page-token"
+    token.write_text("\n  \n")
+    text = cli.config.read_text()
+    guarded = f"http: {{port: 0, host: 0.0.0.0, token_file: {token}}}"
+    cli.config.write_text(text.replace("http: {port: 0}", guarded))
+    result = await cli(*command)
+    assert result.code == 78 and result.err.count("\n") == 1
+    assert f"http: token_file {token} is empty" in result.err

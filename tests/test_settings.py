@@ -237,6 +237,9 @@ def test_key_file(tmp_path: Path) -> None:
     )
     key = settings.providers["p"].read_key("p", {})
     assert key is not None and key.get_secret_value() == "sk-file"
+    secret.write_text(" \n")
+    with pytest.raises(ConfigError, match=f"provider 'p': api_key_file {secret} is empty"):
+        settings.providers["p"].read_key("p", {})
     secret.unlink()
     with pytest.raises(ConfigError, match="cannot read api_key_file"):
         settings.providers["p"].read_key("p", {})

@@ -109,7 +109,7 @@ class HealthServer:
             )
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         given = given or request.query.get("token", "")
-        if hmac.compare_digest(given.encode(), self._token.encode()):
+        if given and self._token and hmac.compare_digest(given.encode(), self._token.encode()):
             return None
         return web.Response(
             status=401, text="token required\n", headers={"WWW-Authenticate": "Bearer"}

@@ -123,17 +123,22 @@ def read_secret(
     where: str, file_key: str, env: str | None, path: Path | None, environ: Mapping[str, str]
 ) -> SecretStr | None:
     """A secret from its environment variable or its file; None when neither is set,
-    ConfigError (naming ``where``, never the value) when the one set is missing."""
+    ConfigError (naming ``where``, never the value) when the one set is missing or
+    empty: an empty token would let an empty given token in."""
     if env:
         value = environ.get(env, "").strip()
         if not value:
-            raise ConfigError(f"{where}: environment variable {env} is not set")
+            raise ConfigError(f"{where}: environment variable {env} is not set or empty")
         return SecretStr(value)
     if path:
         try:
-            return SecretStr(path.read_text().strip())
-        except OSError as exc:
-            raise ConfigError(f"{where}: cannot read {file_key} {path}: {exc.strerror}") from None
+            value = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not text"
+            raise ConfigError(f"{where}: cannot read {file_key} {path}: {why}") from None
+        if not value:
+            raise ConfigError(f"{where}: {file_key} {path} is empty")
+        return SecretStr(value)
     return None
 
 
