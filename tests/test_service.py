@@ -4,6 +4,7 @@ HTTP endpoints, SIGHUP reloads, SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sqlite3
 from datetime import datetime
@@ -170,6 +171,31 @@ async def test_a_deleted_sqlite_file_fails_readiness_loudly(tmp_path: Path, sim:
         await daemon.wait_for(
             lambda: any("was deleted" in str(e.get("error")) for e in daemon.events)
         )
+        # track would write a new file there, one the running daemon never reads.
+        track = await Daemon.start(config, command="track", args=["batch_1", "--provider", "sim"])
+        assert await track.finish() == 1
+        assert "is gone but a daemon still runs on it" in "".join(track.raw)
+        assert not db_path.exists()
+    finally:
+        assert await daemon.stop() == 0
+
+
+async def test_a_second_daemon_through_a_hard_link_is_refused(tmp_path: Path, sim: Sim) -> None:
+    """A hard link is the same file by another name: the second daemon exits 1 at once
+    instead of sending a second cancel for every violator."""
+    db_path = tmp_path / "w.db"
+    first = write_config(tmp_path / "a.yaml", db_url=f"sqlite+aiosqlite:///{db_path}",
+                         sim_url=sim.url)  # fmt: skip
+    daemon = await Daemon.start(first)
+    try:
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= 1)
+        (tmp_path / "other").mkdir()
+        os.link(db_path, tmp_path / "other" / "linked.db")
+        linked = f"sqlite+aiosqlite:///{tmp_path / 'other' / 'linked.db'}"
+        second = await Daemon.start(write_config(tmp_path / "other" / "b.yaml", db_url=linked,
+                                                 sim_url=sim.url))  # fmt: skip
+        assert await second.finish() == 1
+        assert "another batch-watchdog is running on" in "".join(second.raw)
     finally:
         assert await daemon.stop() == 0
 

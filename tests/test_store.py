@@ -267,22 +267,27 @@ async def _migrate_at_once(db_url: str, tmp_path: Path, processes: int) -> None:
         await engine.dispose()
 
 
-def test_one_daemon_per_sqlite_file_also_through_a_symlink(tmp_path: Path) -> None:
-    """The instance lock is taken on the resolved path: a second name for the same file
-    (a symlink) is refused like the first."""
+@pytest.mark.parametrize("link", ["symlink", "hard link", "hard link elsewhere"])
+def test_one_daemon_per_sqlite_file_by_any_name(tmp_path: Path, link: str) -> None:
+    """The instance lock is the file's own (device and inode): a second name for the
+    same file, a symlink or a hard link in any directory, is refused like the first."""
     import os
 
     from watchdog.store import AlreadyRunning, instance_lock
 
     real = tmp_path / "watchdog.db"
     real.touch()
-    os.symlink(real, tmp_path / "alias.db")
-    alias = f"sqlite+aiosqlite:///{tmp_path / 'alias.db'}"
+    other = tmp_path / ("elsewhere" if link.endswith("elsewhere") else "")
+    other.mkdir(exist_ok=True)
+    alias = other / "alias.db"
+    (os.symlink if link == "symlink" else os.link)(real, alias)
     with (
         instance_lock(f"sqlite+aiosqlite:///{real}"),
         pytest.raises(AlreadyRunning, match="another batch-watchdog is running"),
-        instance_lock(alias),
+        instance_lock(f"sqlite+aiosqlite:///{alias}"),
     ):
+        pass
+    with instance_lock(f"sqlite+aiosqlite:///{alias}"):  # free again once released
         pass
 
 

@@ -36,6 +36,7 @@ from watchdog.store import (
     create_engine,
     instance_lock,
     is_sqlite,
+    orphaned,
     prepare_schema,
     redact_url,
     schema_revision,
@@ -55,8 +56,14 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+class DatabaseMissing(Exception):
+    """The SQLite file a running daemon uses was deleted: writing a new one helps nobody."""
+
+
 @asynccontextmanager
 async def open_store(settings: Settings) -> AsyncIterator[Store]:
+    if (why := orphaned(settings.database_url)) is not None:
+        raise DatabaseMissing(why)
     db = create_engine(settings.database_url)
     try:
         await prepare_schema(db, settings.database_url)

@@ -675,7 +675,9 @@ def failure(exc: Exception) -> int:
     if known is not None and isinstance(exc, known.UsageError):
         print(f"error: {exc}", file=sys.stderr)
         return EX_USAGE
-    if known is not None and isinstance(exc, known.AlreadyRunning | known.SchemaError):
+    if known is not None and isinstance(
+        exc, known.AlreadyRunning | known.SchemaError | known.DatabaseMissing
+    ):
         print(f"error: {exc}", file=sys.stderr)
         return EX_ERROR
     message = " ".join(f"{type(exc).__name__}: {exc}".split())

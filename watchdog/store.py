@@ -98,29 +98,67 @@ class AlreadyRunning(Exception):
     """Another daemon holds this SQLite file."""
 
 
-@contextmanager
-def instance_lock(url: str) -> Iterator[None]:
-    """One daemon per SQLite file: an exclusive lock on ``<file>.lock`` for the daemon's
-    lifetime (released by the kernel if the process dies). PostgreSQL needs none."""
+def sqlite_path(url: str) -> Path | None:
+    """The SQLite file a URL names, resolved (None: PostgreSQL, or in memory)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).resolve()
+
+
+@contextmanager
+def instance_lock(url: str) -> Iterator[None]:
+    """One daemon per SQLite file, for the daemon's lifetime (released by the kernel if
+    the process dies): an exclusive lock on the database file itself, so any name for
+    it — a symlink, a hard link, another mount — is the same lock; and one on
+    ``<file>.lock``, which tells ``track`` that a daemon is using that path should the
+    file be deleted under it. PostgreSQL needs none."""
+    path = sqlite_path(url)
+    if path is None:
         yield
         return
-    # The resolved path: two names (a symlink) for one file must share one lock.
-    path = Path(f"{Path(parsed.database).resolve()}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _create_private_file(path)
+    busy = (
+        f"another batch-watchdog is running on {path} (by this or another name): SQLite "
+        "supports one daemon per file (use PostgreSQL to run several)"
+    )
+    with _flocked(Path(f"{path}.lock"), busy), _flocked(path, busy):
+        yield
+
+
+@contextmanager
+def _flocked(path: Path, busy: str) -> Iterator[None]:
+    # flock, not fcntl: SQLite's own locks on the file are POSIX (fcntl) locks, which
+    # flock's neither meet nor release on Linux.
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise AlreadyRunning(
-                f"another batch-watchdog is running on {parsed.database}: SQLite supports one "
-                "daemon per file (use PostgreSQL to run several)"
-            ) from None
+            raise AlreadyRunning(busy) from None
         yield
     finally:
         os.close(fd)
+
+
+def orphaned(url: str) -> str | None:
+    """Why a command must not open this SQLite file: it is gone while a daemon still runs
+    on its path (a new file there would be one the daemon never reads), or None."""
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return None
+    lock = Path(f"{path}.lock")
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return f"database file {path} is gone but a daemon still runs on it: restart it"
+    finally:
+        os.close(fd)
+    return None
 
 
 def _create_private_file(path: Path) -> None:
@@ -146,13 +184,6 @@ def _sqlite_begin(connection: Connection) -> None:
 def _insert(engine: AsyncEngine) -> Any:
     """The dialect's INSERT, which knows ON CONFLICT."""
     return sqlite_insert if engine.dialect.name == "sqlite" else postgresql_insert
-
-
-def _sqlite_file(engine: AsyncEngine) -> Path | None:
-    url = engine.url
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database).resolve()
 
 
 def _identity(path: Path | None) -> tuple[int, int] | None:
@@ -459,7 +490,7 @@ class Store:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._file = _sqlite_file(engine)
+        self._file = sqlite_path(engine.url.render_as_string())
         self._identity = _identity(self._file)
 
     def check_file(self) -> None:
