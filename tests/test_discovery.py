@@ -5,10 +5,18 @@ the simulator, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-from tests.conftest import LLAMA, SPENDER, Harness
+import pytest
+from aiohttp import web
+from pydantic import SecretStr
+
+from tests.conftest import API_KEY, LLAMA, SPENDER, Clock, Harness, Sim
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
+from watchdog.providers import ProviderClient
+from watchdog.simulator import SimBatch, Simulator
+from watchdog.store import Store
 
 COST_CAP = [
     {
@@ -140,3 +148,90 @@ async def test_run_once_discovers_through_the_cli(cli: Cli, clock: Any) -> None:
     assert requests == {"list": 1, "get": 0} and sim.calls["batch_spender"]["cancel"] == 1
     events = json.loads((await cli("events", "batch_ok_03", "--json")).out)
     assert events[0]["kind"] == "tracked" and events[0]["detail"] == {"via": "discovery"}
+
+
+class Quirky(Simulator):
+    """A provider whose list misbehaves: ``cycle`` — the third page's cursor leads back
+    to the first page, ``has_more`` for ever; ``repeat`` — every cursor gets the first
+    page again. ``malformed`` batches answer with an in_progress_at in milliseconds."""
+
+    quirk = "cycle"
+    malformed: frozenset[str] = frozenset()
+
+    def _served(self, batch: SimBatch, now: float) -> dict[str, Any]:
+        served = super()._served(batch, now)
+        if batch.id in self.malformed:
+            served["in_progress_at"] = int(now * 1000)
+        return served
+
+    async def _list(self, request: web.Request) -> web.Response:
+        self.calls["(list)"]["list"] += 1
+        ordered = sorted(self.batches.values(), key=lambda b: (-b.created_at, b.id))
+        pages = [ordered[i : i + 100] for i in range(0, len(ordered), 100)]
+        after = request.query.get("after")
+        ends = [page[-1].id for page in pages]
+        index = 0 if self.quirk == "repeat" or after not in ends else ends.index(after) + 1
+        page = pages[index % len(pages)]
+        cursor = page[-1].id if index < len(pages) - 1 else "batch_back_to_the_start"
+        data = [self._served(b, self.clock()) for b in page]
+        return web.json_response(
+            {"object": "list", "data": data, "last_id": cursor, "has_more": True}
+        )
+
+
+@pytest.fixture
+async def quirky(
+    clock: Clock, store: Store, aiohttp_server: Any
+) -> AsyncIterator[tuple[Harness, Quirky]]:
+    simulator = Quirky(clock=clock.time, api_key=API_KEY)
+    server = await aiohttp_server(simulator.app())
+    sim = Sim(simulator, str(server.make_url("/v1")))
+    client = ProviderClient("sim", base_url=sim.url, api_key=SecretStr(API_KEY), timeout=5)
+    async with client:
+        yield Harness(sim, store, clock, client), simulator
+
+
+@pytest.mark.parametrize(
+    ("quirk", "requests", "reason"),
+    [("cycle", 4, "cursor_cycles"), ("repeat", 2, "page_repeated")],
+)
+async def test_a_list_that_cycles_or_repeats_stops_the_pass_and_says_so(
+    quirky: tuple[Harness, Quirky], quirk: str, requests: int, reason: str
+) -> None:
+    """A cursor met again in one pass, or a page the same as the last: the pass stops
+    there (not after 2,000 requests, nor quietly after two pages) and records
+    ``discovery_incomplete`` with why, counted in the metrics."""
+    h, simulator = quirky
+    simulator.quirk = quirk
+    h.configure(policies=COST_CAP, discover=True)
+    for i in range(300):
+        simulator.add(f"batch_{i:03d}", model=LLAMA, total=10**6, rate=0.01, age=i)
+    await h.tick()
+    assert h.sim.calls("(list)", "list") == requests
+    (event,) = [e for e in await h.store.list_events() if e["kind"] == "discovery_incomplete"]
+    assert event["provider"] == "sim" and event["detail"]["reason"] == reason
+    assert event["detail"]["pages"] == requests
+    assert len(await h.store.list_batches()) == (300 if quirk == "cycle" else 100)
+    assert h.engine is not None
+    metrics = h.engine.metrics.render().decode()
+    assert f'watchdog_discovery_incomplete_total{{provider="sim",reason="{reason}"}} 1.0' in metrics
+
+
+async def test_a_malformed_listed_batch_is_tracked_and_fails_its_polls_visibly(
+    quirky: tuple[Harness, Quirky],
+) -> None:
+    """A listed batch the wire bounds refuse (an in_progress_at in milliseconds) is not
+    skipped: discovery tracks it, and its polls fail with ``poll_failed`` naming the
+    field, like any tracked batch's."""
+    h, simulator = quirky
+    simulator.quirk = "repeat"  # one page: the whole list
+    simulator.malformed = frozenset({"batch_odd"})
+    h.configure(policies=COST_CAP, discover=True)
+    simulator.add("batch_fine", model=LLAMA, total=10**6, rate=0.01)
+    simulator.add("batch_odd", model=LLAMA, total=10**6, rate=0.01)
+    await h.tick()
+    assert set(await tracked_via(h)) == {"batch_fine", "batch_odd"}
+    kinds = await h.kinds("batch_odd")
+    assert kinds[:2] == ["tracked", "poll_failed"]
+    (failed,) = [e for e in await h.store.list_events("batch_odd") if e["kind"] == "poll_failed"]
+    assert "in_progress_at" in failed["detail"]["error"]

@@ -329,6 +329,11 @@ class Engine:
         now, remember = self.clock(), None
         if done.discover is not None and done.complete and done.newest is not None:
             remember = {"discovered_at": now.isoformat(), "newest": done.newest}
+        if done.discover is not None and done.broken is not None:
+            reason, why = done.broken
+            detail = {"reason": reason, "why": why, "pages": done.pages}
+            event = Event(now, provider, None, Kind.DISCOVERY_INCOMPLETE, detail=detail)
+            await self.emitter.write([], [event])
         await self.store.end_turn(LIST_PASS + provider, self.owner, now, remember)
 
     async def _list_plans(self, passes: Mapping[str, ListPassState]) -> dict[str, ListPass]:

@@ -37,6 +37,7 @@ class Kind(StrEnum):
     CLOCK_STEPPED = "clock_stepped"
     BUDGET_THRESHOLD = "budget_threshold"
     BUDGET_EXCEEDED = "budget_exceeded"
+    DISCOVERY_INCOMPLETE = "discovery_incomplete"
 
 
 # How loudly a kind is logged once it is committed (info unless listed here).
@@ -55,6 +56,7 @@ LEVELS: Mapping[Kind, str] = {
     Kind.CLOCK_STEPPED: "warning",
     Kind.BUDGET_THRESHOLD: "warning",
     Kind.BUDGET_EXCEEDED: "error",
+    Kind.DISCOVERY_INCOMPLETE: "warning",
 }
 
 

@@ -101,6 +101,12 @@ class Metrics:
         self.budget_limit = Gauge(
             "watchdog_budget_limit_usd", "A budget group's limit.", ["budget", "group"], registry=r
         )
+        self.discovery_incomplete = Counter(
+            "watchdog_discovery_incomplete",
+            "Discovery passes stopped before their end by a list that cycles or repeats.",
+            ["provider", "reason"],
+            registry=r,
+        )
         self.last_tick = Gauge(
             "watchdog_last_tick_timestamp_seconds",
             "When the last tick finished (Unix time).",
@@ -120,6 +126,8 @@ class Metrics:
             self.cancels_stuck.labels(*labels).inc()
         elif event.kind == Kind.CANCEL_SETTLED and isinstance(detail.get("saved_usd"), int | float):
             self.saved.labels(*labels).inc(max(float(detail["saved_usd"]), 0.0))
+        elif event.kind == Kind.DISCOVERY_INCOMPLETE:
+            self.discovery_incomplete.labels(labels[0], str(detail.get("reason", ""))).inc()
 
     def set_tracked(self, rows: Iterable[tuple[str, str | None, int, Decimal | None]]) -> None:
         """(provider, status, count, cost) rows replace the gauges' previous values."""

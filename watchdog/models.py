@@ -32,9 +32,14 @@ class InvalidBatchId(ValueError):
     """A batch id that must never go into a URL."""
 
 
+def is_batch_id(value: object) -> bool:
+    """Whether ``value`` may go into a URL as a batch id."""
+    return isinstance(value, str) and bool(_BATCH_ID.fullmatch(value)) and value not in (".", "..")
+
+
 def validate_batch_id(batch_id: str) -> str:
     """Return the id unchanged, or raise InvalidBatchId saying what is wrong with it."""
-    if _BATCH_ID.fullmatch(batch_id) and batch_id not in (".", ".."):
+    if is_batch_id(batch_id):
         return batch_id  # the common case first: every poll of every batch comes here
     shown = repr(batch_id if len(batch_id) <= 60 else batch_id[:60] + "…")
     if batch_id in (".", ".."):
@@ -207,6 +212,7 @@ class BatchPage(_Wire):
     last_id: str | None = None
     has_more: bool = False
     skipped: int = 0  # malformed items left out (their batches are fetched singly)
+    malformed: list[str] = []  # the valid ids of those items (discovery tracks them)
     raw_last_id: str | None = None  # the last item's id, even when that item was bad
 
     @property
@@ -214,7 +220,7 @@ class BatchPage(_Wire):
         """The id to page on from: last_id, else the last item's (valid ids only)."""
         last = self.data[-1].id if self.data else None
         for candidate in (self.last_id, self.raw_last_id, last):
-            if candidate is not None and _BATCH_ID.fullmatch(candidate):
+            if is_batch_id(candidate):
                 return candidate
         return None
 
@@ -244,16 +250,25 @@ def page_of(raw: Any) -> BatchPage:
 
 
 def _lenient(raw: dict[str, Any]) -> dict[str, Any]:
-    good, skipped = [], 0
+    good, skipped, malformed = [], 0, []
     for item in raw["data"]:
         try:
             good.append(BatchObject.model_validate(item))
         except ValidationError:
             skipped += 1
+            found = item.get("id") if isinstance(item, dict) else None
+            if is_batch_id(found):
+                malformed.append(found)
     tail = raw["data"][-1] if raw["data"] else None
     last = tail.get("id") if isinstance(tail, dict) else None
     raw_last = last if isinstance(last, str) else None
-    return {**raw, "data": good, "skipped": skipped, "raw_last_id": raw_last}
+    return {
+        **raw,
+        "data": good,
+        "skipped": skipped,
+        "malformed": malformed,
+        "raw_last_id": raw_last,
+    }
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,6 +88,10 @@ class ListPass:
     through: float | None = None  # discovery: read on until created before this
     newest: float | None = None  # found: the newest creation listed
     complete: bool = False  # found: the pass reached where it meant to
+    # found: why the list could not be read to its end (a cursor that cycles, a page
+    # repeated) — (reason, what was seen), or None
+    broken: tuple[str, str] | None = None
+    pages: int = 0  # found: list requests made
 
     def keeps(self, batch: BatchObject) -> bool:
         return self.discover is not None or batch.id in self.due
@@ -104,6 +108,35 @@ class ListPass:
         unpaid = listed >= 200 and seen < MIN_SHARE * listed
         self.complete = not page.has_more or past or seen >= len(self.due)
         return self.complete or unpaid
+
+
+class _Walk:
+    """Where a pass is in a list, and what it has seen of it: a cursor met twice in one
+    pass is a cycle, a page the same as the one before is a list that repeats — either
+    would read the same pages until the bound (or stop quietly short of the end)."""
+
+    def __init__(self) -> None:
+        self.after: str | None = None
+        self._cursors: set[str] = set()
+        self._last: tuple[str, ...] | None = None
+
+    def repeated(self, page: BatchPage) -> tuple[str, str] | None:
+        ids = tuple(b.id for b in page.data) + tuple(page.malformed)
+        if ids and ids == self._last:
+            return ("page_repeated", f"the page after {self.after!r} repeats the one before")
+        self._last = ids
+        return None
+
+    def step(self, page: BatchPage) -> tuple[str, str] | None:
+        """Move on to the next page; why not, when the list says there is more."""
+        cursor = page.cursor
+        if cursor is None or cursor == self.after:
+            return ("cursor_stuck", f"has_more, but the cursor stays at {self.after!r}")
+        if cursor in self._cursors:
+            return ("cursor_cycles", f"cursor {cursor!r} came back within one pass")
+        self._cursors.add(cursor)
+        self.after = cursor
+        return None
 
 
 class Refresher:
@@ -140,27 +173,35 @@ class Refresher:
         client = self.clients[provider]
         kept: dict[tuple[str, str], tuple[BatchObject, datetime]] = {}
         new: list[str] = []
-        after, listed, seen = None, 0, 0
+        walk, listed, seen = _Walk(), 0, 0
         bound = MAX_DISCOVERY_PAGES if plan.discover else len(plan.due) // 100 + 20
         for _ in range(bound):
             try:
-                page = await client.list(limit=100, after=after)
+                page = await client.list(limit=100, after=walk.after)
             except (ProviderError, InvalidBatchId) as exc:
                 log.warning("list_pass_stopped", provider=provider, error=str(exc)[:200])
+                break
+            plan.pages += 1
+            plan.broken = walk.repeated(page)
+            if plan.broken is not None:
                 break
             if page.skipped:  # those batches are fetched singly, like any the pages miss
                 log.info("list_items_skipped", provider=provider, skipped=page.skipped)
             read_at, listed = self.clock(), listed + len(page.data)
             for batch in page.data:
                 seen += self._keep(provider, batch, plan, read_at, kept, new)
+            new += [b for b in page.malformed if plan.discover is not None]
             if len(kept) >= chunk:
                 yield Prefetched(kept, new)
                 kept, new = {}, []
-            moved = page.cursor is not None and page.cursor != after
-            if plan.done(page, listed, seen) or not moved:
+            if plan.done(page, listed, seen):
                 break
-            after = page.cursor
-        if kept:
+            plan.broken = walk.step(page)
+            if plan.broken is not None:
+                break
+        else:
+            plan.broken = ("too_long", f"{bound} pages and more to come")
+        if kept or new:
             yield Prefetched(kept, new)
         log.debug("list_pass", provider=provider, due=len(plan.due), found=seen, listed=listed)
 
