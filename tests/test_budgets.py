@@ -379,6 +379,7 @@ BUDGET_YAML = """budgets:
         ("{name: b2, limit_usd: 5, group_by: [team]}", "budget 'b2': group_by: unknown path"),
         ("{name: b3, limit_usd: 5, window: 2w}", "budget 'b3': window: invalid duration '2w'"),
         ("{name: cost-cap, limit_usd: 5}", "name 'cost-cap' is taken by a policy or budget"),
+        ("{name: b4, limit_usd: 1e22}", "budget 'b4': limit_usd: Input should be less than or"),
     ],
 )
 async def test_a_bad_budget_exits_78_naming_it(cli: Cli, entry: str, says: str) -> None:  # noqa: F811

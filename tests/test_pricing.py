@@ -4,9 +4,10 @@ no price or no usage means unknown, never zero."""
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
 from watchdog.models import Counts, Tokens
-from watchdog.pricing import Price, batch_cost, cost_usd, find_price, projected_cost
+from watchdog.pricing import Price, batch_cost, cost_usd, find_price, projected_cost, usd
 
 LLAMA = Price(model="meta-llama/*", input=Decimal("0.03"), output=Decimal("0.05"))
 CACHED = Price(
@@ -99,3 +100,12 @@ def test_seconds_to_cross(
     from watchdog.pricing import seconds_to_cross
 
     assert seconds_to_cross(cost, previous, elapsed, caps) == expected
+
+
+def test_money_is_bounded_where_it_is_written_and_never_fails_to_print() -> None:
+    """A price or threshold past a trillion dollars is a config error (the database and
+    the events hold 12 digits before the point); an amount too long to round to the
+    micro-dollar is still an amount."""
+    with pytest.raises(ValidationError, match="less than or equal to 1000000000000"):
+        Price(model="m", input="1e22", output=1)
+    assert usd(Decimal("1e30")) == 1e30 and usd(Decimal("1.23456789")) == 1.234568

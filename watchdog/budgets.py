@@ -18,7 +18,7 @@ from watchdog.durations import parse_duration
 from watchdog.events import Event, Kind
 from watchdog.models import ACTIVE, BatchView
 from watchdog.policies import Match, Verdict
-from watchdog.pricing import projected_cost, usd
+from watchdog.pricing import MAX_USD, projected_cost, usd
 from watchdog.rows import Tracked
 
 CALENDAR = ("day", "week", "month")
@@ -35,7 +35,7 @@ class Budget(BaseModel):
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     match: Match = Match()
     group_by: tuple[str, ...] = ()
-    limit_usd: Decimal = Field(gt=0, description="USD the window may commit")
+    limit_usd: Decimal = Field(gt=0, le=MAX_USD, description="USD the window may commit")
     window: str = Field(
         default="1d", description="rolling (a duration: 1d, 12h) or calendar: day, week, month"
     )

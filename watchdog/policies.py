@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from watchdog.durations import Duration, format_duration
 from watchdog.models import ACTIVE, BatchView
-from watchdog.pricing import check_glob, projected_cost
+from watchdog.pricing import Money, check_glob, projected_cost
 
 
 class _Strict(BaseModel):
@@ -50,8 +50,8 @@ Ratio = Field(default=None, ge=0, le=1)
 class When(_Strict):
     """Conditions, all of which must hold (AND). At least one is required."""
 
-    cost_usd_above: Decimal | None = Field(default=None, ge=0)
-    projected_cost_usd_above: Decimal | None = Field(default=None, ge=0)
+    cost_usd_above: Money | None = None
+    projected_cost_usd_above: Money | None = None
     age_above: Duration | None = None
     expires_within: Duration | None = None
     progress_below: float | None = Ratio

@@ -4,15 +4,21 @@ cost and projection maths. Pure: no I/O, no clock."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from watchdog.models import Counts, Tokens
 
 MILLION = Decimal(1_000_000)
+# The largest amount of money a setting may name: the database keeps USD as NUMERIC(24,
+# 12) (12 digits before the point) and events round to the micro-dollar within the 28
+# digits of Decimal's context — a trillion dollars is far past any real limit.
+MAX_USD = Decimal(10**12)
+Money = Annotated[Decimal, Field(ge=0, le=MAX_USD)]  # a money setting, in USD
 
 
 def check_glob(pattern: str) -> str:
@@ -35,9 +41,9 @@ class Price(BaseModel):
 
     model: str = Field(description="model name or glob, e.g. 'meta-llama/*'")
     provider: str | None = Field(default=None, description="only for this provider")
-    input: Decimal = Field(ge=0, description="USD per 1M input tokens")
-    cached_input: Decimal | None = Field(default=None, ge=0, description="defaults to input")
-    output: Decimal = Field(ge=0, description="USD per 1M output tokens")
+    input: Money = Field(description="USD per 1M input tokens")
+    cached_input: Money | None = Field(default=None, description="defaults to input")
+    output: Money = Field(description="USD per 1M output tokens")
 
     _glob = field_validator("model")(check_glob)
 
@@ -109,7 +115,12 @@ def projected_cost(
 def usd(amount: Decimal | None) -> float | None:
     """An amount for an event's JSON detail: to the micro-dollar, a number that prints
     exactly (the table columns keep the full decimal)."""
-    return None if amount is None else float(round(amount, 6))
+    if amount is None:
+        return None
+    try:
+        return float(round(amount, 6))
+    except InvalidOperation:  # past Decimal's 28 digits: no micro-dollars to round to
+        return float(amount)
 
 
 def dollars(amount: float | None, *, places: int = 2, unknown: str = "unknown") -> str:
