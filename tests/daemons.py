@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +94,18 @@ class Daemon:
             raise AssertionError(
                 f"not within {timeout}s; last lines:\n" + "".join(self.raw[-30:])
             ) from None
+
+    async def wait_for_async(
+        self, probe: Callable[[], Awaitable[Any]], want: Any, timeout: float = 30.0
+    ) -> None:
+        """Until ``await probe()`` gives ``want`` (an endpoint's answer, say)."""
+        got: Any = None
+        try:
+            async with asyncio.timeout(timeout):
+                while (got := await probe()) != want:
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(f"not {want!r} within {timeout}s: last {got!r}") from None
 
     async def stop(self, timeout: float = 30.0) -> int:
         if self.proc.returncode is None:

@@ -75,6 +75,11 @@ def test_a_for_clock_runs_across_polls(tmp_path: Path) -> None:
             INLINE.replace("{at: 0s, batch: batch_a, nothing: true}", "{at: 0s, batch: batch_a}"),
             "needs policy, action, cancel or nothing",
         ),
+        (
+            INLINE.replace("{at: 120s, batch: batch_a,", "{at: 3000d, batch: batch_a,"),
+            "the last expectation (3000d) needs 4,320,000 polls of 1 batches every 1m",
+        ),
+        ("[" * 50_000, "invalid YAML: nested deeper than can be read"),
     ],
 )
 def test_a_malformed_test_file_exits_78_in_one_line(
@@ -89,3 +94,17 @@ def test_a_malformed_test_file_exits_78_in_one_line(
 def test_a_missing_file_exits_78(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["test-policies", "/nonexistent/tests.yaml"]) == 78
     assert "policy test file not found" in capsys.readouterr().err
+
+
+def test_a_point_far_past_the_last_expectation_is_not_judged() -> None:
+    """Polls stop at the last expectation: a timeline point at 3000d adds no polls."""
+    from datetime import UTC, datetime, timedelta
+
+    from watchdog.models import BatchObject
+    from watchdog.replay import Sample, _polls
+
+    t0, wire = datetime(2026, 1, 1, tzinfo=UTC), BatchObject(id="b", status="in_progress")
+    samples = [Sample(t0, wire), Sample(t0 + timedelta(days=3000), wire)]
+    until = t0 + timedelta(minutes=2, seconds=1)
+    polls = [at for at, _ in _polls(samples, timedelta(minutes=1), until)]
+    assert polls == [t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)]

@@ -4,9 +4,12 @@ HTTP endpoints, SIGHUP reloads, SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import socket
 import sqlite3
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 
@@ -176,6 +179,48 @@ async def test_a_deleted_sqlite_file_fails_readiness_loudly(tmp_path: Path, sim:
         assert await track.finish() == 1
         assert "is gone but a daemon still runs on it" in "".join(track.raw)
         assert not db_path.exists()
+    finally:
+        assert await daemon.stop() == 0
+
+
+@contextlib.asynccontextmanager
+async def locked_sqlite(path: Path) -> AsyncIterator[None]:
+    """Another process holding every lock of the WAL index (the write lock, the
+    checkpointer's, recovery's and all five read marks: bytes 120-127 of ``-shm``), as
+    a stuck backup or sqlite3 shell can: the daemon's queries wait out their busy
+    timeout (15 s) and fail."""
+    fd = os.open(f"{path}-shm", os.O_RDWR)
+    try:
+        async with asyncio.timeout(30):
+            while True:  # the daemon's own read locks come and go between ticks
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 8, 120)
+                    break
+                except OSError:
+                    await asyncio.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor drops its locks
+
+
+async def test_readiness_answers_in_its_time_while_the_database_is_locked(
+    tmp_path: Path, sim: Sim
+) -> None:
+    """The SQLite file held locked by another process: /readyz answers 503 saying the
+    database did not answer within 5 s (not after the 15 s busy timeout), /healthz stays
+    200, and readiness comes back once the lock is gone."""
+    db_path = tmp_path / "w.db"
+    config = write_config(tmp_path / "w.yaml", db_url=f"sqlite+aiosqlite:///{db_path}",
+                          sim_url=sim.url)  # fmt: skip
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= 1)
+        port = http_port(daemon)
+        async with locked_sqlite(db_path):
+            status, reason = await endpoint(port, "/readyz")
+            assert (status, reason) == (503, "not ready: database did not answer within 5s\n")
+            assert (await endpoint(port, "/healthz"))[0] == 200
+        await daemon.wait_for_async(lambda: endpoint(port, "/readyz"), (200, "ready\n"))
     finally:
         assert await daemon.stop() == 0
 

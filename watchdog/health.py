@@ -5,9 +5,11 @@ off loopback only with the token)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from typing import Generic, TypeVar
 
 import structlog
 from aiohttp import web
@@ -17,6 +19,7 @@ from watchdog.metrics import Metrics
 
 log = structlog.get_logger("watchdog.health")
 READY_TIMEOUT = 5.0
+T = TypeVar("T")
 # The page runs no script and loads nothing: say so to the browser too.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
@@ -24,6 +27,31 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+class Bounded(Generic[T]):
+    """One read at a time in a task of its own, which a caller waits for at most
+    ``timeout``: a database that holds a read (a locked SQLite file waits out its busy
+    timeout in a thread) makes the caller late by that bound, not by the lock. A read
+    still running is joined by the next caller instead of started again."""
+
+    def __init__(self, read: Callable[[], Awaitable[T]], timeout: float = READY_TIMEOUT) -> None:
+        self._read = read
+        self.timeout = timeout
+        self._task: asyncio.Future[T] | None = None
+
+    async def __call__(self) -> T:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._read())
+        # shield: the timeout gives up waiting, it does not wait for the read to stop
+        return await asyncio.wait_for(asyncio.shield(self._task), self.timeout)
+
+    async def close(self) -> None:
+        """Stop a read still running (at shutdown, before the database is closed)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
 
 
 class HealthServer:
@@ -40,13 +68,13 @@ class HealthServer:
         token: str | None = None,
         guarded: bool = False,
     ) -> None:
-        self._page = page
+        self._page = None if page is None else Bounded(page)
         self._token = token
         self._guarded = guarded  # not on loopback: the page asks for the token
         self._alive = alive
-        self._ready = ready
+        self._ready = Bounded(ready)
         self._metrics = metrics
-        self._refresh = refresh
+        self._refresh = Bounded(refresh)
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -70,6 +98,9 @@ class HealthServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for read in (self._ready, self._refresh, self._page):
+            if read is not None:
+                await read.close()
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if self._alive(datetime.now(UTC)):
@@ -78,7 +109,7 @@ class HealthServer:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         try:
-            ok, detail = await asyncio.wait_for(self._ready(), READY_TIMEOUT)
+            ok, detail = await self._ready()
         except TimeoutError:
             ok, detail = False, f"database did not answer within {READY_TIMEOUT:g}s"
         if ok:
@@ -90,7 +121,7 @@ class HealthServer:
             return refused
         assert self._page is not None
         try:
-            html = await asyncio.wait_for(self._page(), READY_TIMEOUT)
+            html = await self._page()
         except Exception as exc:  # the database may be away: say so, do not crash
             log.warning("status_page_failed", error=type(exc).__name__)
             return web.Response(
@@ -117,7 +148,7 @@ class HealthServer:
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
         try:
-            await asyncio.wait_for(self._refresh(), READY_TIMEOUT)
+            await self._refresh()
         except Exception as exc:  # stale gauges beat no metrics at all
             log.warning("metrics_refresh_failed", error=type(exc).__name__)
         body = self._metrics.render()

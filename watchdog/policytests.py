@@ -10,13 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from watchdog.durations import Duration
+from watchdog.durations import Duration, format_duration
 from watchdog.models import BatchObject, BatchView
 from watchdog.observe import Judging, rules_of
 from watchdog.replay import Sample, Step, fresh, judge, usage_wire
 from watchdog.settings import ConfigError, Settings, explain, load_settings, read_yaml
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)  # t=0 of every timeline unless the file says
+MAX_POLLS = 100_000  # judged in seconds
 
 
 class _Strict(BaseModel):
@@ -87,11 +88,28 @@ def load(path: Path) -> tuple[PolicyTest, Settings]:
     except ValidationError as exc:
         raise ConfigError(f"{path}: {explain(exc, data)}") from None
     if isinstance(test.config, str):
-        return test, load_settings(path.parent / test.config, environ={})
-    try:
-        return test, Settings.model_validate(test.config)
-    except ValidationError as exc:
-        raise ConfigError(f"{path}: config: {explain(exc, test.config)}") from None
+        settings = load_settings(path.parent / test.config, environ={})
+    else:
+        try:
+            settings = Settings.model_validate(test.config)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: config: {explain(exc, test.config)}") from None
+    _bounded(path, test, settings)
+    return test, settings
+
+
+def _bounded(path: Path, test: PolicyTest, settings: Settings) -> None:
+    """Each batch is polled every poll_interval up to the last expectation: a file that
+    asks for millions of polls (a point at 3000d) is refused, not judged for minutes."""
+    last = max(e.at for e in test.expect)
+    polls = len(test.batches) * int(last / settings.poll_interval)
+    if polls > MAX_POLLS:
+        every = format_duration(settings.poll_interval)
+        raise ConfigError(
+            f"{path}: the last expectation ({format_duration(last)}) needs {polls:,} polls of "
+            f"{len(test.batches)} batches every {every} (at most {MAX_POLLS:,}): judge a "
+            "shorter timeline, or a config with a longer poll_interval"
+        )
 
 
 def run(test: PolicyTest, settings: Settings) -> list[str]:

@@ -90,10 +90,14 @@ def _polls(
 ) -> Iterator[tuple[datetime, BatchObject]]:
     ordered = sorted(samples, key=lambda s: s.at)
     for i, sample in enumerate(ordered):
+        if until is not None and sample.at > until:
+            return
         yield sample.at, sample.wire
         if every is None or sample.wire.status in TERMINAL:
             continue
         end = ordered[i + 1].at if i + 1 < len(ordered) else until
+        if until is not None and end is not None:
+            end = min(end, until)
         at = sample.at + every
         while end is not None and at < end:
             yield at, sample.wire

@@ -413,6 +413,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file: {exc}") from None
     try:
         data = yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader: no arbitrary objects
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML: nested deeper than can be read") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
