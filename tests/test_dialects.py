@@ -80,7 +80,7 @@ def test_together_payloads_progress_and_bare_list() -> None:
     assert view.expires_at is not None and view.tokens is None
     page = BatchPage.model_validate(inward_page(kind, payload("together_list.json")))
     assert [b.id for b in page.data] == ["job-new", "job-old"]  # newest first
-    assert [b.status for b in page.data] == ["something_new", "completed"]
+    assert [b.status for b in page.data] == ["SOMETHING_NEW", "completed"]  # kept verbatim
     assert page.has_more is False and "failure_ratio_above" in kind.cannot()
 
 
@@ -128,7 +128,12 @@ def test_anthropic_payloads_counts_move_at_the_end() -> None:
     ended = read("anthropic_ended.json")
     assert ended.status == "cancelled" and ended.counts is not None
     assert (ended.counts.completed, ended.counts.failed, ended.counts.total) == (40, 5, 100)
-    assert kind.headers("k") == {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    # What the official SDK sends today, unless the config says otherwise.
+    assert kind.headers("k") == {"Authorization": "Bearer k", "anthropic-version": "2026-10-21"}
+    assert kind.headers("k", "x-api-key", "2023-06-01") == {
+        "x-api-key": "k",
+        "anthropic-version": "2023-06-01",
+    }
 
 
 CAP = {"name": "cost-cap", "when": {"cost_usd_above": 5}, "action": "cancel"}

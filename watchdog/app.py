@@ -94,6 +94,7 @@ async def open_clients(
                 concurrency=provider.concurrency,
                 api=provider.api,
                 api_version=provider.api_version,
+                auth=provider.auth,
             )
             clients[name] = await stack.enter_async_context(client)
         yield clients

@@ -14,7 +14,9 @@ from watchdog.durations import parse_time
 from watchdog.models import TERMINAL
 
 AZURE_API_VERSION = "2024-10-21"  # the GA version whose Batch API this speaks
-ANTHROPIC_VERSION = "2023-06-01"  # the anthropic-version header (the SDK's default)
+AZURE_V1 = "v1"  # Azure's v1 data plane: {endpoint}/openai/v1/batches, no api-version
+ANTHROPIC_VERSION = "2026-10-21"  # anthropic-version: what the official SDK sends today
+Auth = Literal["bearer", "api-key", "x-api-key"]
 
 # Mistral's job statuses onto OpenAI's, and back (the simulator's).
 MISTRAL = {
@@ -27,6 +29,30 @@ MISTRAL = {
     "CANCELLED": "cancelled",
 }
 TO_MISTRAL = {v: k for k, v in MISTRAL.items()} | {"finalizing": "RUNNING"}
+# Together's: its spec's six, and the older SDK's CANCELING (both spellings taken).
+TOGETHER = {
+    "VALIDATING": "validating",
+    "IN_PROGRESS": "in_progress",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "EXPIRED": "expired",
+    "CANCELLED": "cancelled",
+    "CANCELING": "cancelling",
+    "CANCELLING": "cancelling",
+}
+# What the simulator serves as Together: only the spec's statuses (no finalizing, no
+# cancelling: a cancel shows as CANCELLED at once).
+TO_TOGETHER = {
+    "validating": "VALIDATING",
+    "in_progress": "IN_PROGRESS",
+    "finalizing": "IN_PROGRESS",
+    "completed": "COMPLETED",
+    "failed": "FAILED",
+    "expired": "EXPIRED",
+    "cancelling": "CANCELLED",
+    "cancelled": "CANCELLED",
+}
+ANTHROPIC = {"in_progress": "in_progress", "canceling": "cancelling", "cancelling": "cancelling"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,22 +61,37 @@ class Kind:
 
     name: str
     batches: str  # the collection's path under base_url
-    auth: str  # "bearer" | "api-key" header
-    version_param: bool = False  # api-version on every call (Azure)
+    auth: Auth  # how the key is sent, unless providers.NAME.auth says otherwise
+    version: str | None = None  # the API version sent, unless api_version says otherwise
     paging: str = "cursor"  # "cursor" (after=last id) | "page" (page, page_size) | "none"
     after: str = "after"  # the cursor's query parameter
     usage: bool = True  # the batch object carries usage: cost can be known
     deadline: bool = True  # expires_at is a hard deadline
     counts: str = "live"  # "live" | "progress" (a percentage) | "at_end" (move when it ends)
+    refuses: int = 409  # the answer to a cancel of a finished batch
 
-    def headers(self, key: str) -> dict[str, str]:
+    def headers(
+        self, key: str, auth: Auth | None = None, version: str | None = None
+    ) -> dict[str, str]:
+        """The request headers that carry the key (and Anthropic's version)."""
+        out = (
+            {"anthropic-version": version or self.version or ""} if self.name == "anthropic" else {}
+        )
         if not key:
+            return out
+        how = auth or self.auth
+        if how == "api-key":
+            return out | {"api-key": key}
+        if how == "x-api-key":
+            return out | {"x-api-key": key}
+        return out | {"Authorization": f"Bearer {key}"}
+
+    def params(self, version: str | None = None) -> dict[str, str]:
+        """The query parameters of every call: Azure's api-version (none on its v1)."""
+        if self.name != "azure":
             return {}
-        if self.auth == "api-key":
-            return {"api-key": key}
-        if self.auth == "x-api-key":
-            return {"x-api-key": key, "anthropic-version": ANTHROPIC_VERSION}
-        return {"Authorization": f"Bearer {key}"}
+        chosen = version or self.version or AZURE_API_VERSION
+        return {} if chosen == AZURE_V1 else {"api-version": chosen}
 
     def cannot(self) -> dict[str, str]:
         """Policy conditions that never hold on this kind, and why."""
@@ -77,16 +118,31 @@ Api = Literal["openai", "azure", "groq", "mistral", "together", "anthropic"]
 
 KINDS: Mapping[str, Kind] = {
     "openai": Kind("openai", "batches", "bearer"),
-    "azure": Kind("azure", "batches", "api-key", version_param=True, deadline=False),
-    "groq": Kind("groq", "batches", "bearer", usage=False),
+    "azure": Kind("azure", "batches", "api-key", version=AZURE_API_VERSION, deadline=False),
+    # Groq's list takes no limit or cursor and answers every batch at once.
+    "groq": Kind("groq", "batches", "bearer", paging="none", usage=False),
     "mistral": Kind("mistral", "batch/jobs", "bearer", paging="page", usage=False),
     "together": Kind(
-        "together", "batches", "bearer", paging="none", usage=False, counts="progress"
+        "together", "batches", "bearer", paging="none", usage=False, counts="progress",
+        refuses=400,
     ),
     "anthropic": Kind(
-        "anthropic", "messages/batches", "x-api-key", after="after_id", usage=False, counts="at_end"
+        "anthropic", "messages/batches", "bearer", version=ANTHROPIC_VERSION, after="after_id",
+        usage=False, counts="at_end",
     ),
-}
+}  # fmt: skip
+
+
+def authorized(kind: Kind, headers: Mapping[str, str], key: str) -> bool:
+    """Whether a request carries ``key`` in a way the kind's real API accepts (the
+    simulator's check): Bearer everywhere; Azure's api-key; Anthropic's x-api-key, and
+    its anthropic-version header, which that API requires."""
+    if kind.name == "anthropic" and not headers.get("anthropic-version"):
+        return False
+    given = {"bearer": headers.get("Authorization") == f"Bearer {key}"}
+    given["api-key"] = kind.name == "azure" and headers.get("api-key") == key
+    given["x-api-key"] = kind.name == "anthropic" and headers.get("x-api-key") == key
+    return any(given.values())
 
 
 def inward(kind: Kind, raw: Any) -> Any:
@@ -110,8 +166,11 @@ def inward(kind: Kind, raw: Any) -> Any:
 def inward_page(kind: Kind, raw: Any, page: int = 0, size: int = 100) -> Any:
     """A list answer of ``kind`` as an OpenAI-shaped page (``has_more`` from the page
     size for page-numbered lists; a bare array, Together's, is one page, newest first)."""
-    if kind.paging == "none" and isinstance(raw, list):
-        data = sorted((inward(kind, i) for i in raw), key=_newest_first)
+    if kind.paging == "none":  # every batch at once: Together's bare array, Groq's list
+        items = raw if isinstance(raw, list) else raw.get("data") if isinstance(raw, dict) else None
+        if not isinstance(items, list):
+            return raw
+        data = sorted((inward(kind, i) for i in items), key=_newest_first)
         return {"object": "list", "data": data, "has_more": False}
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
         return raw
@@ -169,17 +228,22 @@ def _to_mistral(wire: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": wire["id"],
         "object": "batch",
+        "input_files": [wire.get("input_file_id") or f"file-{wire['id']}"],
         "status": TO_MISTRAL.get(wire["status"], wire["status"]),
         "model": wire.get("model"),
+        "agent_id": None,
         "endpoint": "/v1/chat/completions",
         "metadata": wire.get("metadata"),
+        "output_file": wire.get("output_file_id"),
+        "error_file": None,
+        "outputs": None,
         "created_at": wire.get("created_at"),
         "started_at": wire.get("in_progress_at"),
         "completed_at": wire.get(f"{wire['status']}_at") if wire["status"] in TERMINAL else None,
-        "total_requests": counts.get("total"),
+        "total_requests": counts.get("total") or 0,
         "completed_requests": done,
-        "succeeded_requests": counts.get("completed"),
-        "failed_requests": counts.get("failed"),
+        "succeeded_requests": counts.get("completed") or 0,
+        "failed_requests": counts.get("failed") or 0,
         "errors": [],
     }
 
@@ -216,7 +280,7 @@ def _from_together(raw: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": raw.get("id"),
         "object": "batch",
-        "status": status.lower() if isinstance(status, str) else status,
+        "status": TOGETHER.get(status, status) if isinstance(status, str) else status,
         "created_at": _unix(raw.get("created_at")),
         "expires_at": _unix(raw.get("job_deadline")),
         "completed_at": _unix(raw.get("completed_at")),
@@ -235,7 +299,7 @@ def _to_together(wire: Mapping[str, Any]) -> dict[str, Any]:
         "user_id": "user-sim",
         "input_file_id": wire.get("input_file_id"),
         "file_size_bytes": 1024,
-        "status": str(wire["status"]).upper(),
+        "status": TO_TOGETHER.get(wire["status"], str(wire["status"]).upper()),
         "job_deadline": _iso(wire.get("expires_at")),
         "created_at": _iso(wire.get("created_at")),
         "completed_at": _iso(wire.get("completed_at")),
@@ -263,13 +327,16 @@ def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
         request_counts = {"total": sum(n.values()), "completed": n["succeeded"],
                           "failed": n["errored"] + n["expired"]}  # fmt: skip
         if status == "ended":
-            mapped = "cancelled" if raw.get("cancel_initiated_at") else "completed"
-            if n["expired"] and not n["succeeded"] and not n["errored"]:
+            # As OpenAI says it: a batch that ran out of time is expired, results or not.
+            mapped = "completed"
+            if n["expired"]:
                 mapped = "expired"
+            if raw.get("cancel_initiated_at"):
+                mapped = "cancelled"
         else:
             request_counts = None
-    if mapped == "canceling":
-        mapped = "cancelling"
+    if isinstance(mapped, str) and mapped in ANTHROPIC:
+        mapped = ANTHROPIC[mapped]
     return {
         "id": raw.get("id"),
         "object": "batch",

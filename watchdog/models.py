@@ -17,6 +17,8 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     model_validator,
 )
 
@@ -125,6 +127,39 @@ class BatchErrors(_Wire):
     data: list[BatchErrorItem] = []
 
 
+def _lenient_errors(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """``errors`` is kept, never judged: a shape of its own (Azure's spec gives ``data``
+    as one object, not a list) is read where it can be and dropped where it cannot —
+    it must never cost the watchdog the batch."""
+    if isinstance(value, dict) and isinstance(value.get("data"), dict):
+        value = {**value, "data": [value["data"]]}
+    try:
+        return handler(value)
+    except ValidationError:
+        return None
+
+
+def _metadata(value: Any) -> Any:
+    """Metadata is a mapping of keys to values of any JSON type (Mistral's and Groq's
+    are); anything else is no metadata at all."""
+    return value if isinstance(value, dict) else None
+
+
+def as_text(value: Any) -> str:
+    """A metadata value as policies, budgets and the page match and show it: a string
+    as it is, anything else as compact JSON (``5``, ``true``, ``{"a":1}``)."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+def metadata_text(metadata: Mapping[str, Any] | None) -> dict[str, str] | None:
+    """Metadata with every value as its text (None stays None)."""
+    if metadata is None:
+        return None
+    return {str(k): as_text(v) for k, v in metadata.items()}
+
+
 class RequestCounts(_Wire):
     total: Count
     completed: Count
@@ -196,9 +231,9 @@ class BatchObject(_Wire):
     cancelled_at: Timestamp = None
     output_file_id: FileId = None
     error_file_id: FileId = None
-    errors: BatchErrors | None = None
+    errors: Annotated[BatchErrors | None, WrapValidator(_lenient_errors)] = None
     request_counts: RequestCounts | None = None
-    metadata: dict[str, str] | None = None
+    metadata: Annotated[dict[str, Any] | None, BeforeValidator(_metadata)] = None
     model: Annotated[str | None, _bounded(MAX_MODEL)] = None
     usage: Usage | None = None
 
@@ -345,7 +380,7 @@ def view_of(provider: str, batch: BatchObject) -> BatchView:
         batch_id=batch.id,
         status=batch.status,
         model=batch.model,
-        metadata=batch.metadata,
+        metadata=metadata_text(batch.metadata),
         created_at=from_unix(batch.created_at),
         expires_at=from_unix(batch.expires_at),
         counts=counts_of(batch.request_counts),

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from watchdog.breaker import Breaker
-from watchdog.dialects import AZURE_API_VERSION, KINDS, inward, inward_page
+from watchdog.dialects import KINDS, Auth, inward, inward_page
 from watchdog.errors import CancelRefused, PermanentError
 from watchdog.http import HttpClient
 from watchdog.models import BatchObject, BatchPage, page_of, read_page, validate_batch_id
@@ -37,18 +37,17 @@ class ProviderClient:
         breaker: Breaker | None = None,
         api: str = "openai",
         api_version: str | None = None,
+        auth: Auth | None = None,
     ) -> None:
         self.name = name
         self.kind = KINDS[api]
         self.base_url = base_url.rstrip("/")
-        # Azure wants its api-version on every call.
-        version = api_version or AZURE_API_VERSION
-        self.params = {"api-version": version} if self.kind.version_param else {}
+        self.params = self.kind.params(api_version)  # Azure's api-version, on every call
         self._pages: dict[str, int] = {}  # page-numbered lists: last id seen -> next page
         key = api_key.get_secret_value() if api_key is not None else ""
         self.http = HttpClient(
             name,
-            headers={"Accept": "application/json"} | self.kind.headers(key),
+            headers={"Accept": "application/json"} | self.kind.headers(key, auth, api_version),
             secrets=[key],
             timeout=timeout,
             max_retries=max_retries,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from watchdog.models import metadata_text
 from watchdog.pricing import usd
 
 GROUPS = ("provider", "model", "policy", "metadata.KEY")
@@ -85,7 +86,7 @@ def group_of(row: Mapping[str, Any], by: str) -> str:
     if by == "policy":
         return str(row["cancel_policy"] or row["matched_policy"] or "-")
     if by.startswith("metadata."):
-        return str((row["metadata"] or {}).get(by.removeprefix("metadata."), "-"))
+        return (metadata_text(row["metadata"]) or {}).get(by.removeprefix("metadata."), "-")
     return str(row[by] or "-")
 
 

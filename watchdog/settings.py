@@ -12,7 +12,7 @@ import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -39,7 +39,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from watchdog.budgets import Budget
-from watchdog.dialects import AZURE_API_VERSION, Api
+from watchdog.dialects import ANTHROPIC_VERSION, AZURE_API_VERSION, AZURE_V1, Api, Auth
 from watchdog.durations import Duration
 from watchdog.events import Kind
 from watchdog.policies import Discovery, Policy
@@ -87,14 +87,28 @@ class ProviderSettings(_Strict):
     api: Api = Field(
         default="openai", description="the Batch API's dialect (see README: API kinds)"
     )
-    api_version: str = Field(
-        default=AZURE_API_VERSION, description="azure: the api-version query parameter"
+    api_version: str | None = Field(
+        default=None,
+        description=f"azure: the api-version query parameter (default {AZURE_API_VERSION}; "
+        f"{AZURE_V1} for the v1 data plane, which takes none); anthropic: the "
+        f"anthropic-version header (default {ANTHROPIC_VERSION})",
+    )
+    auth: Auth | None = Field(
+        default=None,
+        description="how the key is sent: bearer (Authorization), api-key or x-api-key; "
+        "default: the kind's (api-key for azure, bearer for the others)",
     )
     discover: Discovery | None = Field(
         default=None,
         description="track the account's batches from its list by itself (true, or "
         "match/created_within); off by default",
     )
+
+    @field_validator("api_version", mode="before")
+    @classmethod
+    def _version_as_written(cls, value: Any) -> Any:
+        # YAML reads a bare 2024-10-21, as Azure's documents write it, as a date.
+        return value.isoformat() if isinstance(value, date) else value
 
     @field_validator("discover", mode="before")
     @classmethod

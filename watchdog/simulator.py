@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from watchdog.chaos import BEFORE, Chaos
-from watchdog.dialects import KINDS, outward
+from watchdog.dialects import KINDS, authorized, outward
 
 Clock = Callable[[], float]
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -196,11 +196,14 @@ class Simulator:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._server_date, self._faults_and_auth])
-        root = f"{self.base_path}/{self.kind.batches}"
-        app.router.add_post(root, self._create)
-        app.router.add_get(root, self._list)
-        app.router.add_get(root + "/{id}", self._get)
-        app.router.add_post(root + "/{id}/cancel", self._cancel)
+        # Azure serves its v1 data plane beside the dated one (no api-version there).
+        bases = [self.base_path] + (["/openai/v1"] if self.kind.name == "azure" else [])
+        for base in bases:
+            root = f"{base}/{self.kind.batches}"
+            app.router.add_post(root, self._create)
+            app.router.add_get(root, self._list)
+            app.router.add_get(root + "/{id}", self._get)
+            app.router.add_post(root + "/{id}/cancel", self._cancel)
         app.router.add_get("/_sim/calls", self._calls)
         app.router.add_post("/_sim/faults", self._add_fault)
         return app
@@ -226,9 +229,10 @@ class Simulator:
                     headers=fault.headers,
                     content_type="application/json",
                 )
-            if self.api_key and self.kind.headers(self.api_key).items() - request.headers.items():
+            if self.api_key and not authorized(self.kind, request.headers, self.api_key):
                 return _error(401, "Incorrect API key provided.", "invalid_request_error")
-            if self.kind.version_param and not request.query.get("api-version"):
+            dated = not request.path.startswith("/openai/v1/")
+            if self.kind.params() and dated and not request.query.get("api-version"):
                 return _error(
                     400, "api-version query parameter is required", "invalid_request_error"
                 )
@@ -282,9 +286,10 @@ class Simulator:
         now = self.clock()
         status, _ = batch.status(now)
         if status in ("completed", "failed", "expired", "cancelled"):
-            return _error(
-                409, f"Cannot cancel a batch with status '{status}'.", "invalid_request_error"
-            )
+            message = f"Cannot cancel a batch with status '{status}'."
+            if self.kind.name == "together":  # its spec's error body and status
+                return web.json_response({"error": message}, status=400)
+            return _error(self.kind.refuses, message, "invalid_request_error")
         if batch.cancel_at is None:
             batch.cancel_at = now
         return web.json_response(self._served(batch, now))
@@ -306,8 +311,11 @@ class Simulator:
             page = ordered[first : first + limit]
             data = [self._served(b, now) for b in page]
             return web.json_response({"object": "list", "data": data, "total": len(ordered)})
-        if self.kind.paging == "none":  # Together: every batch, a bare array
-            return web.json_response([self._served(b, now) for b in ordered])
+        if self.kind.paging == "none":  # every batch at once
+            served = [self._served(b, now) for b in ordered]
+            if self.kind.name == "together":  # a bare array
+                return web.json_response(served)
+            return web.json_response({"object": "list", "data": served})
         after = request.query.get(self.kind.after)
         if after is not None:
             ids = [b.id for b in ordered]

@@ -41,7 +41,15 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from watchdog.events import Event, Kind
-from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, from_unix
+from watchdog.models import (
+    TERMINAL,
+    BatchObject,
+    BatchView,
+    Counts,
+    Tokens,
+    from_unix,
+    metadata_text,
+)
 from watchdog.rows import Change, Tracked
 from watchdog.tables import (
     COUNTS_AND_TOKENS,
@@ -372,7 +380,7 @@ def _view(row: Mapping[Any, Any]) -> BatchView:
         batch_id=row["batch_id"],
         status=row["status"],
         model=row["model"],
-        metadata=row["metadata"],
+        metadata=metadata_text(row["metadata"]),
         created_at=row["created_at"],
         expires_at=row["expires_at"],
         counts=counts,
