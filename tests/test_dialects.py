@@ -165,9 +165,9 @@ def engine_of(store: Store, clients: Any, rules: Rules, clock: Clock) -> Engine:
     )
 
 
-def client(name: str, url: str, api: str) -> ProviderClient:
+def client(name: str, url: str, api: str, **extra: Any) -> ProviderClient:
     return ProviderClient(name, base_url=url, api_key=SecretStr(API_KEY), timeout=5,
-                          sleep=_no_sleep, api=api)  # fmt: skip
+                          sleep=_no_sleep, api=api, **extra)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -175,6 +175,8 @@ def client(name: str, url: str, api: str) -> ProviderClient:
     [
         ("openai", SPENDER, CAP),
         ("azure", SPENDER, CAP),
+        ("azure-v1", SPENDER, CAP),
+        ("anthropic-x-api-key", SLOW, AGED),
         ("groq", FLAKY, FAILING),
         ("mistral", FLAKY, FAILING),
         ("together", SLOW, LATE),
@@ -186,11 +188,16 @@ async def test_each_kind_cancels_its_violator_once(
     aiohttp_server: Any, store: Store, clock: Clock, api: str, violator: dict[str, Any],
     policy: dict[str, Any],
 ) -> None:  # fmt: skip
+    # Azure's v1 data plane (no api-version) and Anthropic's older x-api-key auth, as
+    # providers.NAME.api_version and auth choose them.
+    api, _, variant = api.partition("-")
+    extra = {"api_version": "v1"} if variant == "v1" else {"auth": variant} if variant else {}
     sim, url = await serve(aiohttp_server, clock, api)
+    url = url + "/v1" if variant == "v1" else url
     sim.add("batch_bad", **violator)
     sim.add("batch_good", **HEALTHY)
     rules = Rules((Policy.model_validate(policy),), (Price.model_validate(LLAMA_PRICE),))
-    async with client("p", url, api) as provider:
+    async with client("p", url, api, **extra) as provider:
         engine = engine_of(store, {"p": provider}, rules, clock)
         for batch_id in ("batch_bad", "batch_good"):
             await store.track("p", batch_id, {}, clock.now())
@@ -328,3 +335,13 @@ def test_the_config_schema_names_every_kind_and_only_those() -> None:
     from watchdog.dialects import Api
 
     assert set(get_args(Api)) == set(KINDS)
+
+
+def test_what_each_kind_sends_with_a_key() -> None:
+    """Azure: api-key and the dated api-version, none on v1; the others Bearer."""
+    azure = KINDS["azure"]
+    assert azure.headers("k") == {"api-key": "k"}
+    assert azure.params() == {"api-version": "2024-10-21"} and azure.params("v1") == {}
+    assert azure.params("2025-04-01-preview") == {"api-version": "2025-04-01-preview"}
+    assert KINDS["groq"].headers("k") == {"Authorization": "Bearer k"}
+    assert KINDS["openai"].params("2024-10-21") == {}

@@ -2,6 +2,7 @@
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -143,3 +144,36 @@ def test_a_malformed_list_item_costs_only_itself() -> None:
     page = read_page(body.replace('"total": Infinity', '"total": 1e400').encode())
     assert [b.id for b in page.data] == ["batch_a", "batch_d"]
     assert page.skipped == 4 and page.cursor == "batch_d" and page.has_more
+
+
+def test_metadata_of_any_json_type_is_kept_and_read_as_text() -> None:
+    """Mistral's and Groq's metadata values may be any JSON: the batch is not refused;
+    the values are kept as sent and matched, grouped and shown as their text."""
+    from watchdog.policies import Match
+
+    raw = {"team": "research", "priority": 3, "urgent": True, "tags": ["a", "b"], "none": None}
+    batch = BatchObject.model_validate({"id": "b", "status": "in_progress", "metadata": raw})
+    assert batch.metadata == raw
+    view = view_of("p", batch)
+    assert view.metadata == {"team": "research", "priority": "3", "urgent": "true",
+                             "tags": '["a","b"]', "none": "null"}  # fmt: skip
+    assert Match(metadata={"priority": "3", "urgent": "true"}).matches(view)
+    odd = BatchObject.model_validate({"id": "b", "status": "in_progress", "metadata": [1, 2]})
+    assert odd.metadata is None
+
+
+@pytest.mark.parametrize(
+    ("errors", "kept"),
+    [
+        ({"object": "list", "data": [{"code": "a", "message": "m"}]}, 1),
+        ({"object": "list", "data": {"code": "a", "message": "m"}}, 1),  # Azure's spec
+        ({"object": "list", "data": [{"code": 5, "line": "x"}]}, None),  # unreadable
+        ("oops", None),
+        ([{"message": "Mistral's list"}], None),
+    ],
+)
+def test_errors_never_cost_the_batch(errors: Any, kept: int | None) -> None:
+    """``errors`` is not judged: any shape is read where it can be, else dropped — the
+    batch itself always parses."""
+    batch = BatchObject.model_validate({"id": "b", "status": "failed", "errors": errors})
+    assert (None if batch.errors is None else len(batch.errors.data)) == kept

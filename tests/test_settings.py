@@ -269,3 +269,11 @@ def test_webhooks_take_any_event_kind(tmp_path: Path) -> None:
         load_settings(write(tmp_path, GOOD + hook % "policy_matchd"))
     assert "notify.webhooks.0.events.0" in str(caught.value)
     assert "'provider_unavailable'" in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_api_version_written_bare_as_a_date_is_the_version(tmp_path: Path) -> None:
+    """Azure's documents write ``api_version: 2024-10-21``; YAML reads that as a date."""
+    provider = "{base_url: https://x.example/openai, api: azure, api_version: 2024-10-21}"
+    text = f"providers:\n  az: {provider}\n"
+    settings = load_settings(write(tmp_path, text))
+    assert settings.providers["az"].api_version == "2024-10-21"

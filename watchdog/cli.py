@@ -19,7 +19,7 @@ from watchdog.events import Kind
 
 if TYPE_CHECKING:
     from watchdog.policies import Discovery
-    from watchdog.settings import Settings
+    from watchdog.settings import ProviderSettings, Settings
 
 # Settings, logging and watchdog.app (with the database, HTTP and scheduler libraries)
 # are imported by the commands that use them: `--help` and argument errors answer at once.
@@ -296,6 +296,13 @@ def _line(cells: list[str], widths: list[int]) -> str:
     return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
 
+def _speaks(provider: ProviderSettings) -> str:
+    """How the key and version go out, where the config chose them."""
+    chosen = [f"auth: {provider.auth}"] if provider.auth else []
+    chosen += [f"version: {provider.api_version}"] if provider.api_version else []
+    return "".join(f"; {c}" for c in chosen)
+
+
 def _cannot_judge(name: str, api: str, settings: Settings) -> list[str]:
     """What this provider's policies can never hold on, and why (its kind's limits)."""
     from watchdog.dialects import KINDS
@@ -349,7 +356,7 @@ def show_config(settings: Settings, path: str) -> str:
             key = f"key from ${p.api_key_env}"
         elif p.api_key_file:
             key = f"key from {p.api_key_file}"
-        lines.append(f"  {name}: {p.base_url} ({key}; api: {p.api})")
+        lines.append(f"  {name}: {p.base_url} ({key}; api: {p.api}{_speaks(p)})")
         lines += [f"    {line}" for line in _cannot_judge(name, p.api, settings)]
         if p.discover is not None:
             lines.append(f"    discovers: {_discovery(p.discover)}")

@@ -291,10 +291,11 @@ def _from_together(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _to_together(wire: Mapping[str, Any]) -> dict[str, Any]:
+    """Together's spec makes nothing nullable: what is not known is left out."""
     counts = wire.get("request_counts") or {}
     total = counts.get("total") or 0
     done = (counts.get("completed") or 0) + (counts.get("failed") or 0)
-    return {
+    job = {
         "id": wire["id"],
         "user_id": "user-sim",
         "input_file_id": wire.get("input_file_id"),
@@ -307,9 +308,8 @@ def _to_together(wire: Mapping[str, Any]) -> dict[str, Any]:
         "progress": round(100 * done / total, 1) if total else 0.0,
         "model_id": wire.get("model"),
         "output_file_id": wire.get("output_file_id"),
-        "error_file_id": None,
-        "error": None,
     }
+    return {k: v for k, v in job.items() if v is not None}
 
 
 def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,7 +331,7 @@ def _from_anthropic(raw: Mapping[str, Any]) -> dict[str, Any]:
             mapped = "completed"
             if n["expired"]:
                 mapped = "expired"
-            if raw.get("cancel_initiated_at"):
+            if raw.get("cancel_initiated_at") or n["canceled"]:
                 mapped = "cancelled"
         else:
             request_counts = None
