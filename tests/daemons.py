@@ -83,7 +83,7 @@ class Daemon:
     def ticks(self) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("event") == "tick_completed"]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 90.0) -> None:
         try:
             async with asyncio.timeout(timeout):
                 while not predicate():
@@ -96,7 +96,7 @@ class Daemon:
             ) from None
 
     async def wait_for_async(
-        self, probe: Callable[[], Awaitable[Any]], want: Any, timeout: float = 30.0
+        self, probe: Callable[[], Awaitable[Any]], want: Any, timeout: float = 90.0
     ) -> None:
         """Until ``await probe()`` gives ``want`` (an endpoint's answer, say)."""
         got: Any = None

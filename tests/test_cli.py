@@ -346,12 +346,12 @@ async def test_daemon_ticks_until_sigterm_then_exits_0(cli: Cli) -> None:
     # Until it has ticked twice and polled the batch again (after the cancel, on the
     # cancel's follow-up schedule): counted, not timed.
     while ticks < 2 or cli.sim.calls("batch_big", "get") < 2:
-        line = await asyncio.wait_for(proc.stderr.readline(), timeout=20)
+        line = await asyncio.wait_for(proc.stderr.readline(), timeout=60)
         assert line, b"".join(lines).decode()
         lines.append(line)
         ticks += b'"tick_completed"' in line
     proc.send_signal(signal.SIGTERM)
-    rest = await asyncio.wait_for(proc.stderr.read(), timeout=20)
+    rest = await asyncio.wait_for(proc.stderr.read(), timeout=60)
     assert await proc.wait() == 0
     assert b"daemon_stopped" in rest
     assert cli.sim.calls("batch_big", "cancel") == 1

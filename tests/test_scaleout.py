@@ -61,10 +61,11 @@ async def populate(store: Store, sim: Simulator, total: int, violators: int) -> 
     return ids
 
 
-def gets_by_batch(sim: Simulator, since: float = 0.0) -> dict[str, list[float]]:
+def gets_by_batch(sim: Simulator, host: str | None = None) -> dict[str, list[float]]:
+    """When each batch was polled (only by clients that named ``host``, if given)."""
     times: dict[str, list[float]] = defaultdict(list)
-    for at, kind, batch_id in sim.log:
-        if kind == "get" and at >= since:
+    for at, kind, batch_id, asked in sim.log:
+        if kind == "get" and host in (None, asked):
             times[batch_id].append(at)
     return times
 
@@ -108,32 +109,34 @@ async def test_killed_replica_batches_are_taken_over(
     sim, url = real_sim
     await populate(store, sim, 200, 0)
     lease = 3.0
-    config = write_config(
-        tmp_path / "w.yaml", db_url=db_url, sim_url=url, extra=f"lease_duration: {lease}s\n"
-    )
-    text_ = config.read_text().replace(
-        "api_key_env: SIM_TOKEN", "api_key_env: SIM_TOKEN\n    concurrency: 4"
-    )
-    config.write_text(text_)
+
+    def config_for(name: str, host: str) -> Path:
+        # The first replica asks by another host name: the simulator tells its requests
+        # (some may be served after it died) from the others', with no wait or timing.
+        config = write_config(tmp_path / name, db_url=db_url, extra=f"lease_duration: {lease}s\n",
+                              sim_url=url.replace("127.0.0.1", host))  # fmt: skip
+        config.write_text(config.read_text().replace(
+            "api_key_env: SIM_TOKEN", "api_key_env: SIM_TOKEN\n    concurrency: 4"))  # fmt: skip
+        return config
+
+    survivors = url.split("/")[2]  # 127.0.0.1:PORT, the Host the others send
     sim.latency = 0.5  # a slow provider: the first replica's tick takes ~25 s
-    first = await Daemon.start(config)
+    first = await Daemon.start(config_for("first.yaml", "localhost"))
     await first.wait_for(lambda: len(sim.log) >= 4, timeout=60)
-    others = [await Daemon.start(config) for _ in range(2)]
+    others = [await Daemon.start(config_for("w.yaml", "127.0.0.1")) for _ in range(2)]
     for daemon in others:
         await daemon.wait_for(lambda d=daemon: len(d.ticks()) >= 1, timeout=60)
     expiry = await leased_to(store, first.proc.pid)  # batch -> when its lease ends
     held = set(expiry)
     assert len(held) > 150  # it claimed nearly everything and is still working on it
     await first.kill()
-    await asyncio.sleep(0.2)  # requests it sent just before dying are served by now
-    killed_at = time.time()
     sim.latency = 0.0
     try:
-        await others[0].wait_for(lambda: held <= set(gets_by_batch(sim, killed_at)), timeout=60)
+        await others[0].wait_for(lambda: held <= set(gets_by_batch(sim, survivors)), timeout=120)
     finally:
         for daemon in others:
             assert await daemon.stop() == 0
-    polled = gets_by_batch(sim, killed_at)
+    polled = gets_by_batch(sim, survivors)
     early = [b for b in held if min(polled[b]) < expiry[b]]
     assert early == [], early  # nobody took a batch whose lease still held
 

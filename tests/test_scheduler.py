@@ -25,7 +25,7 @@ async def test_ticks_repeat_and_survive_a_failure() -> None:
 
     loop = TickLoop(tick, timedelta(seconds=0.05))
     with capture_logs() as logs:
-        await asyncio.wait_for(loop.run(stop), timeout=10)
+        await asyncio.wait_for(loop.run(stop), timeout=60)
     assert len(calls) >= 3
     failed = [e for e in logs if e["event"] == "tick_failed"]
     assert len(failed) == 1 and "database is down" in failed[0]["error"]
@@ -42,7 +42,7 @@ async def test_stop_drains_the_tick_in_flight() -> None:
         await asyncio.sleep(0.2)
         finished.set()
 
-    await asyncio.wait_for(TickLoop(tick, timedelta(seconds=60)).run(stop), timeout=10)
+    await asyncio.wait_for(TickLoop(tick, timedelta(seconds=60)).run(stop), timeout=60)
     assert finished.is_set()
 
 
@@ -63,7 +63,7 @@ async def test_a_tick_past_the_drain_timeout_is_stopped_and_cleaned_up_before_re
 
     with capture_logs() as logs:
         loop = TickLoop(tick, timedelta(seconds=60))
-        await asyncio.wait_for(loop.run(stop, drain_timeout=0.1), timeout=10)
+        await asyncio.wait_for(loop.run(stop, drain_timeout=0.1), timeout=60)
     assert cleaned.is_set()
     assert [e["waited_s"] for e in logs if e["event"] == "tick_abandoned"] == [0.1]
 
@@ -84,9 +84,11 @@ async def test_an_early_tick_comes_for_a_batch_due_before_the_next_regular_one()
     async def next_due() -> datetime:
         return datetime.now(UTC) + timedelta(seconds=0.3)
 
+    # Without the early tick the second would come a whole 60 s interval later: past
+    # this bound, which nothing but that reaches.
     loop = TickLoop(tick, timedelta(seconds=60), next_due=next_due)
-    await asyncio.wait_for(loop.run(stop), timeout=10)
-    assert (started[1] - started[0]).total_seconds() < 5
+    await asyncio.wait_for(loop.run(stop), timeout=45)
+    assert len(started) == 2
 
 
 async def test_ticks_go_on_when_the_wall_clock_steps_back() -> None:
@@ -109,12 +111,12 @@ async def test_ticks_go_on_when_the_wall_clock_steps_back() -> None:
 
     with capture_logs() as logs:
         job.modify(next_run_time=datetime.now(UTC) + timedelta(hours=1))  # the step back
-        stepped, count = loop.time(), len(started)
-        async with asyncio.timeout(5):
+        count = len(started)
+        # Two more ticks: without the guard the next would come an hour later, far past
+        # this bound, which nothing else reaches.
+        async with asyncio.timeout(120):
             while len(started) < count + 2:
                 await asyncio.sleep(0.01)
     stop.set()
     await runner
-    # Within two intervals and a margin for a loaded machine, not an hour later.
-    assert started[count + 1] - stepped < 2.0
     assert any(e["event"] == "clock_jumped" for e in logs)

@@ -62,7 +62,7 @@ async def test_sd_notify_ready_watchdog_stopping(tmp_path: Path, sim: Sim, abstr
             assert any(line.startswith("STATUS=last tick:") for line in notify.lines)
         finally:
             code = await daemon.stop()
-        await notify.until("STOPPING=1", timeout=5)
+        await notify.until("STOPPING=1", timeout=30)
         assert code == 0
         assert notify.lines.index("STOPPING=1") > notify.lines.index("READY=1")
     finally:
@@ -288,7 +288,8 @@ async def test_sigterm_while_pruning_exits(tmp_path: Path, sim: Sim) -> None:
     extra = "retention: {batch: 2000, max_batches: 100}\n"
     config = write_config(tmp_path / "w.yaml", db_url=db, sim_url=sim.url, extra=extra)
     assert await (await Daemon.start(config, command="migrate")).finish() == 0
-    with sqlite3.connect(tmp_path / "w.db") as conn:
+    # sqlite3's own "with" only commits: closing() closes the connection too.
+    with contextlib.closing(sqlite3.connect(tmp_path / "w.db")) as conn, conn:
         old = "2020-01-01 00:00:00.000000"
         rows = [(old, "sim", f"batch_{n % 50}", "counts_changed") for n in range(200_000)]
         conn.executemany(

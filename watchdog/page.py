@@ -4,14 +4,13 @@ build step, nothing fetched from elsewhere. Everything shown is escaped. Pure.""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
 from typing import Any
 
-from watchdog.models import TERMINAL
+from watchdog.models import TERMINAL, as_text
 from watchdog.pricing import dollars
 
 REFRESH_S = 15
@@ -21,14 +20,20 @@ header{background:#1b1f24;color:#fff;padding:12px 16px;display:flex;flex-wrap:wr
 align-items:center}header h1{font-size:18px;margin:0}main{padding:12px 16px;max-width:1200px}
 .chip{border-radius:10px;padding:2px 8px;font-size:12px;background:#2d333b}.bad{background:#b62324}
 .ok{background:#1a7f37}.warn{background:#9a6700}section{background:#fff;border:1px solid #d0d7de;
-border-radius:6px;margin:12px 0;padding:8px 12px;overflow-x:auto}h2{font-size:15px;margin:4px 0 8px}
-table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:4px 8px;
-border-bottom:1px solid #eaeef2;white-space:nowrap}td.wrap{white-space:normal;word-break:break-all}
-.bar{background:#eaeef2;border-radius:3px;height:8px;min-width:80px;position:relative}
+border-radius:6px;margin:12px 0;padding:8px 12px;overflow:hidden}h2{font-size:15px;margin:4px 0 8px}
+table{border-collapse:collapse;width:100%;table-layout:fixed}th,td{text-align:left;
+padding:4px 8px;border-bottom:1px solid #eaeef2;vertical-align:top;overflow-wrap:anywhere}
+th{font-size:13px;overflow-wrap:normal}
+.kv{display:inline-block;max-width:100%;background:#eaeef2;border-radius:3px;padding:0 4px;
+margin:1px 2px 1px 0;font-size:12px;overflow-wrap:anywhere}
+.bar{background:#eaeef2;border-radius:3px;height:8px;min-width:60px;position:relative}
 .bar span{display:block;height:8px;border-radius:3px;background:#0969da}
 .bar span.over{background:#b62324}.tiles{display:flex;flex-wrap:wrap;gap:12px}
 .tile{flex:1 1 140px}.tile b{display:block;font-size:20px}svg text{font-size:10px;fill:#57606a}
-@media (max-width:600px){main{padding:8px}th,td{padding:3px 4px}}
+@media (max-width:700px){main{padding:8px}section{padding:6px 8px}
+table,tbody,tr,td{display:block;width:auto}thead{display:none}
+tr{border-bottom:1px solid #d0d7de;padding:6px 0}td{border:0;padding:1px 0}
+td::before{content:attr(data-label);display:inline-block;min-width:84px;color:#57606a}}
 """
 COLOURS = ("#0969da", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#57606a")
 
@@ -108,21 +113,56 @@ def _bar(fraction: float, over: bool = False) -> str:
     return f'<div class="bar"><span class="{kind}" style="width:{width:.0f}%"></span></div>'
 
 
+def _table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]], empty: str) -> str:
+    """A table of cells (already HTML) in columns of fixed shares of the card (name,
+    weight), so that nothing runs out of it: a value too long for its column wraps.
+    On a phone each row becomes a block of labelled lines (CSS only, no script)."""
+    total = sum(weight for _, weight in columns)
+    cols = "".join(f'<col style="width:{100 * w / total:.1f}%">' for _, w in columns)
+    head = "".join(f"<th>{_e(name)}</th>" for name, _ in columns)
+    body = [
+        "<tr>"
+        + "".join(
+            f'<td data-label="{_e(name)}">{cell}</td>'
+            for (name, _), cell in zip(columns, row, strict=True)
+        )
+        + "</tr>"
+        for row in rows
+    ]
+    if not body:
+        body = [f'<tr><td colspan="{len(columns)}">{_e(empty)}</td></tr>']
+    return (
+        f"<table><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+def _pairs(mapping: Mapping[str, Any] | None) -> str:
+    """Key=value chips that wrap between pairs, never mid-pair unless one is too long."""
+    return "".join(
+        f'<span class="kv">{_e(k)}={_e(as_text(v))}</span>' for k, v in (mapping or {}).items()
+    )
+
+
 def _budgets(budgets: Sequence[Mapping[str, Any]]) -> str:
     if not budgets:
         return ""
     rows = []
     for b in budgets:
         limit = b["limit_usd"] or 1
-        group = ", ".join(f"{k}={v}" for k, v in b["group"].items()) or "all"
         rows.append(
-            f"<tr><td>{_e(b['budget'])}</td><td>{_e(group)}</td><td>{_e(dollars(b['spend_usd']))}</td>"
-            f"<td>{_e(dollars(b['committed_usd']))} of {_e(dollars(b['limit_usd']))}"
-            f"{_bar(b['committed_usd'] / limit, b['state'] == 'over')}</td>"
-            f"<td>{_e(b['state'])}</td></tr>"
+            [
+                _e(b["budget"]),
+                _pairs(b["group"]) or "all",
+                _e(dollars(b["spend_usd"])),
+                f"{_e(dollars(b['committed_usd']))} of {_e(dollars(b['limit_usd']))}"
+                f"{_bar(b['committed_usd'] / limit, b['state'] == 'over')}",
+                _e(b["state"]),
+            ]
         )
-    head = "<tr><th>budget</th><th>group</th><th>spend</th><th>committed</th><th>state</th></tr>"
-    return f"<section><h2>Budgets</h2><table>{head}{''.join(rows)}</table></section>"
+    columns = (("budget", 3), ("group", 3), ("spend", 2), ("committed", 4), ("state", 1))
+    table = _table(columns, rows, "no budgets")
+    return f"<section><h2>Budgets</h2>{table}</section>"
 
 
 def _chart(by_day: Mapping[str, Mapping[str, float]]) -> str:
@@ -162,36 +202,43 @@ def _batches(batches: Sequence[Mapping[str, Any]], now: datetime) -> str:
     for b in batches:
         total = b.get("request_total") or 0
         done = (b.get("request_completed") or 0) + (b.get("request_failed") or 0)
-        progress = _bar(done / total) if total else "-"
+        progress = f"{_bar(done / total)} {done}/{total}" if total else "-"
         cost = "unknown" if b.get("cost_usd") is None else dollars(float(b["cost_usd"]))
-        meta = json.dumps(b["metadata"], ensure_ascii=False) if b.get("metadata") else ""
         rows.append(
-            "<tr>"
-            f"<td>{_e(b['batch_id'])}</td><td>{_e(b['provider'])}</td>"
-            f"<td>{_e(b.get('status') or 'not polled')}</td>"
-            f"<td>{_e(b.get('model'))}</td><td>{_e(cost)}</td><td>{progress} {done}/{total}</td>"
-            f"<td>{_e(_until(b.get('expires_at'), now, b.get('status')))}</td>"
-            f"<td>{_e(b.get('cancel_policy') or b.get('matched_policy'))}</td>"
-            f"<td>{_e(b.get('exempt_reason') or '')}</td><td class=wrap>{_e(meta)}</td>"
-            "</tr>"
+            [
+                _e(b["batch_id"]),
+                _e(b["provider"]),
+                _e(b.get("status") or "not polled"),
+                _e(b.get("model")),
+                _e(cost),
+                progress,
+                _e(_until(b.get("expires_at"), now, b.get("status"))),
+                _e(b.get("cancel_policy") or b.get("matched_policy")),
+                _e(b.get("exempt_reason") or ""),
+                _pairs(b.get("metadata")),
+            ]
         )
-    head = (
-        "<tr><th>batch</th><th>provider</th><th>status</th><th>model</th><th>cost</th>"
-        "<th>progress</th><th>expires in</th><th>policy</th><th>exempt</th><th>metadata</th></tr>"
-    )
-    body = "".join(rows) or '<tr><td colspan="10">no batches tracked</td></tr>'
-    return f"<section><h2>Batches</h2><table>{head}{body}</table></section>"
+    columns = (("batch", 16), ("provider", 8), ("status", 9), ("model", 15), ("cost", 7),
+               ("progress", 11), ("expires", 7), ("policy", 8), ("exempt", 7),
+               ("metadata", 12))  # fmt: skip
+    table = _table(columns, rows, "no batches tracked")
+    return f"<section><h2>Batches</h2>{table}</section>"
 
 
 def _events(events: Sequence[Mapping[str, Any]]) -> str:
     rows = [
-        f"<tr><td>{_e(e['at'].isoformat(timespec='seconds'))}</td><td>{_e(e['kind'])}</td><td>{_e(e['batch_id'])}</td>"
-        f"<td>{_e(e['policy'])}</td>"
-        f"<td class=wrap>{_e(json.dumps(e['detail']) if e['detail'] else '')}</td></tr>"
+        [
+            _e(e["at"].isoformat(timespec="seconds")),
+            _e(e["kind"]),
+            _e(e["batch_id"]),
+            _e(e["policy"]),
+            _pairs(e["detail"]),
+        ]
         for e in events
     ]
-    head = "<tr><th>at</th><th>event</th><th>batch</th><th>policy</th><th>detail</th></tr>"
-    return f"<section><h2>Last events</h2><table>{head}{''.join(rows)}</table></section>"
+    columns = (("at", 14), ("event", 12), ("batch", 18), ("policy", 10), ("detail", 46))
+    table = _table(columns, rows, "no events yet")
+    return f"<section><h2>Last events</h2>{table}</section>"
 
 
 def _until(expires: datetime | None, now: datetime, status: str | None) -> str:

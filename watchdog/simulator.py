@@ -65,7 +65,7 @@ class SimBatch:
 
     def status(self, t: float) -> tuple[str, float]:
         """The status at time t and the moment it was entered."""
-        if self.cancel_at is not None:
+        if self.cancel_at is not None and t >= self.cancel_at:
             done = self.cancel_at + self.cancel_delay
             return ("cancelled", done) if t >= done else ("cancelling", self.cancel_at)
         if t < self.run_start:
@@ -175,7 +175,8 @@ class Simulator:
         self.batches: dict[str, SimBatch] = {}
         self.faults: list[Fault] = []
         self.calls: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.log: list[tuple[float, str, str]] = []  # (time, "get" | "cancel", batch id)
+        # (time, "get" | "cancel", batch id, the Host it was asked by)
+        self.log: list[tuple[float, str, str, str]] = []
         self.latency = 0.0  # seconds each GET of a batch takes to answer
         self.list_latency = 0.0  # and each list page
         self.cancel_wait = 0.0  # seconds a cancel takes before the provider acts on it
@@ -271,7 +272,7 @@ class Simulator:
         batch = self.batches.get(request.match_info["id"])
         if batch is None:
             return _error(404, "No batch found with that id.", "invalid_request_error")
-        self._count(batch.id, "get")
+        self._count(batch.id, "get", request.host)
         if self.latency:
             await asyncio.sleep(self.latency)
         return web.json_response(self._served(batch, self.clock()))
@@ -282,7 +283,7 @@ class Simulator:
             return _error(404, "No batch found with that id.", "invalid_request_error")
         if self.cancel_wait:  # a request dropped meanwhile was never acted on: not counted
             await asyncio.sleep(self.cancel_wait)
-        self._count(batch.id, "cancel")
+        self._count(batch.id, "cancel", request.host)
         now = self.clock()
         status, _ = batch.status(now)
         if status in ("completed", "failed", "expired", "cancelled"):
@@ -334,9 +335,9 @@ class Simulator:
     def _served(self, batch: SimBatch, now: float) -> dict[str, Any]:
         return outward(self.kind, batch.wire(now))
 
-    def _count(self, batch_id: str, kind: str) -> None:
+    def _count(self, batch_id: str, kind: str, host: str) -> None:
         self.calls[batch_id][kind] += 1
-        self.log.append((time.time(), kind, batch_id))
+        self.log.append((time.time(), kind, batch_id, host))
 
     async def _calls(self, request: web.Request) -> web.Response:
         return web.json_response({k: dict(v) for k, v in self.calls.items()})
