@@ -4,7 +4,6 @@ in a real headless Chromium driven by Playwright, judged as a person sees it."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -112,7 +111,8 @@ LAYOUT_PROBLEMS = """() => {
     for (const el of card.querySelectorAll('*')) {
       const r = el.getBoundingClientRect();
       if (r.width > 0 && (r.right > box.right + 1 || r.left < box.left - 1)) {
-        bad.push(`${name(el)} runs out of its card (${Math.round(r.right)} > ${Math.round(box.right)})`);
+        const at = `${Math.round(r.right)} > ${Math.round(box.right)}`;
+        bad.push(`${name(el)} runs out of its card (${at})`);
       }
     }
   }

@@ -5,7 +5,6 @@ come back, and terminated connections heal without a restart."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
