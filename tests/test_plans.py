@@ -15,7 +15,7 @@ from tests.conftest import Harness
 from tests.test_engine import COST_CAP
 from watchdog.models import TERMINAL
 from watchdog.store import EventFilter
-from watchdog.tables import batches
+from watchdog.tables import batch_events, batches
 
 FINISHED, ACTIVE, EVENTS = 3000, 40, 20_000
 
@@ -32,14 +32,14 @@ async def history(h: Harness) -> None:
                 for i in range(FINISHED)
             ],
         )
+        # Through the typed table, not raw SQL: sqlite3's default datetime adapter is
+        # deprecated (Python 3.12) and no path of ours leans on it.
         await conn.execute(
-            text(
-                "INSERT INTO batch_events (at, provider, batch_id, kind) "
-                "VALUES (:at, 'sim', :batch_id, :kind)"
-            ),
+            batch_events.insert(),
             [
                 {
                     "at": now - timedelta(minutes=i % 600),
+                    "provider": "sim",
                     "batch_id": f"old_{i % FINISHED}",
                     "kind": "counts_changed" if i % 3 else "cancel_requested",
                 }
