@@ -413,3 +413,63 @@ async def test_the_budgets_command(cli: Cli, clock: Any) -> None:  # noqa: F811
     table = (await cli("budgets")).out
     assert "research-daily" in table and "$360.00" in table and "over" in table
     assert sum(sim.calls[f"batch_r{i}"]["cancel"] for i in range(6)) == 0
+
+
+def test_the_ledger_keeps_the_same_figures_as_counting_one_by_one() -> None:
+    """The daemon's ledger of finished batches (added as they end, removed when
+    untracked, aged out as the windows move) gives every budget group exactly the
+    figures of counting each batch afresh, hour after hour: rolling, calendar and
+    grouped windows alike."""
+    import random
+
+    from watchdog.budgets import Finished, Ledger
+
+    rng = random.Random(7)
+    budgets = [
+        budget(name="rolling", window="6h", match={}),
+        budget(name="daily", window="day", group_by=["metadata.team"]),
+        budget(name="weekly", window="week", match=RESEARCH, group_by=["model"]),
+    ]
+    start = NOW - timedelta(days=2)
+    ended: dict[str, Spending] = {}
+    running = [batch(f"run_{i}", age_h=rng.uniform(0, 40)) for i in range(5)]
+    ledger = Ledger(budgets, start)
+    for hour in range(60):
+        now = start + timedelta(hours=hour)
+        for n in range(rng.randrange(4)):  # batches end
+            item = batch(f"done_{hour}_{n}", status="completed", team=rng.choice(["a", "b"]),
+                         cost=rng.choice([None, "1.5", "2.25"]), age_h=0)  # fmt: skip
+            view = replace(item.view, created_at=now - timedelta(hours=rng.uniform(0, 30)),
+                           model=rng.choice(["m1", "m2"]))  # fmt: skip
+            item = replace(item, view=view)
+            ended[view.batch_id] = item
+            ledger.add(Finished(view, item.cost))
+        if ended and rng.random() < 0.2:  # one untracked
+            gone = rng.choice(sorted(ended))
+            del ended[gone]
+            ledger.remove(("sim", gone))
+        assert ledger.advance(now)
+        direct = assess(budgets, [*ended.values(), *running], now)
+        kept = assess(budgets, running, now, ledger)
+        figures = lambda found: sorted(  # noqa: E731
+            (a.key, a.spend, a.committed, a.unknown_cost, a.batches) for a in found
+        )
+        assert figures(kept) == figures(direct), hour
+
+
+async def test_the_daemons_book_agrees_with_a_fresh_look(harness: Harness) -> None:
+    """Through real ticks: batches end, one is untracked, the window moves; the daemon's
+    book (kept from what changed) shows exactly what a fresh read of the database does."""
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY | {"action": "alert"}])
+    spending_day(h)
+    await h.track(*h.sim.simulator.batches)
+    assert h.engine is not None
+    for step in range(6):
+        if step == 3:
+            await h.store.untrack("batch_done0", "sim", h.clock.now())
+        await h.tick(advance=120)
+        kept = h.engine.budget_book.last
+        fresh = await assess_budgets(h.store, h.engine.rules, h.clock.now())
+        assert [a.summary() for a in kept] == [a.summary() for a in fresh], step
+    assert kept[0].finished > 0  # the ended batches came from the ledger

@@ -41,7 +41,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 LEASE = timedelta(minutes=5)
-HEAD = "0007"
+HEAD = "0008"
 
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:

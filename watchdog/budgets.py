@@ -4,6 +4,7 @@ so that the projection fits. No I/O, no clock: ``now`` is handed in."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
@@ -189,8 +190,13 @@ class Assessment:
     remaining: Decimal = Decimal(0)
     unknown_cost: int = 0  # batches whose cost is unknown: not counted, never as zero
     unknown_remaining: int = 0  # running batches whose projection is unknown
-    members: list[Spending] = field(default_factory=list)
+    members: list[Spending] = field(default_factory=list)  # counted one by one
+    finished: int = 0  # and counted in the ledger's sums (ended: nothing to choose there)
     chosen: list[Spending] = field(default_factory=list)
+
+    @property
+    def batches(self) -> int:
+        return len(self.members) + self.finished
 
     @property
     def committed(self) -> Decimal:
@@ -226,7 +232,7 @@ class Assessment:
             "limit_usd": usd(self.limit),
             "unknown_cost": self.unknown_cost,
             "unknown_remaining": self.unknown_remaining,
-            "batches": len(self.members),
+            "batches": self.batches,
             "state": self.state,
             "action": self.budget.action,
             "to_cancel": [m.view.batch_id for m in self.chosen],
@@ -238,19 +244,31 @@ class Assessment:
 
 
 def assess(
-    budgets: Sequence[Budget], batches: Iterable[Spending], now: datetime
+    budgets: Sequence[Budget],
+    batches: Iterable[Spending],
+    now: datetime,
+    ledger: Ledger | None = None,
 ) -> list[Assessment]:
     """Every budget group's spend and commitment, and the batches to cancel in it.
 
     A batch counts in a window when it was created within it or is still running (its
     whole known cost: spend is not apportioned over time). Committed = spend + the
-    projected remaining cost of the running batches."""
-    batches = list(batches)
+    projected remaining cost of the running batches. The finished batches come from the
+    ``ledger``'s sums when one is given (the daemon keeps one: O(groups) a tick), else
+    one by one among ``batches``."""
     found: dict[tuple[str, Group], Assessment] = {}
     for budget in budgets:
         start = budget.start(now)
         if not budget.group_by:  # shown (and exported) even while nothing counts in it
             found[(budget.name, ())] = Assessment(budget, (), start)
+        for group, sums in (ledger.sums(budget.name) if ledger else {}).items():
+            one = found.setdefault((budget.name, group), Assessment(budget, group, start))
+            one.spend += sums.spend
+            one.unknown_cost += sums.unknown
+            one.finished += sums.count
+    batches = list(batches)
+    for budget in budgets:
+        start = budget.start(now)
         for item in batches:
             if not budget.match.matches(item.view) or not _in_window(item, start):
                 continue
@@ -261,6 +279,122 @@ def assess(
         if one.over and one.budget.action == "cancel":
             one.chosen = choose(one)
     return list(found.values())
+
+
+@dataclass(slots=True)
+class Sums:
+    """A budget group's finished batches: their known cost, how many, how many unknown."""
+
+    spend: Decimal = Decimal(0)
+    count: int = 0
+    unknown: int = 0
+
+    def take(self, cost: Decimal | None, sign: int) -> None:
+        self.count += sign
+        if cost is None:
+            self.unknown += sign
+        else:
+            self.spend += sign * cost
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A batch that ended, as the budgets count it: final, it is never polled again."""
+
+    view: BatchView
+    cost: Decimal | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.view.provider, self.view.batch_id)
+
+    @property
+    def created(self) -> float:
+        return self.view.created_at.timestamp() if self.view.created_at else float("-inf")
+
+
+class Ledger:
+    """The finished batches each budget counts (those created within its window), summed
+    by group, kept up to date as batches end (``add``), leave (``remove``) and age out of
+    the windows (``advance``): an assessment then costs the number of groups, not the
+    window's history. Windows only move forward; ``advance`` says when one moved back
+    (the clock stepped back) and the ledger must be built again."""
+
+    def __init__(self, budgets: Sequence[Budget], now: datetime) -> None:
+        self.budgets = tuple(budgets)
+        self._starts = {b.name: b.start(now).timestamp() for b in self.budgets}
+        self._sums: dict[str, dict[Group, Sums]] = {b.name: {} for b in self.budgets}
+        # Per budget, what it counts by creation (the oldest leave first): (created, seq).
+        self._ageing: dict[str, list[tuple[float, int]]] = {b.name: [] for b in self.budgets}
+        self._entries: dict[tuple[str, str], int] = {}  # key -> seq
+        self._counted: dict[int, tuple[Finished, int]] = {}  # seq -> item, budgets counting
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def sums(self, budget: str) -> Mapping[Group, Sums]:
+        return {g: s for g, s in self._sums[budget].items() if s.count}
+
+    def add(self, item: Finished) -> None:
+        """A batch that ended (once: a batch already in is left as it is)."""
+        if item.key in self._entries:
+            return
+        counting = self._counting(item)
+        if not counting:
+            return
+        self._seq += 1
+        for budget in counting:
+            self._take(budget, item, 1)
+            heapq.heappush(self._ageing[budget.name], (item.created, self._seq))
+        self._entries[item.key] = self._seq
+        self._counted[self._seq] = (item, len(counting))
+
+    def remove(self, key: tuple[str, str]) -> None:
+        """A batch no longer tracked (its places in the ageing heaps are left to lapse)."""
+        seq = self._entries.pop(key, None)
+        if seq is None:
+            return
+        item, _ = self._counted.pop(seq)
+        for budget in self._counting(item):
+            self._take(budget, item, -1)
+
+    def advance(self, now: datetime) -> bool:
+        """Move every window to ``now``: what it no longer holds leaves its sums. False
+        when a window moved back (build the ledger again)."""
+        for budget in self.budgets:
+            start = budget.start(now).timestamp()
+            if start < self._starts[budget.name]:
+                return False
+            self._starts[budget.name] = start
+            ageing = self._ageing[budget.name]
+            while ageing and ageing[0][0] < start:
+                _, seq = heapq.heappop(ageing)
+                self._lapse(budget, seq)
+        return True
+
+    def _lapse(self, budget: Budget, seq: int) -> None:
+        found = self._counted.get(seq)
+        if found is None:  # removed meanwhile
+            return
+        item, left = found
+        self._take(budget, item, -1)
+        if left > 1:
+            self._counted[seq] = (item, left - 1)
+        else:  # no window holds it any more
+            del self._counted[seq]
+            del self._entries[item.key]
+
+    def _take(self, budget: Budget, item: Finished, sign: int) -> None:
+        sums = self._sums[budget.name].setdefault(budget.group_of(item.view), Sums())
+        sums.take(item.cost, sign)
+
+    def _counting(self, item: Finished) -> list[Budget]:
+        return [
+            b
+            for b in self.budgets
+            if item.created >= self._starts[b.name] and b.match.matches(item.view)
+        ]
 
 
 def _in_window(item: Spending, start: datetime) -> bool:

@@ -16,7 +16,8 @@ import structlog
 from watchdog import cancels
 from watchdog.act import send_cancels
 from watchdog.breaker import Change as BreakerChange
-from watchdog.budgets import Assessment, assess, news, spending_of, verdict
+from watchdog.budgetbook import BudgetBook
+from watchdog.budgets import Assessment, news, verdict
 from watchdog.decisions import Candidate, Plan, candidate_of, plan
 from watchdog.errors import PermanentError
 from watchdog.events import Event, Kind
@@ -104,6 +105,7 @@ class Engine:
         self.refresher = Refresher(clients, clock, bulk_threshold)
         self.emitter = Emitter(store, self.metrics, [on_events] if on_events else [])
         self.last_summary: TickSummary | None = None
+        self.budget_book = BudgetBook()  # the tick's and the status page's
         self.on_progress: Callable[[], None] | None = None
         self._next_rules: Rules | None = None
         self._in_backlog = False
@@ -245,7 +247,7 @@ class Engine:
         if not await self.store.take_turn(BUDGET_PASS, self.owner, now, now + self.lease):
             return
         try:
-            found = await assess_budgets(self.store, self.rules, now)
+            found = await self.budget_book.assess(self.store, self.rules, now)
             self.metrics.set_budgets(found)
             said = news(found, await self.store.get_state(BUDGETS) or {}, now)
             await self.store.set_state(BUDGETS, said.memory, now, said.events)
@@ -603,10 +605,6 @@ def _forced(obs: Observation, wanted: Verdict | None) -> Observation:
 
 
 async def assess_budgets(store: Store, rules: Rules, now: datetime) -> list[Assessment]:
-    """Every budget group of ``rules`` over the database as it is now (read-only): the
-    tick's, the status page's and ``budgets``'s one way to it."""
-    if not rules.budgets:
-        return []
-    rows = await store.spending(min(b.start(now) for b in rules.budgets))
-    exempt = rules.safety.exempt_metadata
-    return assess(rules.budgets, [spending_of(t, exempt, now) for t in rows], now)
+    """Every budget group of ``rules`` over the database as it is now (read-only), for
+    one look (``budgets``, ``explain``): the daemon keeps its own book instead."""
+    return await BudgetBook().assess(store, rules, now)

@@ -177,6 +177,8 @@ def absorb(
     change.cost_usd = cost
     crossing = _crossing(tracked, new, cost, now, judging) if adaptive else None
     change.merge(schedule(tracked.key, now, new.status, judging, crossing))
+    if new.status in TERMINAL and old.status not in TERMINAL:
+        change.finished_at = now  # what the budgets take in since they last looked
     after = replace(tracked, view=new, cost_usd=cost)
     return Observation(tracked, after, change, _changes(tracked, old, new, now), cost=cost)
 

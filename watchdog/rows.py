@@ -83,6 +83,7 @@ class Change:
     cancel_retries: int | _Unset = UNSET
     cancel_projected_usd: Decimal | _Unset | None = UNSET
     cancel_stuck_at: datetime | _Unset | None = UNSET
+    finished_at: datetime | _Unset | None = UNSET
 
     @property
     def key(self) -> tuple[str, str]:

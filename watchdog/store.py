@@ -367,6 +367,23 @@ CLAIMED = tuple(
 )
 
 
+# What a finished batch is to a budget: what it matches and groups on, and its cost.
+FINISHED = tuple(
+    batches.c[name]
+    for name in (
+        "provider",
+        "batch_id",
+        "status",
+        "model",
+        "metadata",
+        "created_at",
+        "expires_at",
+        *COUNTS_AND_TOKENS,
+        "cost_usd",
+    )
+)
+
+
 def _view(row: Mapping[Any, Any]) -> BatchView:
     counts = tokens = None
     if row["request_total"] is not None:
@@ -986,6 +1003,39 @@ class Store:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(union_all(running, finished))).mappings().all()
         return [_tracked(row) for row in rows]
+
+    async def running(self) -> list[Tracked]:
+        """The batches still to be polled (through the due index): what a budget may
+        still choose, and whose projection moves."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(*CLAIMED).where(NOT_FINISHED))).mappings().all()
+        return [_tracked(row) for row in rows]
+
+    async def finished_created(self, since: datetime) -> AsyncIterator[tuple[BatchView, Any]]:
+        """The finished batches created since ``since`` (through the creation index),
+        streamed: what a budget's window holds of the past, read once."""
+        c = batches.c
+        query = select(*FINISHED).where(c.created_at >= since, c.status.in_(sorted(TERMINAL)))
+        async with self.engine.connect() as conn:
+            rows = await conn.stream(query.execution_options(yield_per=STREAM_ROWS))
+            async for row in rows.mappings():
+                yield _view(row), row["cost_usd"]
+
+    async def finished_since(self, since: datetime) -> list[tuple[BatchView, Any]]:
+        """The batches the daemon saw end since ``since`` (through the finished_at
+        index): what changed for the budgets."""
+        c = batches.c
+        query = select(*FINISHED).where(c.finished_at > since, c.status.in_(sorted(TERMINAL)))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [(_view(row), row["cost_usd"]) for row in rows]
+
+    async def untracked_since(self, since: datetime) -> set[tuple[str, str]]:
+        """The batches untracked since ``since`` (through the events' kind index)."""
+        e = batch_events.c
+        query = select(e.provider, e.batch_id).where(e.kind == Kind.UNTRACKED, e.at > since)
+        async with self.engine.connect() as conn:
+            return {(p, b) for p, b in await conn.execute(query) if p and b}
 
     async def oldest_unfinished(self) -> dict[str, datetime]:
         """Per provider, the creation of its oldest batch still to be polled (through

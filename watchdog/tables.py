@@ -166,12 +166,15 @@ batches = Table(
     Column("exempt_reason", Text),
     Column("cancel_projected_usd", Money),
     Column("cancel_stuck_at", UTCDateTime),
+    # When the daemon saw the batch end (migration 0008): what budgets take in since.
+    Column("finished_at", UTCDateTime),
     PrimaryKeyConstraint("provider", "batch_id"),
     Index(
         "ix_batches_due", "next_poll_at", sqlite_where=NOT_FINISHED, postgresql_where=NOT_FINISHED
     ),
     Index(None, "status"),
     Index(None, "created_at"),  # a budget's window of finished batches (migration 0006)
+    Index(None, "finished_at"),
 )
 
 batch_events = Table(

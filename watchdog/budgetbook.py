@@ -1,0 +1,60 @@
+"""The budgets' running book: the ledger of finished batches kept up to date from what
+ended (or was untracked) since the last look, and the running batches read afresh —
+so that an assessment costs what changed and the number of groups, not the window."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from watchdog.budgets import Assessment, Finished, Ledger, assess, spending_of
+from watchdog.observe import Rules
+from watchdog.store import Store
+
+# What ended is read again this far back at every look: a replica's transaction that
+# set finished_at before it committed, or a clock a little off, is still seen (a batch
+# is taken in once whatever how often it is read).
+OVERLAP = timedelta(minutes=10)
+
+
+class BudgetBook:
+    """One per daemon: the tick's assessments and the status page's share it."""
+
+    def __init__(self) -> None:
+        self._ledger: Ledger | None = None
+        self._looked: datetime | None = None
+        self._lock = asyncio.Lock()
+        self.last: list[Assessment] = []
+
+    async def assess(self, store: Store, rules: Rules, now: datetime) -> list[Assessment]:
+        """Every budget group of ``rules`` as the database holds it now."""
+        if not rules.budgets:
+            self.last = []
+            return []
+        async with self._lock:
+            ledger = self._ledger
+            if ledger is None or ledger.budgets != rules.budgets or not ledger.advance(now):
+                ledger = await self._build(store, rules, now)
+            else:
+                await self._catch_up(store, ledger, now)
+            exempt = rules.safety.exempt_metadata
+            running = [spending_of(t, exempt, now) for t in await store.running()]
+            self.last = assess(rules.budgets, running, now, ledger)
+            return self.last
+
+    async def _build(self, store: Store, rules: Rules, now: datetime) -> Ledger:
+        """Read what the windows hold of the past, once."""
+        ledger = Ledger(rules.budgets, now)
+        async for view, cost in store.finished_created(min(b.start(now) for b in rules.budgets)):
+            ledger.add(Finished(view, cost))
+        self._ledger, self._looked = ledger, now
+        return ledger
+
+    async def _catch_up(self, store: Store, ledger: Ledger, now: datetime) -> None:
+        assert self._looked is not None
+        since = min(self._looked, now) - OVERLAP
+        for key in await store.untracked_since(since):
+            ledger.remove(key)
+        for view, cost in await store.finished_since(since):
+            ledger.add(Finished(view, cost))
+        self._looked = now
