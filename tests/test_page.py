@@ -39,7 +39,14 @@ async def running(
         assert await track.finish() == 0
     await daemon.wait_for(lambda: sum(t.get("polled", 0) for t in daemon.ticks()) >= 1)
     port = next(e["port"] for e in daemon.events if e.get("event") == "http_listening")
-    return daemon, f"http://127.0.0.1:{port}/"
+    url = f"http://127.0.0.1:{port}/"
+
+    async def shown() -> bool:  # the snapshot after that tick, its totals included
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            return response.status == 200 and "<svg" in await response.text()
+
+    await daemon.wait_for_async(shown, True)
+    return daemon, url
 
 
 async def test_the_page_shows_everything_escaped(tmp_path: Path, sim: Sim, clock: Any) -> None:

@@ -238,27 +238,35 @@ class Engine:
         return gate
 
     async def _budgets(self, gate: Gate, summary: TickSummary, cutoff: datetime) -> None:
-        """Assess the budgets over every tracked batch (one replica at a time), record
-        what they say, and cancel what they choose through the same decisions as a
-        policy's cancels (dry run, exemptions, the limits, once only)."""
+        """Assess the budgets over every tracked batch (each replica, for its gauges and
+        page); the replica holding the budgets' turn records what they say and cancels
+        what they choose through the same decisions as a policy's cancels (dry run,
+        exemptions, the limits, once only)."""
         budgets, now = self.rules.budgets, self.clock()
         if not budgets:
             return
-        if not await self.store.take_turn(BUDGET_PASS, self.owner, now, now + self.lease):
-            return
+        turn = await self.store.take_turn(BUDGET_PASS, self.owner, now, now + self.lease)
         try:
             found = await self.budget_book.assess(self.store, self.rules, now)
             self.metrics.set_budgets(found)
-            said = news(found, await self.store.get_state(BUDGETS) or {}, now)
-            await self.store.set_state(BUDGETS, said.memory, now, said.events)
-            self.emitter.tell(said.events)
-            # A chosen batch whose cancel failed waits for its backoff, like a policy's.
-            waiting = said.backing_off - self._retry_due
-            verdicts = {k: verdict(one) for k, one in said.condemned.items() if k not in waiting}
-            if verdicts:
-                await self._condemn(verdicts, gate, summary, cutoff)
+            if turn:
+                await self._act_on_budgets(found, gate, summary, cutoff)
         finally:
-            await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
+            if turn:
+                await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
+
+    async def _act_on_budgets(
+        self, found: list[Assessment], gate: Gate, summary: TickSummary, cutoff: datetime
+    ) -> None:
+        now = self.clock()
+        said = news(found, await self.store.get_state(BUDGETS) or {}, now)
+        await self.store.set_state(BUDGETS, said.memory, now, said.events)
+        self.emitter.tell(said.events)
+        # A chosen batch whose cancel failed waits for its backoff, like a policy's.
+        waiting = said.backing_off - self._retry_due
+        verdicts = {k: verdict(one) for k, one in said.condemned.items() if k not in waiting}
+        if verdicts:
+            await self._condemn(verdicts, gate, summary, cutoff)
 
     async def _condemn(
         self,

@@ -122,11 +122,9 @@ class HealthServer:
         assert self._page is not None
         try:
             html = await self._page()
-        except Exception as exc:  # the database may be away: say so, do not crash
+        except Exception as exc:  # no snapshot yet, or a bug: say so, do not crash
             log.warning("status_page_failed", error=type(exc).__name__)
-            return web.Response(
-                status=503, text="status unavailable: the database did not answer\n"
-            )
+            return web.Response(status=503, text="status unavailable: no snapshot yet\n")
         return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
     def _refused(self, request: web.Request) -> web.Response | None:

@@ -54,17 +54,18 @@ class Status:
     providers: Mapping[str, bool] = field(default_factory=dict)
     safety_tripped: bool = False
     dry_run: bool = False
+    totals_at: datetime | None = None  # when the counts and the spend were summed
 
 
-def render(s: Status) -> str:
-    """The whole page."""
+def render(s: Status, viewed: datetime | None = None) -> str:
+    """The whole page, as of ``s.now``, viewed at ``viewed`` (its age is said)."""
     return "".join(
         [
             "<!doctype html><html lang=en><head><meta charset=utf-8>",
             '<meta name=viewport content="width=device-width,initial-scale=1">',
             f'<meta http-equiv=refresh content="{REFRESH_S}">',
             f"<title>batch-watchdog</title><style>{CSS}</style></head><body>",
-            _header(s),
+            _header(s, viewed or s.now),
             "<main>",
             _totals(s),
             _budgets(s.budgets),
@@ -80,7 +81,7 @@ def _e(value: Any) -> str:
     return escape("-" if value is None else str(value), quote=True)
 
 
-def _header(s: Status) -> str:
+def _header(s: Status, viewed: datetime) -> str:
     chips = [
         '<span class="chip bad">safety tripped: alert-only</span>'
         if s.safety_tripped
@@ -93,7 +94,15 @@ def _header(s: Status) -> str:
             f'<span class="chip {kind}">{_e(name)}: {"up" if up else "unavailable"}</span>'
         )
     when = _e(s.now.isoformat(timespec="seconds"))
-    return f"<header><h1>batch-watchdog</h1>{''.join(chips)}<span>{when}</span></header>"
+    age = f"{max((viewed - s.now).total_seconds(), 0):.0f}s ago"
+    totals = ""
+    if s.totals_at is not None:
+        totals = f"; totals {max((viewed - s.totals_at).total_seconds(), 0):.0f}s ago"
+    return (
+        f"<header><h1>batch-watchdog</h1>{''.join(chips)}"
+        f'<span title="snapshot taken at {when}">as of {when} ({_e(age)}{_e(totals)})</span>'
+        "</header>"
+    )
 
 
 def _totals(s: Status) -> str:

@@ -6,27 +6,24 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
 from watchdog import safety
-from watchdog.engine import Engine, Rules, TickSummary, assess_budgets
+from watchdog.engine import Engine, Rules, TickSummary
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
-from watchdog.models import TERMINAL
-from watchdog.page import Status, render
-from watchdog.report import Report
+from watchdog.page import render
 from watchdog.retention import prune
 from watchdog.scheduler import TickLoop, stopped, utcnow
 from watchdog.settings import ConfigError, ProviderSettings, Settings, load_settings
-from watchdog.store import EventFilter, Store
+from watchdog.snapshot import Snapshot
+from watchdog.store import Store
 from watchdog.systemd import Notifier
 
 log = structlog.get_logger("watchdog.service")
 FAILED_TICKS_NOT_READY = 3
-PAGE_BATCHES, PAGE_EVENTS, SPEND_DAYS = 500, 25, 14  # what the status page shows
 
 
 def status_line(summary: TickSummary | None) -> str:
@@ -70,6 +67,7 @@ class Service:
             next_due=engine.next_due,
         )
         engine.on_progress = self.ticks.beat
+        self.snapshot = Snapshot(store, engine, metrics)
         self.health = HealthServer(
             alive=self.ticks.alive,
             ready=self._ready,
@@ -89,12 +87,13 @@ class Service:
             await self.health.start(self.settings.http.host, self.settings.http.port)
         heartbeat = asyncio.create_task(self._heartbeat())
         pruning = asyncio.create_task(self._retention())
+        snapshots = asyncio.create_task(self.snapshot.run())
         self.notifier.notify("READY=1", status_line(None))
         try:
             timeout = self.settings.shutdown_timeout.total_seconds()
             await self.ticks.run(self.stop, drain_timeout=timeout)
         finally:
-            await stopped(heartbeat, pruning)  # a prune may be mid-query
+            await stopped(heartbeat, pruning, snapshots)  # each may be mid-query
             await self.health.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
@@ -128,6 +127,7 @@ class Service:
             self.notifier.notify("READY=1")
 
     def _ticked(self, ok: bool, seconds: float) -> None:
+        self.snapshot.poke()  # what the tick changed shows on the page soon
         self.metrics.ticks.labels("ok" if ok else "failed").inc()
         self.metrics.tick_duration.observe(seconds)
         self.metrics.last_tick.set_to_current_time()
@@ -147,35 +147,13 @@ class Service:
         return True, f"safety tripped at {tripped['tripped_at']}: alert-only until resume"
 
     async def _page(self) -> str:
-        """The status page, from the database as it is now (bounded: what a glance needs,
-        whatever the history)."""
-        now, store = self.engine.clock(), self.store
-        counts = await store.stats()
-        spend = Report("provider")  # the last 14 days, as `report` sums them
-        async for row in store.report_rows(now - timedelta(days=SPEND_DAYS)):
-            spend.add(row)
-        by_day: dict[str, dict[str, float]] = {}
-        for (day, provider), line in spend.lines.items():
-            by_day.setdefault(day, {})[provider] = float(line.spend)
-        events = [e async for e in store.stream_events(EventFilter(limit=PAGE_EVENTS))]
-        status = Status(
-            now=now,
-            batches=await store.some_batches(PAGE_BATCHES, now - timedelta(days=SPEND_DAYS)),
-            events=events[::-1],
-            budgets=[a.summary() for a in await assess_budgets(store, self.engine.rules, now)],
-            spend_by_day=by_day,
-            saved_usd=float(spend.as_dict()["totals"]["saved_usd"] or 0),
-            tracked=sum(n for _, _, n, _ in counts),
-            running=sum(n for _, s, n, _ in counts if s not in TERMINAL),
-            known_spend_usd=float(sum(c for _, _, _, c in counts if c is not None)),
-            providers={n: c.breaker.available for n, c in self.engine.clients.items()},
-            safety_tripped=await safety.status(store) is not None,
-            dry_run=self.engine.rules.dry_run,
-        )
-        return render(status)
+        """The status page from the latest snapshot (no database read here)."""
+        if self.snapshot.status is None:
+            raise LookupError("no snapshot yet")
+        return render(self.snapshot.status, self.engine.clock())
 
     async def _refresh(self) -> None:
-        self.metrics.set_tracked(await self.store.stats())
+        """/metrics: the gauges are the snapshot's (kept up to date by its task)."""
 
     async def _retention(self) -> None:
         """Prune old events on their own schedule; a failed run is said and retried."""

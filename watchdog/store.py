@@ -22,10 +22,13 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Float,
     TextClause,
     Update,
     and_,
     bindparam,
+    case,
+    cast,
     event,
     func,
     insert,
@@ -1050,6 +1053,27 @@ class Store:
                 if created is not None and (provider not in oldest or created < oldest[provider]):
                     oldest[provider] = created
         return oldest
+
+    async def spend_by_day(self, since: datetime) -> list[tuple[str, str, float, float]]:
+        """(day of creation, provider, known spend, saved by cancels) for the batches
+        created since ``since``, summed by the database (a chart's figures: floats)."""
+        c = batches.c
+        if self.engine.dialect.name == "sqlite":
+            day: Any = func.substr(c.created_at, 1, 10)
+        else:
+            day = func.to_char(func.timezone("UTC", c.created_at), "YYYY-MM-DD")
+        # As floats: SQLite keeps the decimals as text, which would compare as text.
+        cost, projected = cast(c.cost_usd, Float), cast(c.cancel_projected_usd, Float)
+        took = c.cancel_outcome == "succeeded"
+        saved = case((took & (projected > cost), projected - cost), else_=0)
+        query = (
+            select(day, c.provider, func.sum(cost), func.sum(saved))
+            .where(c.created_at >= since)
+            .group_by(day, c.provider)
+        )
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(str(d), p, float(spend or 0), float(kept or 0)) for d, p, spend, kept in rows]
 
     async def stats(self) -> list[tuple[str, str | None, int, Decimal | None]]:
         """(provider, status, count, known cost) for the metrics gauges."""
