@@ -235,3 +235,36 @@ async def test_a_malformed_listed_batch_is_tracked_and_fails_its_polls_visibly(
     assert kinds[:2] == ["tracked", "poll_failed"]
     (failed,) = [e for e in await h.store.list_events("batch_odd") if e["kind"] == "poll_failed"]
     assert "in_progress_at" in failed["detail"]["error"]
+
+
+NOW_TS = 1_800_000_000.0
+HOUR = 3600.0
+
+
+@pytest.mark.parametrize(
+    ("new_from", "running", "density", "through", "why"),
+    [
+        (None, [NOW_TS - HOUR], 1.0, NOW_TS - 7 * DAY, "no complete pass yet: the look-back"),
+        (NOW_TS - 60, [NOW_TS - 5 * HOUR], None, NOW_TS - 5 * HOUR, "no density: down to all"),
+        (NOW_TS - 60, [NOW_TS - 30, NOW_TS - 40], 1.0, NOW_TS - 60, "running among the new"),
+        # 1,000 running spread evenly over 20 h among 0.2 batches a second (14,400 listed):
+        # 145 pages hold them all, which beats 1,000 GETs.
+        (NOW_TS - 60, [NOW_TS - 72 * i for i in range(1000)], 0.2, NOW_TS - 72 * 999,
+         "pages, down to the oldest"),
+        # 999 running in the last hour and one 20 h old: the pages of the last hour, and
+        # one GET for the old one instead of 140 pages down to it.
+        (NOW_TS - 60, [NOW_TS - 3.6 * i for i in range(999)] + [NOW_TS - 20 * HOUR], 0.2,
+         NOW_TS - 3.6 * 998, "the recent pages, a GET for the straggler"),
+        # 300 running, all about 10 h old, in a dense stretch: 37 pages beat 300 GETs.
+        (NOW_TS - 60, [NOW_TS - 10 * HOUR - i for i in range(300)], 0.1, NOW_TS - 10 * HOUR - 299,
+         "pages, down to the cluster"),
+    ],
+)  # fmt: skip
+def test_a_pass_reads_down_only_as_far_as_pages_pay(
+    new_from: float | None, running: list[float], density: float | None, through: float,
+    why: str,
+) -> None:  # fmt: skip
+    from watchdog.refresh import depth
+
+    floor = NOW_TS - 7 * DAY
+    assert depth(floor, new_from, running, density, NOW_TS) == through, why

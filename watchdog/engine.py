@@ -28,7 +28,7 @@ from watchdog.policies import Discovery, Verdict
 from watchdog.pricing import usd
 from watchdog.providers import ProviderClient
 from watchdog.record import Emitter, Listener
-from watchdog.refresh import ListPass, Prefetched, Refresher, Result, read_ahead
+from watchdog.refresh import ListPass, Prefetched, Refresher, Result, depth, read_ahead
 from watchdog.rows import Tracked
 from watchdog.safety import Gate, open_gate, reserve, trip
 from watchdog.store import BUDGET_PASS, BUDGETS, LIST_PASS, ListPassState, Store
@@ -339,6 +339,9 @@ class Engine:
         now, remember = self.clock(), None
         if done.discover is not None and done.complete and done.newest is not None:
             remember = {"discovered_at": now.isoformat(), "newest": done.newest}
+            if done.oldest is not None and done.newest > done.oldest and done.listed > 100:
+                # How densely the list holds batches: where a running one sits in it.
+                remember["density"] = done.listed / (done.newest - done.oldest)
         if done.discover is not None and done.broken is not None:
             reason, why = done.broken
             detail = {"reason": reason, "why": why, "pages": done.pages}
@@ -367,14 +370,14 @@ class Engine:
     async def _through(
         self, provider: str, discovery: Discovery, held: ListPassState, now: datetime
     ) -> float:
-        """How far down its list a discovery pass reads: past the batches created since
-        the last complete pass (a minute's margin) and past the oldest one still
-        running, so that the pass refreshes them all — never past the look-back."""
+        """How far down its list a discovery pass reads: past what is new since the last
+        complete pass (a minute's margin), and down to the running batches only where
+        pages cost fewer requests than one GET each (refresh.depth) — never past the
+        look-back."""
         floor = (now - discovery.created_within).timestamp()
-        marks = [] if held.newest is None else [held.newest - 60]
-        if marks and (oldest := (await self.store.oldest_unfinished()).get(provider)):
-            marks.append(oldest.timestamp())
-        return max(floor, min(marks, default=floor))
+        new_from = None if held.newest is None else held.newest - 60
+        running = (await self.store.running_created()).get(provider, [])
+        return depth(floor, new_from, running, held.density, now.timestamp())
 
     async def next_due(self) -> datetime | None:
         """When the next batch this replica may take falls due: a provider whose list

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -83,10 +84,12 @@ class ListPass:
     ones, the store the new ones) and reads on until it is past ``through``."""
 
     due: set[str]
-    oldest: datetime | None = None  # the oldest due batch's creation
+    oldest_due: datetime | None = None  # the oldest due batch's creation
     discover: Discovery | None = None
     through: float | None = None  # discovery: read on until created before this
     newest: float | None = None  # found: the newest creation listed
+    oldest: float | None = None  # found: the oldest creation listed
+    listed: int = 0  # found: batches listed
     complete: bool = False  # found: the pass reached where it meant to
     # found: why the list could not be read to its end (a cursor that cycles, a page
     # repeated) — (reason, what was seen), or None
@@ -104,10 +107,37 @@ class ListPass:
             reached = created is not None and self.through is not None and created < self.through
             self.complete = reached or not page.has_more
             return self.complete
-        past = last is not None and _older(last, self.oldest)
+        past = last is not None and _older(last, self.oldest_due)
         unpaid = listed >= 200 and seen < MIN_SHARE * listed
         self.complete = not page.has_more or past or seen >= len(self.due)
         return self.complete or unpaid
+
+
+def depth(
+    floor: float, new_from: float | None, running: list[float], density: float | None, now: float
+) -> float:
+    """How far down its list (a creation time to read past) a discovery pass reads: at
+    least past what is new since the last complete pass (``new_from``), and down to
+    the running batches only as far as reading pages costs fewer requests than one GET
+    for each batch left below — their places estimated from the list's ``density``
+    (batches listed per second of creation, as the last complete pass saw it). Never
+    past the look-back (``floor``). Pure."""
+    if new_from is None:  # no complete pass yet: the whole look-back
+        return floor
+    if density is None or density <= 0:  # nothing to estimate with: down to them all
+        return max(floor, min([new_from, *running]))
+    deepest = sorted(running, reverse=True)  # newest first, as the list
+
+    def pages(created: float) -> int:
+        return math.ceil(max(now - created, 0.0) * density / 100) + 1
+
+    fresh = pages(new_from)
+    best, through = fresh + len(deepest), new_from  # new pages, the rest one GET each
+    for covered, created in enumerate(deepest, start=1):
+        cost = max(pages(created), fresh) + len(deepest) - covered
+        if cost < best:
+            best, through = cost, min(new_from, created)
+    return max(floor, through)
 
 
 class _Walk:
@@ -215,8 +245,10 @@ class Refresher:
         new: list[str],
     ) -> int:
         """Keep one listed batch if the pass wants it; 1 when it was a due one."""
+        plan.listed += 1
         if batch.created_at is not None:
             plan.newest = max(plan.newest or batch.created_at, batch.created_at)
+            plan.oldest = min(plan.oldest or batch.created_at, batch.created_at)
         if not plan.keeps(batch) or (provider, batch.id) in kept:
             return 0
         kept[(provider, batch.id)] = (batch, read_at)

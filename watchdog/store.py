@@ -219,6 +219,7 @@ class ListPassState:
     elsewhere: bool = False
     discovered_at: datetime | None = None
     newest: float | None = None
+    density: float | None = None  # batches listed per second of creation
 
 
 def _held_by_other(entry: Mapping[str, Any], owner: str, now: datetime) -> bool:
@@ -229,11 +230,12 @@ def _held_by_other(entry: Mapping[str, Any], owner: str, now: datetime) -> bool:
 
 
 def _pass_state(entry: Mapping[str, Any], owner: str, now: datetime) -> ListPassState:
-    done, newest = entry.get("discovered_at"), entry.get("newest")
+    done, newest, density = entry.get("discovered_at"), entry.get("newest"), entry.get("density")
     return ListPassState(
         elsewhere=_held_by_other(entry, owner, now),
         discovered_at=datetime.fromisoformat(done) if isinstance(done, str) else None,
         newest=float(newest) if isinstance(newest, int | float) else None,
+        density=float(density) if isinstance(density, int | float) else None,
     )
 
 
@@ -1040,19 +1042,18 @@ class Store:
         async with self.engine.connect() as conn:
             return {(p, b) for p, b in await conn.execute(query) if p and b}
 
-    async def oldest_unfinished(self) -> dict[str, datetime]:
-        """Per provider, the creation of its oldest batch still to be polled (through
-        the due index: by provider, the key would walk the provider's whole history)."""
+    async def running_created(self) -> dict[str, list[float]]:
+        """Per provider, the creation (Unix seconds) of each batch still to be polled
+        (through the due index: what is running, not the history)."""
         c = batches.c
-        oldest: dict[str, datetime] = {}
-        # No GROUP BY: SQLite would walk the primary key (the whole history) for it.
+        found: dict[str, list[float]] = {}
         async with self.engine.connect() as conn:
             for provider, created in await conn.execute(
                 select(c.provider, c.created_at).where(NOT_FINISHED)
             ):
-                if created is not None and (provider not in oldest or created < oldest[provider]):
-                    oldest[provider] = created
-        return oldest
+                if created is not None:
+                    found.setdefault(provider, []).append(created.timestamp())
+        return found
 
     async def spend_by_day(self, since: datetime) -> list[tuple[str, str, float, float]]:
         """(day of creation, provider, known spend, saved by cancels) for the batches
