@@ -41,9 +41,12 @@ async def running(
     port = next(e["port"] for e in daemon.events if e.get("event") == "http_listening")
     url = f"http://127.0.0.1:{port}/"
 
-    async def shown() -> bool:  # the snapshot after that tick, its totals included
+    ids = ("batch_hostile", "batch_plain", *(extra_ids or []))
+
+    async def shown() -> bool:  # a snapshot with every batch polled, its totals included
         async with aiohttp.ClientSession() as http, http.get(url) as response:
-            return response.status == 200 and "<svg" in await response.text()
+            page = await response.text()
+        return response.status == 200 and "<svg" in page and all(i in page for i in ids)
 
     await daemon.wait_for_async(shown, True)
     return daemon, url

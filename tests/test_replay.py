@@ -133,3 +133,52 @@ async def test_replay_through_the_cli_and_its_bad_input(cli: Cli) -> None:  # no
     assert "0 batches since" in result.out
     bad = await cli("replay", "--since", "last tuesday")
     assert bad.code == 2 and bad.err.count("\n") == 1 and "last tuesday" in bad.err
+
+
+def test_skipping_unchanged_polls_changes_no_step() -> None:
+    """Polls that see the same answer again take the last verdict until a clock-driven
+    condition or a ``for:`` clock can flip: on random timelines under policies of every
+    clock-driven kind, the steps are exactly those of judging every poll."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    from watchdog.models import BatchObject, BatchView
+    from watchdog.observe import Judging, rules_of
+    from watchdog.replay import Sample, fresh, judge, usage_wire
+    from watchdog.settings import Settings
+
+    rng = random.Random(11)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    policies = [
+        {"name": "old", "when": {"age_above": "5h", "progress_below": 0.5}, "action": "cancel"},
+        {"name": "late", "when": {"expires_within": "3h"}, "action": "alert"},
+        {"name": "stuck", "when": {"stalled_for": "40m"}, "action": "cancel", "for": "10m"},
+        {"name": "cap", "when": {"cost_usd_above": 40}, "for": "15m", "action": "cancel"},
+    ]
+    settings = Settings(
+        poll_interval="60s",
+        providers={"p": {"base_url": "https://x.example/v1"}},
+        pricing=[{"model": "m*", "input": 1, "output": 1}],
+        policies=policies,
+        dry_run=rng.random() < 0.5,
+    )
+    judging = Judging(rules_of(settings), settings.poll_interval, settings.adaptive_polling)
+    for case in range(200):
+        created = t0 - timedelta(hours=rng.uniform(0, 6))
+        view = BatchView("p", f"b{case}", None, model="m1", created_at=created,
+                         expires_at=created + timedelta(hours=8))  # fmt: skip
+        samples, done, at = [], 0, t0
+        for _ in range(rng.randrange(1, 6)):
+            at += timedelta(minutes=rng.uniform(1, 90))
+            done += rng.choice([0, 0, 50, 200])
+            wire = {"id": view.batch_id, "status": "in_progress", "model": "m1",
+                    "created_at": int(created.timestamp()),
+                    "expires_at": int((created + timedelta(hours=8)).timestamp()),
+                    "request_counts": {"total": 1000, "completed": min(done, 1000), "failed": 0},
+                    "usage": usage_wire(done * 100_000, 0, cached=0, reasoning=0)}  # fmt: skip
+            samples.append(Sample(at, BatchObject.model_validate(wire)))
+        until = at + timedelta(hours=rng.uniform(0, 4))
+        args = (fresh(view, t0), samples, judging)
+        slow = judge(*args, every=settings.poll_interval, until=until, fast=False)
+        quick = judge(*args, every=settings.poll_interval, until=until)
+        assert quick == slow, case

@@ -152,6 +152,7 @@ async def open_daemon(
                 try:
                     yield Daemon(settings, store, engine)
                 finally:
+                    await engine.close()
                     await store.release(owner)
 
 
@@ -311,18 +312,18 @@ def _member(one: Assessment, tracked: Tracked) -> bool:
 async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str, Any]:
     """The recorded history since ``since`` judged again with ``settings``' policies and
     prices, against what the daemon did (read-only: nothing written, nothing sent)."""
-    async with open_store(settings) as store:
-        batches, samples, cancels = await store.history(since)
     rules = rules_of(settings)
     judging = Judging(rules, settings.poll_interval, settings.adaptive_polling)
     lines = []
-    for tracked in batches:
-        view, key = tracked.view, tracked.key
-        timeline = [Sample(row["at"], wire_of(view, row)) for row in samples.get(key, [])]
-        start = fresh(view, tracked.tracked_at or timeline[0].at)
-        steps = judge(start, timeline, judging, every=settings.poll_interval, until=now)
-        done = recorded(timeline, cancels.get(key), rules.pricing, view.provider)
-        lines.append(compare(view, done, steps))
+    async with open_store(settings) as store:
+        cancels = await store.first_cancels(since)
+        async for tracked, samples in store.history(since):  # one batch at a time
+            view, key = tracked.view, tracked.key
+            timeline = [Sample(row["at"], wire_of(view, row)) for row in samples]
+            start = fresh(view, tracked.tracked_at or timeline[0].at)
+            steps = judge(start, timeline, judging, every=settings.poll_interval, until=now)
+            done = recorded(timeline, cancels.get(key), rules.pricing, view.provider)
+            lines.append(compare(view, done, steps))
     lines.sort(key=lambda line: (line["change"] == "unchanged", line["provider"], line["batch_id"]))
     return {
         "since": since.isoformat(),

@@ -33,12 +33,18 @@ class BudgetBook:
             return []
         async with self._lock:
             ledger = self._ledger
-            if ledger is None or ledger.budgets != rules.budgets or not ledger.advance(now):
+            fresh = ledger is None or ledger.budgets != rules.budgets or not ledger.advance(now)
+            if fresh or ledger is None:
                 ledger = await self._build(store, rules, now)
-            else:
-                await self._catch_up(store, ledger, now)
+            since = min(self._looked or now, now) - OVERLAP
+            changed = await store.budget_changes(since)
+            for key in changed.untracked:
+                ledger.remove(key)
+            for view, cost in changed.finished:
+                ledger.add(Finished(view, cost))
+            self._looked = now
             exempt = rules.safety.exempt_metadata
-            running = [spending_of(t, exempt, now) for t in await store.running()]
+            running = [spending_of(t, exempt, now) for t in changed.running]
             self.last = assess(rules.budgets, running, now, ledger)
             return self.last
 
@@ -49,12 +55,3 @@ class BudgetBook:
             ledger.add(Finished(view, cost))
         self._ledger, self._looked = ledger, now
         return ledger
-
-    async def _catch_up(self, store: Store, ledger: Ledger, now: datetime) -> None:
-        assert self._looked is not None
-        since = min(self._looked, now) - OVERLAP
-        for key in await store.untracked_since(since):
-            ledger.remove(key)
-        for view, cost in await store.finished_since(since):
-            ledger.add(Finished(view, cost))
-        self._looked = now

@@ -106,6 +106,7 @@ class Engine:
         self.emitter = Emitter(store, self.metrics, [on_events] if on_events else [])
         self.last_summary: TickSummary | None = None
         self.budget_book = BudgetBook()  # the tick's and the status page's
+        self._budget_turn_until: datetime | None = None
         self.on_progress: Callable[[], None] | None = None
         self._next_rules: Rules | None = None
         self._in_backlog = False
@@ -146,6 +147,13 @@ class Engine:
     @on_events.setter
     def on_events(self, listener: Listener | None) -> None:
         self.emitter.listeners = [listener] if listener else []
+
+    async def close(self) -> None:
+        """At shutdown: give back the budgets' turn (kept from tick to tick), so that
+        another replica takes it at once rather than when it would have lapsed."""
+        if self._budget_turn_until is not None:
+            self._budget_turn_until = None
+            await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
 
     def replace_rules(self, rules: Rules) -> None:
         """New policies and pricing, from the next tick on (never halfway through one)."""
@@ -245,23 +253,32 @@ class Engine:
         budgets, now = self.rules.budgets, self.clock()
         if not budgets:
             return
-        turn = await self.store.take_turn(BUDGET_PASS, self.owner, now, now + self.lease)
-        try:
-            found = await self.budget_book.assess(self.store, self.rules, now)
-            self.metrics.set_budgets(found)
-            if turn:
-                await self._act_on_budgets(found, gate, summary, cutoff)
-        finally:
-            if turn:
-                await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
+        found = await self.budget_book.assess(self.store, self.rules, now)
+        self.metrics.set_budgets(found)
+        if await self._budget_turn(now):
+            await self._act_on_budgets(found, gate, summary, cutoff)
+
+    async def _budget_turn(self, now: datetime) -> bool:
+        """Whether this replica holds the budgets' turn: kept from tick to tick (renewed
+        once half its lease is gone, given back at shutdown), so that an idle tick does
+        not write to hold it."""
+        held = self._budget_turn_until
+        if held is not None and held - now > self.lease / 2:
+            return True
+        until = now + self.lease
+        taken = await self.store.take_turn(BUDGET_PASS, self.owner, now, until)
+        self._budget_turn_until = until if taken else None
+        return taken
 
     async def _act_on_budgets(
         self, found: list[Assessment], gate: Gate, summary: TickSummary, cutoff: datetime
     ) -> None:
         now = self.clock()
-        said = news(found, await self.store.get_state(BUDGETS) or {}, now)
-        await self.store.set_state(BUDGETS, said.memory, now, said.events)
-        self.emitter.tell(said.events)
+        memory = await self.store.get_state(BUDGETS) or {}
+        said = news(found, memory, now)
+        if said.events or said.memory != memory:  # an idle tick writes nothing
+            await self.store.set_state(BUDGETS, said.memory, now, said.events)
+            self.emitter.tell(said.events)
         # A chosen batch whose cancel failed waits for its backoff, like a policy's.
         waiting = said.backing_off - self._retry_due
         verdicts = {k: verdict(one) for k, one in said.condemned.items() if k not in waiting}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
@@ -57,8 +57,21 @@ class Status:
     totals_at: datetime | None = None  # when the counts and the spend were summed
 
 
+AGE = datetime.max.replace(tzinfo=UTC)  # render for any viewer: the age left to fill in
+AGE_TEXT = "\x00age\x00"
+
+
+def age_of(s: Status, viewed: datetime) -> str:
+    """How old the snapshot (and its totals) is to someone viewing it at ``viewed``."""
+    text = f"{max((viewed - s.now).total_seconds(), 0):.0f}s ago"
+    if s.totals_at is not None:
+        text += f"; totals {max((viewed - s.totals_at).total_seconds(), 0):.0f}s ago"
+    return escape(text)
+
+
 def render(s: Status, viewed: datetime | None = None) -> str:
-    """The whole page, as of ``s.now``, viewed at ``viewed`` (its age is said)."""
+    """The whole page, as of ``s.now``, viewed at ``viewed`` (its age is said; at
+    ``AGE``, left as ``AGE_TEXT`` for the viewer's time to fill in)."""
     return "".join(
         [
             "<!doctype html><html lang=en><head><meta charset=utf-8>",
@@ -94,14 +107,10 @@ def _header(s: Status, viewed: datetime) -> str:
             f'<span class="chip {kind}">{_e(name)}: {"up" if up else "unavailable"}</span>'
         )
     when = _e(s.now.isoformat(timespec="seconds"))
-    age = f"{max((viewed - s.now).total_seconds(), 0):.0f}s ago"
-    totals = ""
-    if s.totals_at is not None:
-        totals = f"; totals {max((viewed - s.totals_at).total_seconds(), 0):.0f}s ago"
+    age = AGE_TEXT if viewed == AGE else age_of(s, viewed)
     return (
         f"<header><h1>batch-watchdog</h1>{''.join(chips)}"
-        f'<span title="snapshot taken at {when}">as of {when} ({_e(age)}{_e(totals)})</span>'
-        "</header>"
+        f'<span title="snapshot taken at {when}">as of {when} ({age})</span></header>'
     )
 
 

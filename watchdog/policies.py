@@ -292,6 +292,31 @@ def evaluate(
     return Evaluation(verdict, clocks)
 
 
+def unchanged_until(
+    policies: Sequence[Policy],
+    view: BatchView,
+    progress_at: datetime | None,
+    pending: Mapping[str, datetime],
+    now: datetime,
+) -> datetime | None:
+    """Until when every verdict on this batch stays as it is at ``now`` if nothing but
+    the clock moves: the next moment a clock-driven condition (``age_above``,
+    ``expires_within``, ``stalled_for``) or a ``for:`` clock can flip. None: it may
+    change at any poll (``eta_after_expiry`` reads the rate between two polls)."""
+    moments = []
+    for policy in policies:
+        when = policy.when
+        if when.eta_after_expiry:
+            return None
+        moments += time_triggers(policy, view)
+        if when.stalled_for is not None and progress_at is not None:
+            moments.append(progress_at + when.stalled_for)
+        if policy.for_ is not None and policy.name in pending:
+            moments.append(pending[policy.name] + policy.for_)
+    ahead = [m for m in moments if m >= now]  # strict conditions flip just after
+    return min(ahead, default=datetime.max.replace(tzinfo=now.tzinfo))
+
+
 def time_triggers(policy: Policy, view: BatchView) -> list[datetime]:
     """The moments at which this policy's clock-driven conditions start to hold for the
     batch (``age_above``, ``expires_within``): adaptive polling comes back then."""

@@ -13,7 +13,7 @@ from typing import Any
 from watchdog.decisions import candidate_of, hold_reason
 from watchdog.models import TERMINAL, BatchObject, BatchView, view_of
 from watchdog.observe import Judging, Observation, observe
-from watchdog.policies import Verdict
+from watchdog.policies import Verdict, unchanged_until
 from watchdog.pricing import Price, batch_cost, projected_cost, usd
 from watchdog.rows import Change, Tracked
 
@@ -69,20 +69,38 @@ def judge(
     *,
     every: timedelta | None = None,
     until: datetime | None = None,
+    fast: bool = True,
 ) -> list[Step]:
     """Poll the batch at each sample's time — and, with ``every``, also every so often
     between samples and after the last one until ``until`` (seeing the last sample
     again, as an unchanged batch is) — judging as the daemon does; the steps up to and
-    including the first cancel that would be sent."""
-    steps, tracked = [], start
+    including the first cancel that would be sent. ``fast``: a poll that sees the same
+    answer as the last, before any clock-driven condition can flip, takes the last
+    verdict instead of being judged again (the same steps, far fewer judgements)."""
+    steps: list[Step] = []
+    tracked, seen, steady = start, None, None
     for at, wire in _polls(samples, every, until):
+        if fast and wire is seen and steady is not None and at < steady:
+            # The same answer again, and no clock-driven condition can flip before
+            # ``steady``: the daemon would judge it as it just did.
+            steps.append(replace(steps[-1], at=at))
+            continue
         obs = observe(tracked, wire, at, judging)
         tracked = applied(obs.after, obs.change)
         step = _step(obs, at, judging)
         steps.append(step)
         if step.cancel:
             break
+        seen, steady = wire, _steady(tracked, at, judging)
     return steps
+
+
+def _steady(tracked: Tracked, at: datetime, judging: Judging) -> datetime | None:
+    """Until when polls that see nothing new are judged alike (None: judge each)."""
+    if tracked.view.status in TERMINAL:
+        return None
+    policies = judging.rules.policies
+    return unchanged_until(policies, tracked.view, tracked.progress_at, tracked.pending, at)
 
 
 def _polls(

@@ -14,7 +14,6 @@ from watchdog import safety
 from watchdog.engine import Engine, Rules, TickSummary
 from watchdog.health import HealthServer
 from watchdog.metrics import Metrics
-from watchdog.page import render
 from watchdog.retention import prune
 from watchdog.scheduler import TickLoop, stopped, utcnow
 from watchdog.settings import ConfigError, ProviderSettings, Settings, load_settings
@@ -148,9 +147,7 @@ class Service:
 
     async def _page(self) -> str:
         """The status page from the latest snapshot (no database read here)."""
-        if self.snapshot.status is None:
-            raise LookupError("no snapshot yet")
-        return render(self.snapshot.status, self.engine.clock())
+        return self.snapshot.html(self.engine.clock())
 
     async def _refresh(self) -> None:
         """/metrics: the gauges are the snapshot's (kept up to date by its task)."""

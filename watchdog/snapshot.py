@@ -17,13 +17,12 @@ from watchdog.budgets import Assessment
 from watchdog.engine import Engine
 from watchdog.metrics import Metrics
 from watchdog.models import TERMINAL
-from watchdog.page import Status
+from watchdog.page import AGE, AGE_TEXT, Status, age_of, render
 from watchdog.store import EventFilter, Store
 
 log = structlog.get_logger("watchdog.snapshot")
 PAGE_BATCHES, PAGE_EVENTS, SPEND_DAYS = 500, 25, 14  # what the status page shows
 EVERY = timedelta(seconds=5)  # batches, events, budgets, safety: bounded reads
-GAP = timedelta(seconds=1)  # and never more often than this, however often poked
 TOTALS_EVERY = timedelta(seconds=15)  # the counts and the 14 days' spend: aggregates
 
 
@@ -37,26 +36,36 @@ class Snapshot:
         self._totals_at: datetime | None = None
         self._poked = asyncio.Event()
         self._poked_once = False
+        self._page: tuple[Status, str] | None = None
 
     def poke(self) -> None:
-        """Something changed (a tick ended): refresh soon, not later than EVERY (the
-        totals too after the first tick: the ones taken at start knew nothing yet)."""
+        """A tick ended: the first one is shown at once (its totals too: the ones taken
+        at start knew nothing yet); later ones with the next refresh."""
         if not self._poked_once:
             self._poked_once, self._totals_at = True, None
-        self._poked.set()
+            self._poked.set()
 
     async def run(self) -> None:
-        """Refresh for ever, at most every GAP and at least every EVERY; a failed refresh
-        keeps the last status and says why."""
+        """Refresh for ever, every EVERY (the first time after the first tick too, so
+        that the page soon shows what it found); a failed refresh keeps the last status
+        and says why."""
         while True:
             self._poked.clear()
             try:
                 await self.refresh()
             except Exception as exc:  # the database may be away: the page says how old
                 log.warning("snapshot_failed", error=" ".join(str(exc).split())[:200])
-            await asyncio.sleep(GAP.total_seconds())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poked.wait(), (EVERY - GAP).total_seconds())
+                await asyncio.wait_for(self._poked.wait(), EVERY.total_seconds())
+
+    def html(self, viewed: datetime) -> str:
+        """The page, rendered once per snapshot (only its age is filled in per view)."""
+        if self.status is None:
+            raise LookupError("no snapshot yet")
+        if self._page is None or self._page[0] is not self.status:
+            self._page = (self.status, render(self.status, AGE))
+        status, page = self._page
+        return page.replace(AGE_TEXT, age_of(status, viewed), 1)
 
     async def refresh(self) -> None:
         now, store = self.clock(), self.store

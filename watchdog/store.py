@@ -410,6 +410,36 @@ def _view(row: Mapping[Any, Any]) -> BatchView:
     )
 
 
+# What a running batch is to a budget: its view, cost, cancel and silence.
+SPENDING = (
+    *FINISHED,
+    *(batches.c[n] for n in ("cancel_outcome", "cancel_attempts", "exempt_until", "exempt_reason")),
+)
+
+
+def _spending(row: Mapping[Any, Any]) -> Tracked:
+    """A running batch as a budget reads it (the rest of a Tracked left empty)."""
+    return Tracked(
+        view=_view(row),
+        cost_usd=row["cost_usd"],
+        matched_policy=None,
+        poll_failures=0,
+        last_error=None,
+        cancel_policy=None,
+        cancel_requested_at=None,
+        cancel_attempts=row["cancel_attempts"] or 0,
+        cancel_outcome=row["cancel_outcome"],
+        pricing_missing_at=None,
+        tracked_at=None,
+        exempt_until=row["exempt_until"],
+        exempt_reason=row["exempt_reason"],
+    )
+
+
+def _key_of(row: Mapping[Any, Any]) -> tuple[str, str]:
+    return (row["provider"], row["batch_id"])
+
+
 def _tracked(row: Mapping[Any, Any]) -> Tracked:
     return Tracked(
         view=_view(row),
@@ -509,6 +539,15 @@ class EventFilter:
         if self.until is not None:
             terms.append(e.at < self.until)
         return terms
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetChanges:
+    """What changed for the budgets since they last looked."""
+
+    running: list[Tracked]
+    finished: list[tuple[BatchView, Any]]  # (the batch, its final cost)
+    untracked: set[tuple[str, str]]
 
 
 class DatabaseGone(Exception):
@@ -722,36 +761,51 @@ class Store:
             rows = (await conn.execute(query.order_by(c.provider))).mappings().all()
         return [(_tracked(row), row["next_poll_at"]) for row in rows]
 
-    async def history(
-        self, since: datetime
-    ) -> tuple[list[Tracked], dict[tuple[str, str], list[dict[str, Any]]], dict[Any, Any]]:
-        """What ``replay`` judges again: the batches sampled since ``since``, their
-        samples in time order, and each one's first cancel — ``cancel_requested``, or in
-        a dry run the ``policy_matched`` that would have sent it — (time, policy, dry)."""
-        s, e, c = batch_samples.c, batch_events.c, batches.c
+    async def history(self, since: datetime) -> AsyncIterator[tuple[Tracked, list[dict[str, Any]]]]:
+        """What ``replay`` judges again, one batch at a time (memory holds one batch's
+        samples, not the window's): each batch sampled since ``since`` with its samples
+        in time order — two streams in the same order, merged as they come."""
+        s, c = batch_samples.c, batches.c
         sampled = select(s.provider, s.batch_id, s.at, *(s[name] for name in SAMPLED))
+        sampled = sampled.where(s.at >= since).order_by(s.provider, s.batch_id, s.at, s.id)
         seen = select(s.id).where(s.provider == c.provider, s.batch_id == c.batch_id, s.at >= since)
+        rows = select(*CLAIMED).where(seen.exists()).order_by(c.provider, c.batch_id)
+        options = {"yield_per": STREAM_ROWS}
+        # One connection, two cursors read in turn (SQLite's transactions take the write
+        # lock up front: a second connection would wait on the first).
+        async with self.engine.connect() as conn:
+            stream = await conn.stream(sampled.execution_options(**options))
+            samples: AsyncIterator[Any] = aiter(stream.mappings())
+            pending = await anext(samples, None)
+            async for row in (await conn.stream(rows.execution_options(**options))).mappings():
+                tracked, mine = _tracked(row), []
+                while pending is not None and _key_of(pending) <= tracked.key:
+                    if _key_of(pending) == tracked.key:
+                        mine.append(dict(pending))
+                    pending = await anext(samples, None)
+                yield tracked, mine
+
+    async def first_cancels(self, since: datetime) -> dict[tuple[str, str], Any]:
+        """Each batch's first cancel since ``since`` — ``cancel_requested``, or in a dry
+        run the ``policy_matched`` that would have sent it — as (time, policy, dry)."""
+        e = batch_events.c
         decided = (Kind.CANCEL_REQUESTED, Kind.POLICY_MATCHED)
-        cancels = select(e.provider, e.batch_id, e.at, e.policy, e.kind, e.detail).where(
+        query = select(e.provider, e.batch_id, e.at, e.policy, e.kind, e.detail).where(
             e.kind.in_(decided), e.at >= since
         )
+        first: dict[tuple[str, str], Any] = {}
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(*CLAIMED).where(seen.exists()))).mappings().all()
-            found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-            query = sampled.where(s.at >= since).order_by(s.provider, s.batch_id, s.at, s.id)
-            for row in (await conn.execute(query)).mappings():
-                found.setdefault((row["provider"], row["batch_id"]), []).append(dict(row))
-            first: dict[Any, Any] = {}
-            for provider, batch_id, at, policy, kind, detail in await conn.execute(
-                cancels.order_by(e.id)
-            ):
+            result = await conn.stream(
+                query.order_by(e.id).execution_options(yield_per=STREAM_ROWS)
+            )
+            async for provider, batch_id, at, policy, kind, detail in result:
                 # A dry run's decision to cancel is its policy_matched (nothing was sent).
                 dry = kind == Kind.POLICY_MATCHED
                 said = detail or {}
                 if dry and (said.get("action"), said.get("dry_run")) != ("cancel", True):
                     continue
                 first.setdefault((provider, batch_id), (at, policy, dry))
-        return [_tracked(row) for row in rows], found, first
+        return first
 
     async def report_rows(self, since: datetime) -> AsyncIterator[dict[str, Any]]:
         """The batches created since ``since``, with what a spend report needs (through
@@ -1013,8 +1067,12 @@ class Store:
         """The batches still to be polled (through the due index): what a budget may
         still choose, and whose projection moves."""
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(*CLAIMED).where(NOT_FINISHED))).mappings().all()
-        return [_tracked(row) for row in rows]
+            return await self._running(conn)
+
+    async def _running(self, conn: AsyncConnection) -> list[Tracked]:
+        # Only what a budget reads (a third of a claim's columns: each costs per row).
+        rows = (await conn.execute(select(*SPENDING).where(NOT_FINISHED))).mappings().all()
+        return [_spending(row) for row in rows]
 
     async def finished_created(self, since: datetime) -> AsyncIterator[tuple[BatchView, Any]]:
         """The finished batches created since ``since`` (through the creation index),
@@ -1026,21 +1084,18 @@ class Store:
             async for row in rows.mappings():
                 yield _view(row), row["cost_usd"]
 
-    async def finished_since(self, since: datetime) -> list[tuple[BatchView, Any]]:
-        """The batches the daemon saw end since ``since`` (through the finished_at
-        index): what changed for the budgets."""
-        c = batches.c
-        query = select(*FINISHED).where(c.finished_at > since, c.status.in_(sorted(TERMINAL)))
+    async def budget_changes(self, since: datetime) -> BudgetChanges:
+        """In one read: the running batches, those that ended since ``since`` (through
+        the finished_at index) and those untracked since (the events' kind index) —
+        what changed for the budgets, never their whole window."""
+        c, e = batches.c, batch_events.c
+        ended = select(*FINISHED).where(c.finished_at > since, c.status.in_(sorted(TERMINAL)))
+        gone = select(e.provider, e.batch_id).where(e.kind == Kind.UNTRACKED, e.at > since)
         async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-        return [(_view(row), row["cost_usd"]) for row in rows]
-
-    async def untracked_since(self, since: datetime) -> set[tuple[str, str]]:
-        """The batches untracked since ``since`` (through the events' kind index)."""
-        e = batch_events.c
-        query = select(e.provider, e.batch_id).where(e.kind == Kind.UNTRACKED, e.at > since)
-        async with self.engine.connect() as conn:
-            return {(p, b) for p, b in await conn.execute(query) if p and b}
+            running = await self._running(conn)
+            finished = [(_view(r), r["cost_usd"]) for r in (await conn.execute(ended)).mappings()]
+            untracked = {(p, b) for p, b in await conn.execute(gone) if p and b}
+        return BudgetChanges(running, finished, untracked)
 
     async def running_created(self) -> dict[str, list[float]]:
         """Per provider, the creation (Unix seconds) of each batch still to be polled
