@@ -104,7 +104,7 @@ def test_a_point_far_past_the_last_expectation_is_not_judged() -> None:
     from watchdog.replay import Sample, _polls
 
     t0, wire = datetime(2026, 1, 1, tzinfo=UTC), BatchObject(id="b", status="in_progress")
-    samples = [Sample(t0, wire), Sample(t0 + timedelta(days=3000), wire)]
+    samples = [Sample.of(t0, "p", wire), Sample.of(t0 + timedelta(days=3000), "p", wire)]
     until = t0 + timedelta(minutes=2, seconds=1)
     polls = [at for at, _ in _polls(samples, timedelta(minutes=1), until)]
     assert polls == [t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)]

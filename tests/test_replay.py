@@ -135,10 +135,44 @@ async def test_replay_through_the_cli_and_its_bad_input(cli: Cli) -> None:  # no
     assert bad.code == 2 and bad.err.count("\n") == 1 and "last tuesday" in bad.err
 
 
-def test_skipping_unchanged_polls_changes_no_step() -> None:
-    """Polls that see the same answer again take the last verdict until a clock-driven
-    condition or a ``for:`` clock can flip: on random timelines under policies of every
-    clock-driven kind, the steps are exactly those of judging every poll."""
+def daemon_steps(view: Any, samples: list[Any], judging: Any, every: Any, until: Any) -> Any:
+    """The reference: every poll through the daemon's own ``observe``, its row written
+    back as the store would, and the decisions' hold rules."""
+    from dataclasses import fields
+
+    from watchdog.decisions import candidate_of, hold_reason
+    from watchdog.observe import observe
+    from watchdog.pricing import projected_cost
+    from watchdog.replay import Step, _polls
+    from watchdog.rows import Tracked
+
+    names = {f.name for f in fields(Tracked)}
+    tracked = Tracked(view, None, None, 0, None, None, None, 0, None, None, None)
+    steps = []
+    for at, sample in _polls(samples, every, until):
+        obs = observe(tracked, sample.wire, at, judging)
+        written = {k: v for k, v in obs.change.set().items() if k in names}
+        if "pending" in written:
+            written["pending"] = written["pending"] or {}
+        tracked = obs.after.copy_with(**written)
+        verdict, held = obs.verdict, None
+        if verdict is not None and verdict.action == "cancel":
+            exempt = judging.rules.safety.exempt_metadata
+            held = hold_reason(candidate_of(tracked, verdict.policy, exempt, at))
+        cancel = verdict is not None and verdict.action == "cancel" and held is None
+        projected = projected_cost(obs.cost, tracked.view.counts, 1)
+        steps.append(Step(at, tracked.view.status, verdict, cancel, held, obs.cost, projected))
+        if cancel:
+            break
+    return steps
+
+
+def test_replay_judges_every_poll_as_the_daemon_does() -> None:
+    """Replay's judging (the daemon's facts, evaluate and hold rules, without the row
+    and events a poll writes) gives exactly the steps of polling through the daemon's
+    own ``observe``; and polls that see the same answer again, which take the last
+    verdict until a clock-driven condition or a ``for:`` clock can flip, change none
+    of them: random timelines under policies of every clock-driven kind."""
     import random
     from datetime import UTC, datetime, timedelta
 
@@ -176,9 +210,11 @@ def test_skipping_unchanged_polls_changes_no_step() -> None:
                     "expires_at": int((created + timedelta(hours=8)).timestamp()),
                     "request_counts": {"total": 1000, "completed": min(done, 1000), "failed": 0},
                     "usage": usage_wire(done * 100_000, 0, cached=0, reasoning=0)}  # fmt: skip
-            samples.append(Sample(at, BatchObject.model_validate(wire)))
+            samples.append(Sample.of(at, "p", BatchObject.model_validate(wire)))
         until = at + timedelta(hours=rng.uniform(0, 4))
-        args = (fresh(view, t0), samples, judging)
-        slow = judge(*args, every=settings.poll_interval, until=until, fast=False)
-        quick = judge(*args, every=settings.poll_interval, until=until)
-        assert quick == slow, case
+        every = settings.poll_interval
+        reference = daemon_steps(fresh(view).view, samples, judging, every, until)
+        slow = judge(fresh(view), samples, judging, every=every, until=until, fast=False)
+        quick = judge(fresh(view), samples, judging, every=every, until=until)
+        assert slow == reference, case
+        assert quick == reference, case

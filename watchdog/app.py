@@ -24,7 +24,7 @@ from watchdog.models import validate_batch_id
 from watchdog.observe import Judging, rules_of
 from watchdog.providers import ProviderClient
 from watchdog.record import log_event
-from watchdog.replay import Sample, compare, fresh, judge, recorded, totals, wire_of
+from watchdog.replay import Sample, compare, fresh, judge, recorded, totals, view_at
 from watchdog.rows import Tracked
 from watchdog.service import Service
 from watchdog.settings import Settings
@@ -319,9 +319,8 @@ async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str
         cancels = await store.first_cancels(since)
         async for tracked, samples in store.history(since):  # one batch at a time
             view, key = tracked.view, tracked.key
-            timeline = [Sample(row["at"], wire_of(view, row)) for row in samples]
-            start = fresh(view, tracked.tracked_at or timeline[0].at)
-            steps = judge(start, timeline, judging, every=settings.poll_interval, until=now)
+            timeline = [Sample(row["at"], view_at(view, row)) for row in samples]
+            steps = judge(fresh(view), timeline, judging, every=settings.poll_interval, until=now)
             done = recorded(timeline, cancels.get(key), rules.pricing, view.provider)
             lines.append(compare(view, done, steps))
     lines.sort(key=lambda line: (line["change"] == "unchanged", line["provider"], line["batch_id"]))

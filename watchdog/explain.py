@@ -5,7 +5,6 @@ exemption and the switches — and so what the next tick will do. Pure."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +40,7 @@ def explained(
         "batch_id": view.batch_id,
         "provider": view.provider,
         "status": view.status,
-        "request_counts": None if counts is None else asdict(counts),
+        "request_counts": None if counts is None else counts.as_dict(),
         "cost_usd": usd(tracked.cost_usd),
         "projected_cost_usd": usd(projected_cost(tracked.cost_usd, counts, 1)),
         "last_polled_at": _iso(tracked.last_polled_at),

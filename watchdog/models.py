@@ -316,6 +316,11 @@ class Counts:
     def finished(self) -> int:
         return self.completed + self.failed
 
+    def as_dict(self) -> dict[str, int]:
+        """As an event's detail writes it (dataclasses.asdict is ten times slower, and
+        this runs for every poll that saw the counts move)."""
+        return {"total": self.total, "completed": self.completed, "failed": self.failed}
+
 
 @dataclass(frozen=True, slots=True)
 class Tokens:
@@ -325,6 +330,10 @@ class Tokens:
     cached: int
     output: int
     reasoning: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"input": self.input, "cached": self.cached, "output": self.output,
+                "reasoning": self.reasoning}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ it, turned into the row change, the events and the policies' verdict. Pure: it t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -18,6 +18,7 @@ from watchdog.models import (
     TERMINAL,
     BatchObject,
     BatchView,
+    Counts,
     from_unix,
     implausible,
     is_unknown_status,
@@ -179,7 +180,7 @@ def absorb(
     change.merge(schedule(tracked.key, now, new.status, judging, crossing))
     if new.status in TERMINAL and old.status not in TERMINAL:
         change.finished_at = now  # what the budgets take in since they last looked
-    after = replace(tracked, view=new, cost_usd=cost)
+    after = tracked.copy_with(view=new, cost_usd=cost)
     return Observation(tracked, after, change, _changes(tracked, old, new, now), cost=cost)
 
 
@@ -204,7 +205,7 @@ def _changes(tracked: Tracked, old: BatchView, new: BatchView, now: datetime) ->
             )
         )
     if new.counts is not None and new.counts != old.counts:
-        before = None if old.counts is None else asdict(old.counts)
+        before = None if old.counts is None else old.counts.as_dict()
         events.append(
             event(
                 tracked,
@@ -213,7 +214,7 @@ def _changes(tracked: Tracked, old: BatchView, new: BatchView, now: datetime) ->
                 from_status=old.status,
                 to_status=new.status,
                 before=before,
-                after=asdict(new.counts),
+                after=new.counts.as_dict(),
             )
         )
     return events
@@ -270,13 +271,18 @@ def _crossing(
 
 
 def _progress_at(tracked: Tracked, view: BatchView, now: datetime) -> datetime | None:
+    return moved_at(tracked.view.counts, view.counts, tracked.progress_at, now)
+
+
+def moved_at(
+    old: Counts | None, new: Counts | None, since: datetime | None, now: datetime
+) -> datetime | None:
     """When completed + failed last moved (now, if it just did)."""
-    old, new = tracked.view.counts, view.counts
     if new is None:
-        return tracked.progress_at
-    if old is None or old.finished != new.finished or tracked.progress_at is None:
+        return since
+    if old is None or old.finished != new.finished or since is None:
         return now
-    return tracked.progress_at
+    return since
 
 
 def _pricing(
@@ -355,8 +361,8 @@ def _settled(tracked: Tracked, view: BatchView, cost: Decimal | None, now: datet
         final_cost_usd=usd(cost),
         projected_cost_usd=usd(projected),
         saved_usd=usd(saved),
-        counts=None if view.counts is None else asdict(view.counts),
-        usage=None if view.tokens is None else asdict(view.tokens),
+        counts=None if view.counts is None else view.counts.as_dict(),
+        usage=None if view.tokens is None else view.tokens.as_dict(),
     )
 
 

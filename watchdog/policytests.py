@@ -118,7 +118,7 @@ def run(test: PolicyTest, settings: Settings) -> list[str]:
     last = max(e.at for e in test.expect)
     steps = {
         b.id: judge(
-            fresh(_view(b, test.start), test.start),
+            fresh(_view(b, test.start)),
             _samples(b, test.start),
             judging,
             every=settings.poll_interval,
@@ -161,7 +161,8 @@ def _samples(batch: TimedBatch, start: datetime) -> list[Sample]:
             wire["request_counts"] = {"completed": 0, "failed": 0} | point.counts
         if point.usage is not None:
             wire["usage"] = _usage(point.usage)
-        samples.append(Sample(start + point.at, BatchObject.model_validate(wire)))
+        answer = BatchObject.model_validate(wire)
+        samples.append(Sample.of(start + point.at, batch.provider, answer))
     return samples
 
 

@@ -1,31 +1,34 @@
 """A batch's timeline judged again — the samples the daemon recorded (``replay``) or a
-scripted one (``test-policies``) — through the daemon's own pure steps: ``observe`` and
-the decisions' hold rules, poll by poll. No I/O, no clock."""
+scripted one (``test-policies``) — as the daemon judges a poll: its facts, its
+``evaluate`` and its hold rules, poll by poll. No I/O, no clock."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from watchdog.decisions import candidate_of, hold_reason
-from watchdog.models import TERMINAL, BatchObject, BatchView, view_of
-from watchdog.observe import Judging, Observation, observe
-from watchdog.policies import Verdict, unchanged_until
+from watchdog.decisions import Candidate, exemption, hold_reason
+from watchdog.models import TERMINAL, BatchObject, BatchView, Counts, Tokens, implausible, view_of
+from watchdog.observe import Judging, moved_at
+from watchdog.policies import Facts, History, Verdict, evaluate, unchanged_until
 from watchdog.pricing import Price, batch_cost, projected_cost, usd
-from watchdog.rows import Change, Tracked
-
-_TRACKED = frozenset(f.name for f in fields(Tracked))
 
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """The batch as one poll saw it."""
+    """The batch as one poll saw it: its view, and the answer it came in when there is
+    one to check (a scripted timeline's; a recorded one was checked when it was read)."""
 
     at: datetime
-    wire: BatchObject
+    view: BatchView
+    wire: BatchObject | None = None
+
+    @classmethod
+    def of(cls, at: datetime, provider: str, wire: BatchObject) -> Sample:
+        return cls(at, view_of(provider, wire), wire)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,22 +51,24 @@ class Step:
         return max(self.projected - self.cost, Decimal(0))
 
 
-def fresh(view: BatchView, tracked_at: datetime) -> Tracked:
+@dataclass(frozen=True, slots=True)
+class State:
+    """What the daemon keeps of a batch between polls, as far as a verdict reads it:
+    the last view, when it was polled, when its counts last moved, its ``for:`` clocks."""
+
+    view: BatchView
+    polled_at: datetime | None = None
+    progress_at: datetime | None = None
+    pending: Mapping[str, datetime] = field(default_factory=dict)
+
+
+def fresh(view: BatchView) -> State:
     """A batch as the daemon holds it before its first poll."""
-    blank = replace(view, status=None, counts=None, tokens=None)
-    return Tracked(blank, None, None, 0, None, None, None, 0, None, None, tracked_at)
-
-
-def applied(tracked: Tracked, change: Change) -> Tracked:
-    """``tracked`` with what ``change`` writes (as the store would), for the next poll."""
-    values = {k: v for k, v in change.set().items() if k in _TRACKED}
-    if "pending" in values:
-        values["pending"] = values["pending"] or {}
-    return replace(tracked, **values)
+    return State(replace(view, status=None, counts=None, tokens=None))
 
 
 def judge(
-    start: Tracked,
+    start: State,
     samples: Sequence[Sample],
     judging: Judging,
     *,
@@ -73,95 +78,92 @@ def judge(
 ) -> list[Step]:
     """Poll the batch at each sample's time — and, with ``every``, also every so often
     between samples and after the last one until ``until`` (seeing the last sample
-    again, as an unchanged batch is) — judging as the daemon does; the steps up to and
-    including the first cancel that would be sent. ``fast``: a poll that sees the same
-    answer as the last, before any clock-driven condition can flip, takes the last
-    verdict instead of being judged again (the same steps, far fewer judgements)."""
+    again, as an unchanged batch is) — judging each poll as the daemon does; the steps
+    up to and including the first cancel that would be sent. ``fast``: a poll that sees
+    the same answer as the last, before any clock-driven condition can flip, takes the
+    last verdict instead of being judged again (the same steps, far fewer judgements)."""
     steps: list[Step] = []
-    tracked, seen, steady = start, None, None
-    for at, wire in _polls(samples, every, until):
-        if fast and wire is seen and steady is not None and at < steady:
+    state, seen, steady = start, None, None
+    for at, sample in _polls(samples, every, until):
+        if fast and sample is seen and steady is not None and at < steady:
             # The same answer again, and no clock-driven condition can flip before
             # ``steady``: the daemon would judge it as it just did.
             steps.append(replace(steps[-1], at=at))
             continue
-        obs = observe(tracked, wire, at, judging)
-        tracked = applied(obs.after, obs.change)
-        step = _step(obs, at, judging)
+        step, state = poll(state, sample, at, judging)
         steps.append(step)
         if step.cancel:
             break
-        seen, steady = wire, _steady(tracked, at, judging)
+        seen, steady = sample, _steady(state, at, judging)
     return steps
 
 
-def _steady(tracked: Tracked, at: datetime, judging: Judging) -> datetime | None:
+def poll(state: State, sample: Sample, at: datetime, judging: Judging) -> tuple[Step, State]:
+    """One poll, judged as ``observe`` judges it (the same facts and history, the same
+    ``evaluate``, the same hold rules), and the state it leaves."""
+    rules = judging.rules
+    if sample.wire is not None and implausible(sample.wire, at) is not None:
+        # A failed poll: nothing judged, its time noted.
+        return Step(at, state.view.status, None, False, None, None, None), replace(
+            state, polled_at=at
+        )
+    view = sample.view
+    cost = batch_cost(rules.pricing, view.provider, view.model, view.tokens)
+    moved = moved_at(state.view.counts, view.counts, state.progress_at, at)
+    before = state.view.counts
+    history = History(None if before is None else before.finished, state.polled_at, moved)
+    evaluation = evaluate(rules.policies, Facts(view, cost, at, history), state.pending)
+    verdict, held = evaluation.verdict, None
+    if verdict is not None and verdict.action == "cancel":
+        exempt = exemption(view.metadata, rules.safety.exempt_metadata, None, None, at)
+        candidate = Candidate(view.provider, view.batch_id, view.status, verdict.policy,
+                              exempt=exempt)  # fmt: skip
+        held = hold_reason(candidate)
+    cancel = verdict is not None and verdict.action == "cancel" and held is None
+    step = Step(at, view.status, verdict, cancel, held, cost, projected_cost(cost, view.counts, 1))
+    return step, State(view, at, moved, evaluation.pending)
+
+
+def _steady(state: State, at: datetime, judging: Judging) -> datetime | None:
     """Until when polls that see nothing new are judged alike (None: judge each)."""
-    if tracked.view.status in TERMINAL:
+    if state.view.status in TERMINAL:
         return None
     policies = judging.rules.policies
-    return unchanged_until(policies, tracked.view, tracked.progress_at, tracked.pending, at)
+    return unchanged_until(policies, state.view, state.progress_at, state.pending, at)
 
 
 def _polls(
     samples: Sequence[Sample], every: timedelta | None, until: datetime | None
-) -> Iterator[tuple[datetime, BatchObject]]:
+) -> Iterator[tuple[datetime, Sample]]:
     ordered = sorted(samples, key=lambda s: s.at)
     for i, sample in enumerate(ordered):
         if until is not None and sample.at > until:
             return
-        yield sample.at, sample.wire
-        if every is None or sample.wire.status in TERMINAL:
+        yield sample.at, sample
+        if every is None or sample.view.status in TERMINAL:
             continue
         end = ordered[i + 1].at if i + 1 < len(ordered) else until
         if until is not None and end is not None:
             end = min(end, until)
         at = sample.at + every
         while end is not None and at < end:
-            yield at, sample.wire
+            yield at, sample
             at += every
 
 
-def _step(obs: Observation, at: datetime, judging: Judging) -> Step:
-    tracked, verdict, safety = obs.after, obs.verdict, judging.rules.safety
-    held = None
-    if verdict is not None and verdict.action == "cancel":
-        held = hold_reason(candidate_of(tracked, verdict.policy, safety.exempt_metadata, at))
-    cancel = verdict is not None and verdict.action == "cancel" and held is None
-    projected = projected_cost(obs.cost, tracked.view.counts, 1)
-    return Step(at, tracked.view.status, verdict, cancel, held, obs.cost, projected)
-
-
-def wire_of(view: BatchView, sampled: Mapping[str, Any]) -> BatchObject:
-    """A recorded sample (status, counts, tokens) on a batch's fixed fields, as the
-    wire object a poll would have read."""
-    counts = None
+def view_at(view: BatchView, sampled: Mapping[str, Any]) -> BatchView:
+    """A recorded sample (status, counts, tokens) on a batch's fixed fields: the view
+    that poll had (the daemon checked the answer when it read it: not read again)."""
+    counts = tokens = None
     if sampled.get("request_total") is not None:
-        counts = {
-            "total": sampled["request_total"],
-            "completed": sampled.get("request_completed") or 0,
-            "failed": sampled.get("request_failed") or 0,
-        }
-    usage = None
+        counts = Counts(sampled["request_total"], sampled.get("request_completed") or 0,
+                        sampled.get("request_failed") or 0)  # fmt: skip
     if sampled.get("input_tokens") is not None and sampled.get("output_tokens") is not None:
-        usage = usage_wire(
-            sampled["input_tokens"],
-            sampled["output_tokens"],
-            cached=sampled.get("cached_tokens") or 0,
-            reasoning=sampled.get("reasoning_tokens") or 0,
-        )
-    return BatchObject.model_validate(
-        {
-            "id": view.batch_id,
-            "status": sampled.get("status") or "validating",
-            "created_at": _unix(view.created_at),
-            "expires_at": _unix(view.expires_at),
-            "model": view.model,
-            "metadata": dict(view.metadata) if view.metadata else None,
-            "request_counts": counts,
-            "usage": usage,
-        }
-    )
+        tokens = Tokens(sampled["input_tokens"], sampled.get("cached_tokens") or 0,
+                        sampled["output_tokens"], sampled.get("reasoning_tokens") or 0)  # fmt: skip
+    status = sampled.get("status") or "validating"
+    return BatchView(view.provider, view.batch_id, status, view.model, view.metadata,
+                     view.created_at, view.expires_at, counts, tokens)  # fmt: skip
 
 
 def usage_wire(inputs: int, outputs: int, *, cached: int, reasoning: int) -> dict[str, Any]:
@@ -172,10 +174,6 @@ def usage_wire(inputs: int, outputs: int, *, cached: int, reasoning: int) -> dic
         "input_tokens_details": {"cached_tokens": cached},
         "output_tokens_details": {"reasoning_tokens": reasoning},
     }
-
-
-def _unix(when: datetime | None) -> int | None:
-    return None if when is None else int(when.timestamp())
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +289,6 @@ def recorded(
     before = [s for s in samples if s.at <= at]
     if not before:
         return Recorded(policy, at, dry_run=dry)
-    view = view_of(provider, before[-1].wire)
+    view = before[-1].view
     cost = batch_cost(pricing, provider, view.model, view.tokens)
     return Recorded(policy, at, cost, projected_cost(cost, view.counts, 1), dry)

@@ -41,6 +41,17 @@ class Tracked:
     def key(self) -> tuple[str, str]:
         return (self.view.provider, self.view.batch_id)
 
+    def copy_with(self, **values: Any) -> Tracked:
+        """A copy with ``values`` set: what dataclasses.replace does, without building
+        its arguments from the fields on every call (every poll makes a few)."""
+        new = object.__new__(Tracked)
+        for name in _TRACKED:
+            setattr(new, name, values[name] if name in values else getattr(self, name))
+        return new
+
+
+_TRACKED = tuple(f.name for f in fields(Tracked))
+
 
 class _Unset(Enum):
     TOKEN = "unset"

@@ -436,6 +436,14 @@ def _spending(row: Mapping[Any, Any]) -> Tracked:
     )
 
 
+async def _rows_of(parts: AsyncIterator[Sequence[Any]]) -> AsyncIterator[Any]:
+    """The rows of a stream read a chunk at a time (one switch into the driver a
+    chunk, not a row)."""
+    async for part in parts:
+        for row in part:
+            yield row
+
+
 def _key_of(row: Mapping[Any, Any]) -> tuple[str, str]:
     return (row["provider"], row["batch_id"])
 
@@ -775,15 +783,17 @@ class Store:
         # lock up front: a second connection would wait on the first).
         async with self.engine.connect() as conn:
             stream = await conn.stream(sampled.execution_options(**options))
-            samples: AsyncIterator[Any] = aiter(stream.mappings())
+            samples = _rows_of(stream.mappings().partitions())  # a chunk at a time
             pending = await anext(samples, None)
-            async for row in (await conn.stream(rows.execution_options(**options))).mappings():
-                tracked, mine = _tracked(row), []
-                while pending is not None and _key_of(pending) <= tracked.key:
-                    if _key_of(pending) == tracked.key:
-                        mine.append(dict(pending))
-                    pending = await anext(samples, None)
-                yield tracked, mine
+            batch_rows = (await conn.stream(rows.execution_options(**options))).mappings()
+            async for part in batch_rows.partitions():
+                for row in part:
+                    tracked, mine = _tracked(row), []
+                    while pending is not None and _key_of(pending) <= tracked.key:
+                        if _key_of(pending) == tracked.key:
+                            mine.append(dict(pending))
+                        pending = await anext(samples, None)
+                    yield tracked, mine
 
     async def first_cancels(self, since: datetime) -> dict[tuple[str, str], Any]:
         """Each batch's first cancel since ``since`` — ``cancel_requested``, or in a dry
