@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -186,10 +187,8 @@ async def page_part(url: str, seconds: float = 30.0) -> dict[str, Any]:
 
 async def _read(proc: Any, lines: list[dict[str, Any]]) -> None:
     async for raw in proc.stderr:
-        try:
+        with contextlib.suppress(ValueError):
             lines.append(json.loads(raw))
-        except ValueError:
-            pass
 
 
 async def _port(lines: list[dict[str, Any]]) -> int:
@@ -271,8 +270,9 @@ async def _discovery_case(case: str, finished: int) -> dict[str, Any]:
     url = f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='wd-disc-')}/d.db"
     db = create_engine(url)
     await upgrade(db)
-    settings = Settings(poll_interval="30s", providers={"sim": {
-        "base_url": str(server.make_url("/v1")), "discover": {"created_within": "7d"}}})  # fmt: skip
+    base = str(server.make_url("/v1"))
+    sim_provider = {"base_url": base, "discover": {"created_within": "7d"}}
+    settings = Settings(poll_interval="30s", providers={"sim": sim_provider})
     client = ProviderClient("sim", base_url=str(server.make_url("/v1")), api_key=SecretStr(""))
     async with client:
         engine = Engine(store=Store(db), clients={"sim": client}, rules=rules_of(settings),

@@ -52,6 +52,8 @@ IO_MODULES = {
     "safety",
     "systemd",
     "retention",
+    "budgetbook",
+    "snapshot",
 }
 SQL = {"sqlalchemy", "alembic", "asyncpg", "aiosqlite"}
 SQL_LAYER = {"store", "tables"}  # tables only declares the schema the store speaks
