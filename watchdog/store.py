@@ -336,20 +336,17 @@ def columns(change: Change) -> dict[str, Any]:
     return values
 
 
-# What a claim reads back: the view the policies judge and the tick's bookkeeping, not
-# every column (file ids, errors, the other timestamps and labels stay where they are).
+# The columns of the view the policies judge, and the batch's cost.
+VIEWED = ("provider", "batch_id", "status", "model", "metadata", "created_at", "expires_at",
+          *COUNTS_AND_TOKENS, "cost_usd")  # fmt: skip
+# What a finished batch is to a budget: what it matches and groups on, and its cost.
+FINISHED = tuple(batches.c[name] for name in VIEWED)
+# What a claim reads back: the view and the tick's bookkeeping, not every column (file
+# ids, errors, the other timestamps and labels stay where they are).
 CLAIMED = tuple(
     batches.c[name]
     for name in (
-        "provider",
-        "batch_id",
-        "status",
-        "model",
-        "metadata",
-        "created_at",
-        "expires_at",
-        *COUNTS_AND_TOKENS,
-        "cost_usd",
+        *VIEWED,
         "matched_policy",
         "poll_failures",
         "last_error",
@@ -368,23 +365,6 @@ CLAIMED = tuple(
         "cancel_stuck_at",
         "cancelling_at",
         "cancel_retries",
-    )
-)
-
-
-# What a finished batch is to a budget: what it matches and groups on, and its cost.
-FINISHED = tuple(
-    batches.c[name]
-    for name in (
-        "provider",
-        "batch_id",
-        "status",
-        "model",
-        "metadata",
-        "created_at",
-        "expires_at",
-        *COUNTS_AND_TOKENS,
-        "cost_usd",
     )
 )
 
