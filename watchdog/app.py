@@ -24,7 +24,7 @@ from watchdog.models import validate_batch_id
 from watchdog.observe import Judging, rules_of
 from watchdog.providers import ProviderClient
 from watchdog.record import log_event
-from watchdog.replay import Sample, compare, fresh, judge, recorded, totals, view_at
+from watchdog.replay import Sample, Tally, compare, fresh, judge, recorded, view_at
 from watchdog.rows import Tracked
 from watchdog.service import Service
 from watchdog.settings import Settings
@@ -309,30 +309,40 @@ def _member(one: Assessment, tracked: Tracked) -> bool:
     return any((m.view.provider, m.view.batch_id) == tracked.key for m in one.members)
 
 
-async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str, Any]:
+REPLAY_LIMITS = [
+    "dry_run, the safety limits and budgets are not replayed: policies and prices are",
+    "a poll is judged at each recorded sample and every poll_interval between",
+]
+
+
+async def replay_lines(
+    settings: Settings, since: datetime, now: datetime
+) -> AsyncIterator[dict[str, Any]]:
     """The recorded history since ``since`` judged again with ``settings``' policies and
-    prices, against what the daemon did (read-only: nothing written, nothing sent)."""
+    prices against what the daemon did, one batch's line at a time (read-only: nothing
+    written, nothing sent; memory holds one batch)."""
     rules = rules_of(settings)
     judging = Judging(rules, settings.poll_interval, settings.adaptive_polling)
-    lines = []
     async with open_store(settings) as store:
         cancels = await store.first_cancels(since)
-        async for tracked, samples in store.history(since):  # one batch at a time
+        async for tracked, samples in store.history(since):
             view, key = tracked.view, tracked.key
             timeline = [Sample(row["at"], view_at(view, row)) for row in samples]
             steps = judge(fresh(view), timeline, judging, every=settings.poll_interval, until=now)
             done = recorded(timeline, cancels.get(key), rules.pricing, view.provider)
-            lines.append(compare(view, done, steps))
+            yield compare(view, done, steps)
+
+
+async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str, Any]:
+    """The whole replay report, the changed batches first (its lines all in memory:
+    ``replay_lines`` streams them)."""
+    lines, tally = [], Tally()
+    async for line in replay_lines(settings, since, now):
+        lines.append(line)
+        tally.add(line)
     lines.sort(key=lambda line: (line["change"] == "unchanged", line["provider"], line["batch_id"]))
-    return {
-        "since": since.isoformat(),
-        "batches": lines,
-        "totals": totals(lines),
-        "limits": [
-            "dry_run, the safety limits and budgets are not replayed: policies and prices are",
-            "a poll is judged at each recorded sample and every poll_interval between",
-        ],
-    }
+    return {"since": since.isoformat(), "batches": lines, "totals": tally.as_dict(),
+            "limits": REPLAY_LIMITS}  # fmt: skip
 
 
 async def report(settings: Settings, since: datetime, by: str) -> dict[str, Any]:

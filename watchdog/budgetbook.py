@@ -1,6 +1,7 @@
 """The budgets' running book: the ledger of finished batches kept up to date from what
-ended (or was untracked) since the last look, and the running batches read afresh —
-so that an assessment costs what changed and the number of groups, not the window."""
+ended after the newest end it has seen (or was untracked since the last look), and the
+running batches read afresh — an assessment costs what changed and the number of
+groups, not the window."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from watchdog.budgets import Assessment, Finished, Ledger, assess, spending_of
 from watchdog.observe import Rules
 from watchdog.store import Store
 
-# What ended is read again this far back at every look: a replica's transaction that
-# set finished_at before it committed, or a clock a little off, is still seen (a batch
-# is taken in once whatever how often it is read).
-OVERLAP = timedelta(minutes=10)
+# What ended is read from the newest end seen, less this margin: a replica's
+# transaction that set finished_at before it committed, or a replica's clock a little
+# behind, is still seen (a batch is taken in once however often it is read).
+OVERLAP = timedelta(minutes=1)
 
 
 class BudgetBook:
@@ -22,7 +23,8 @@ class BudgetBook:
 
     def __init__(self) -> None:
         self._ledger: Ledger | None = None
-        self._looked: datetime | None = None
+        self._looked: datetime | None = None  # the last look: untracks after it are news
+        self._ended: datetime | None = None  # the newest end seen: ends after it are news
         self._lock = asyncio.Lock()
         self.last: list[Assessment] = []
 
@@ -36,12 +38,13 @@ class BudgetBook:
             fresh = ledger is None or ledger.budgets != rules.budgets or not ledger.advance(now)
             if fresh or ledger is None:
                 ledger = await self._build(store, rules, now)
-            since = min(self._looked or now, now) - OVERLAP
-            changed = await store.budget_changes(since)
+            assert self._looked is not None and self._ended is not None  # set by _build
+            changed = await store.budget_changes(self._ended - OVERLAP, self._looked - OVERLAP)
             for key in changed.untracked:
                 ledger.remove(key)
-            for view, cost in changed.finished:
+            for view, cost, ended in changed.finished:
                 ledger.add(Finished(view, cost))
+                self._ended = max(self._ended, min(ended, now))
             self._looked = now
             exempt = rules.safety.exempt_metadata
             running = [spending_of(t, exempt, now) for t in changed.running]
@@ -53,5 +56,5 @@ class BudgetBook:
         ledger = Ledger(rules.budgets, now)
         async for view, cost in store.finished_created(min(b.start(now) for b in rules.budgets)):
             ledger.add(Finished(view, cost))
-        self._ledger, self._looked = ledger, now
+        self._ledger, self._looked, self._ended = ledger, now, now
         return ledger

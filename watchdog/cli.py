@@ -584,12 +584,35 @@ def report_table(found: dict[str, Any]) -> str:
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    """Streamed: ``--json`` prints each batch's line as it is judged; the table keeps
+    only the batches judged differently (memory does not grow with the window)."""
     from watchdog import app
+    from watchdog.replay import Tally
 
     now = datetime.now(UTC)
     since = args.since or now - timedelta(days=7)
-    report = asyncio.run(app.replay(settings, since, now))
-    print(dump(report) if args.json else replay_table(report))
+    tally, changed = Tally(), []
+
+    async def judged() -> None:
+        first = True
+        async for line in app.replay_lines(settings, since, now):
+            tally.add(line)
+            if args.json:
+                sys.stdout.write(("" if first else ",\n") + json.dumps(line, default=str))
+                first = False
+            elif line["change"] != "unchanged":
+                changed.append(line)
+
+    if args.json:
+        sys.stdout.write(json.dumps({"since": since.isoformat()})[:-1] + ', "batches": [\n')
+    asyncio.run(judged())
+    report = {"since": since.isoformat(), "batches": changed, "totals": tally.as_dict(),
+              "limits": app.REPLAY_LIMITS}  # fmt: skip
+    if args.json:
+        tail = {"totals": report["totals"], "limits": report["limits"]}
+        print("\n], " + json.dumps(tail)[1:])
+    else:
+        print(replay_table(report))
     return EX_OK
 
 

@@ -252,27 +252,41 @@ def _change(recorded: Recorded, cancel: Step | None) -> tuple[str, str | None]:
     return ("unchanged", None) if same else ("other_policy", None)
 
 
-def totals(lines: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Batches newly and no longer cancelled, dollars saved (new cancels, and earlier
+@dataclass(slots=True)
+class Tally:
+    """The replay's totals, kept line by line (memory does not grow with the window):
+    batches newly and no longer cancelled, dollars saved (new cancels, and earlier
     ones' extra) and put at risk (cancels the new config would not send)."""
-    saved = at_risk = Decimal(0)
-    for line in lines:
-        new, old = line["replayed"], line["recorded"]
-        if line["change"] == "newly_cancelled":
-            saved += Decimal(str(new["saves_usd"] or 0))
-        elif line["change"] in ("earlier", "later", "other_policy"):
-            saved += Decimal(str(new["saves_usd"] or 0)) - Decimal(str(old["saved_usd"] or 0))
-        elif line["change"] == "no_longer_cancelled":
-            at_risk += Decimal(str(old["saved_usd"] or 0))
-    changes = [line["change"] for line in lines]
-    return {
-        "batches": len(lines),
-        "newly_cancelled": changes.count("newly_cancelled"),
-        "no_longer_cancelled": changes.count("no_longer_cancelled"),
-        "cancelled_at_another_time": changes.count("earlier") + changes.count("later"),
-        "saved_usd": usd(saved),
-        "at_risk_usd": usd(at_risk),
-    }
+
+    batches: int = 0
+    newly: int = 0
+    no_longer: int = 0
+    moved: int = 0
+    saved: Decimal = Decimal(0)
+    at_risk: Decimal = Decimal(0)
+
+    def add(self, line: Mapping[str, Any]) -> None:
+        new, old, change = line["replayed"], line["recorded"], line["change"]
+        self.batches += 1
+        if change == "newly_cancelled":
+            self.newly += 1
+            self.saved += Decimal(str(new["saves_usd"] or 0))
+        elif change in ("earlier", "later", "other_policy"):
+            self.moved += change != "other_policy"
+            self.saved += Decimal(str(new["saves_usd"] or 0)) - Decimal(str(old["saved_usd"] or 0))
+        elif change == "no_longer_cancelled":
+            self.no_longer += 1
+            self.at_risk += Decimal(str(old["saved_usd"] or 0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "newly_cancelled": self.newly,
+            "no_longer_cancelled": self.no_longer,
+            "cancelled_at_another_time": self.moved,
+            "saved_usd": usd(self.saved),
+            "at_risk_usd": usd(self.at_risk),
+        }
 
 
 def recorded(

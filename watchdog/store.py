@@ -534,7 +534,7 @@ class BudgetChanges:
     """What changed for the budgets since they last looked."""
 
     running: list[Tracked]
-    finished: list[tuple[BatchView, Any]]  # (the batch, its final cost)
+    finished: list[tuple[BatchView, Any, datetime]]  # (the batch, its cost, when it ended)
     untracked: set[tuple[str, str]]
 
 
@@ -1066,26 +1066,34 @@ class Store:
 
     async def finished_created(self, since: datetime) -> AsyncIterator[tuple[BatchView, Any]]:
         """The finished batches created since ``since`` (through the creation index),
-        streamed: what a budget's window holds of the past, read once."""
+        streamed a chunk at a time with what a budget reads of them (what it matches and
+        groups on, its cost): a budget's window of the past, read once."""
         c = batches.c
-        query = select(*FINISHED).where(c.created_at >= since, c.status.in_(sorted(TERMINAL)))
+        names = ("provider", "batch_id", "status", "model", "metadata", "created_at", "cost_usd")
+        query = select(*(c[n] for n in names))
+        query = query.where(c.created_at >= since, c.status.in_(sorted(TERMINAL)))
         async with self.engine.connect() as conn:
-            rows = await conn.stream(query.execution_options(yield_per=STREAM_ROWS))
-            async for row in rows.mappings():
-                yield _view(row), row["cost_usd"]
+            stream = await conn.stream(query.execution_options(yield_per=STREAM_ROWS))
+            async for part in stream.partitions():
+                for provider, batch_id, status, model, meta, created, cost in part:
+                    view = BatchView(provider, batch_id, status, model, metadata_text(meta),
+                                     created)  # fmt: skip
+                    yield view, cost
 
-    async def budget_changes(self, since: datetime) -> BudgetChanges:
-        """In one read: the running batches, those that ended since ``since`` (through
-        the finished_at index) and those untracked since (the events' kind index) —
-        what changed for the budgets, never their whole window."""
+    async def budget_changes(self, ended: datetime, untracked: datetime) -> BudgetChanges:
+        """In one read: the running batches, those that ended after ``ended`` (through
+        the finished_at index) and those untracked after ``untracked`` (the events' kind
+        index) — what changed for the budgets, never their whole window."""
         c, e = batches.c, batch_events.c
-        ended = select(*FINISHED).where(c.finished_at > since, c.status.in_(sorted(TERMINAL)))
-        gone = select(e.provider, e.batch_id).where(e.kind == Kind.UNTRACKED, e.at > since)
+        finished = select(*FINISHED, c.finished_at)
+        finished = finished.where(c.finished_at > ended, c.status.in_(sorted(TERMINAL)))
+        gone = select(e.provider, e.batch_id).where(e.kind == Kind.UNTRACKED, e.at > untracked)
         async with self.engine.connect() as conn:
             running = await self._running(conn)
-            finished = [(_view(r), r["cost_usd"]) for r in (await conn.execute(ended)).mappings()]
-            untracked = {(p, b) for p, b in await conn.execute(gone) if p and b}
-        return BudgetChanges(running, finished, untracked)
+            rows = (await conn.execute(finished)).mappings()
+            ends = [(_view(r), r["cost_usd"], r["finished_at"]) for r in rows]
+            left = {(p, b) for p, b in await conn.execute(gone) if p and b}
+        return BudgetChanges(running, ends, left)
 
     async def running_created(self) -> dict[str, list[float]]:
         """Per provider, the creation (Unix seconds) of each batch still to be polled
