@@ -473,3 +473,23 @@ async def test_the_daemons_book_agrees_with_a_fresh_look(harness: Harness) -> No
         fresh = await assess_budgets(h.store, h.engine.rules, h.clock.now())
         assert [a.summary() for a in kept] == [a.summary() for a in fresh], step
     assert kept[0].finished > 0  # the ended batches came from the ledger
+
+
+async def test_a_look_a_moment_behind_the_last_does_not_rebuild_the_book(
+    harness: Harness,
+) -> None:
+    """The tick and the status page read the clock at their own moments: a look a few
+    seconds behind the last is the same look (the book is not built again, which at a
+    hundred thousand batches costs seconds); a clock stepped back is a new build."""
+    h = harness
+    h.configure(policies=[], budgets=[RESEARCH_DAILY | {"action": "alert"}])
+    spending_day(h)
+    await h.track(*h.sim.simulator.batches)
+    await h.tick()
+    assert h.engine is not None
+    book, rules, now = h.engine.budget_book, h.engine.rules, h.clock.now()
+    built = book._ledger
+    await book.assess(h.store, rules, now - timedelta(seconds=3))
+    assert book._ledger is built
+    await book.assess(h.store, rules, now - timedelta(hours=2))
+    assert book._ledger is not built

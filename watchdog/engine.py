@@ -10,6 +10,7 @@ from contextlib import aclosing
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from typing import Any
 
 import structlog
 
@@ -107,6 +108,7 @@ class Engine:
         self.last_summary: TickSummary | None = None
         self.budget_book = BudgetBook()  # the tick's and the status page's
         self._budget_turn_until: datetime | None = None
+        self._budget_memory: dict[str, Any] | None = None  # what the budgets last said
         self.on_progress: Callable[[], None] | None = None
         self._next_rules: Rules | None = None
         self._in_backlog = False
@@ -261,12 +263,15 @@ class Engine:
     async def _budget_turn(self, now: datetime) -> bool:
         """Whether this replica holds the budgets' turn: kept from tick to tick (renewed
         once half its lease is gone, given back at shutdown), so that an idle tick does
-        not write to hold it."""
+        not write to hold it. While it is held, what the budgets last said is this
+        replica's own: kept in memory, read again only on taking the turn."""
         held = self._budget_turn_until
         if held is not None and held - now > self.lease / 2:
             return True
         until = now + self.lease
         taken = await self.store.take_turn(BUDGET_PASS, self.owner, now, until)
+        if not taken or held is None:  # lost, or just taken: what was said is another's
+            self._budget_memory = None
         self._budget_turn_until = until if taken else None
         return taken
 
@@ -274,11 +279,14 @@ class Engine:
         self, found: list[Assessment], gate: Gate, summary: TickSummary, cutoff: datetime
     ) -> None:
         now = self.clock()
-        memory = await self.store.get_state(BUDGETS) or {}
+        memory = self._budget_memory
+        if memory is None:
+            memory = await self.store.get_state(BUDGETS) or {}
         said = news(found, memory, now)
         if said.events or said.memory != memory:  # an idle tick writes nothing
             await self.store.set_state(BUDGETS, said.memory, now, said.events)
             self.emitter.tell(said.events)
+        self._budget_memory = said.memory
         # A chosen batch whose cancel failed waits for its backoff, like a policy's.
         waiting = said.backing_off - self._retry_due
         verdicts = {k: verdict(one) for k, one in said.condemned.items() if k not in waiting}
