@@ -61,8 +61,8 @@ async def build(url: str, n: int, events: int = 0, samples: bool = False) -> Non
     from sqlalchemy import insert, text
 
     from benchmarks.history import fill
-    from watchdog.store import create_engine, upgrade
-    from watchdog.tables import batch_samples, batches
+    from watchdog.storage.store import create_engine, upgrade
+    from watchdog.storage.tables import batch_samples, batches
 
     db = create_engine(url)
     await upgrade(db)
@@ -111,16 +111,15 @@ async def idle_ticks(url: str, budgets: bool, n: int = 9) -> dict[str, Any]:
     """Idle ticks (nothing due) with no budget or one grouped budget; the first tick
     with a budget builds the daemon's book (reported apart)."""
     from benchmarks.contenders import NullStream
-    from watchdog import logs
-    from watchdog.engine import Engine
-    from watchdog.observe import rules_of
+    from watchdog.daemon import logs
+    from watchdog.daemon.engine import Engine
     from watchdog.settings import Settings
-    from watchdog.store import Store, create_engine
+    from watchdog.storage.store import Store, create_engine
 
     logs.configure("info", "json", NullStream())
     settings = Settings(budgets=[BUDGET] if budgets else [])
     db = create_engine(url)
-    engine = Engine(store=Store(db), clients={}, rules=rules_of(settings),
+    engine = Engine(store=Store(db), clients={}, rules=settings.rules(),
                     poll_interval=timedelta(minutes=1), owner="x")  # fmt: skip
     times = []
     for _ in range(n):
@@ -247,13 +246,12 @@ async def _discovery_case(case: str, finished: int) -> dict[str, Any]:
     from pydantic import SecretStr
 
     from benchmarks.contenders import NullStream
-    from watchdog import logs
-    from watchdog.engine import Engine
-    from watchdog.observe import rules_of
-    from watchdog.providers import ProviderClient
+    from watchdog.daemon import logs
+    from watchdog.daemon.engine import Engine
+    from watchdog.providers.client import ProviderClient
     from watchdog.settings import Settings
-    from watchdog.simulator import Simulator
-    from watchdog.store import Store, create_engine, upgrade
+    from watchdog.sim.simulator import Simulator
+    from watchdog.storage.store import Store, create_engine, upgrade
 
     logs.configure("info", "json", NullStream())
     clock = [time.time()]
@@ -275,7 +273,7 @@ async def _discovery_case(case: str, finished: int) -> dict[str, Any]:
     settings = Settings(poll_interval="30s", providers={"sim": sim_provider})
     client = ProviderClient("sim", base_url=str(server.make_url("/v1")), api_key=SecretStr(""))
     async with client:
-        engine = Engine(store=Store(db), clients={"sim": client}, rules=rules_of(settings),
+        engine = Engine(store=Store(db), clients={"sim": client}, rules=settings.rules(),
                         poll_interval=timedelta(seconds=30), owner="b",
                         clock=lambda: datetime.fromtimestamp(clock[0], UTC))  # fmt: skip
         per_interval = []

@@ -72,14 +72,14 @@ async def watchdog_pass(url: str, n: int, concurrency: int) -> dict[str, Any]:
     from sqlalchemy import event, insert
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from watchdog import logs
-    from watchdog.engine import Engine, Rules
-    from watchdog.policies import Policy
-    from watchdog.pricing import Price
-    from watchdog.providers import ProviderClient
-    from watchdog.settings import SafetySettings
-    from watchdog.store import Store, create_engine, upgrade
-    from watchdog.tables import batches
+    from watchdog.core.policies import Policy
+    from watchdog.core.pricing import Price
+    from watchdog.core.safety import SafetySettings
+    from watchdog.daemon import logs
+    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.providers.client import ProviderClient
+    from watchdog.storage.store import Store, create_engine, upgrade
+    from watchdog.storage.tables import batches
 
     logs.configure("info", "json", NullStream())  # the daemon logs as usual, to nowhere
     tmp = tempfile.mkdtemp(prefix="wd-bench-")
@@ -227,10 +227,10 @@ async def idle_tick(n: int) -> dict[str, Any]:
     """The duration of a tick that finds nothing due, with n tracked batches."""
     from sqlalchemy import insert
 
-    from watchdog import logs
-    from watchdog.engine import Engine, Rules
-    from watchdog.store import Store, create_engine, upgrade
-    from watchdog.tables import batches
+    from watchdog.daemon import logs
+    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.storage.store import Store, create_engine, upgrade
+    from watchdog.storage.tables import batches
 
     logs.configure("info", "json", NullStream())
     tmp = tempfile.mkdtemp(prefix="wd-bench-")

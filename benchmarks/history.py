@@ -56,8 +56,8 @@ def fill(dialect: str, finished: int, events: int) -> list[str]:
 async def build(url: str, finished: int, events: int) -> None:
     from sqlalchemy import insert, text
 
-    from watchdog.store import create_engine, upgrade
-    from watchdog.tables import batches
+    from watchdog.storage.store import create_engine, upgrade
+    from watchdog.storage.tables import batches
 
     db = create_engine(url)
     await upgrade(db)
@@ -78,9 +78,9 @@ async def idle_ticks(url: str, n: int = 7) -> list[float]:
     from datetime import timedelta as td
 
     from benchmarks.contenders import NullStream
-    from watchdog import logs
-    from watchdog.engine import Engine, Rules
-    from watchdog.store import Store, create_engine
+    from watchdog.daemon import logs
+    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.storage.store import Store, create_engine
 
     logs.configure("info", "json", NullStream())
     db = create_engine(url)

@@ -20,15 +20,15 @@ from typing import Any
 
 from aiohttp import web
 
-from watchdog import logs
-from watchdog.engine import Engine, Rules
-from watchdog.policies import Policy
-from watchdog.pricing import Price
-from watchdog.providers import ProviderClient
-from watchdog.scheduler import TickLoop
-from watchdog.settings import SafetySettings
-from watchdog.simulator import Simulator
-from watchdog.store import Store, create_engine, upgrade
+from watchdog.core.policies import Policy
+from watchdog.core.pricing import Price
+from watchdog.core.safety import SafetySettings
+from watchdog.daemon import logs
+from watchdog.daemon.engine import Engine, Rules
+from watchdog.daemon.scheduler import TickLoop
+from watchdog.providers.client import ProviderClient
+from watchdog.sim.simulator import Simulator
+from watchdog.storage.store import Store, create_engine, upgrade
 
 CAP = 5.0
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"

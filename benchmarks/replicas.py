@@ -39,8 +39,8 @@ policies:
 async def tracked(db: str, n: int) -> None:
     from sqlalchemy import insert
 
-    from watchdog.store import create_engine, upgrade
-    from watchdog.tables import batches
+    from watchdog.storage.store import create_engine, upgrade
+    from watchdog.storage.tables import batches
 
     engine = create_engine(db)
     await upgrade(engine)

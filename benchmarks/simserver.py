@@ -9,7 +9,7 @@ import signal
 
 from aiohttp import web
 
-from watchdog.simulator import Simulator
+from watchdog.sim.simulator import Simulator
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 

@@ -72,14 +72,14 @@ async def pg_stats(db: Any) -> dict[str, int]:
 async def run(url: str, n: int, passes: int, admin: str | None) -> dict[str, Any]:
     from sqlalchemy import event, insert
 
-    from watchdog import logs
-    from watchdog.engine import Engine, Rules
-    from watchdog.policies import Policy
-    from watchdog.pricing import Price
-    from watchdog.providers import ProviderClient
-    from watchdog.settings import SafetySettings
-    from watchdog.store import Store, create_engine, upgrade
-    from watchdog.tables import batches
+    from watchdog.core.policies import Policy
+    from watchdog.core.pricing import Price
+    from watchdog.core.safety import SafetySettings
+    from watchdog.daemon import logs
+    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.providers.client import ProviderClient
+    from watchdog.storage.store import Store, create_engine, upgrade
+    from watchdog.storage.tables import batches
 
     logs.configure("info", "json", NullStream())  # the daemon logs as usual, to nowhere
     database, cleanup = await fresh_database(admin)

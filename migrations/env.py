@@ -9,7 +9,7 @@ from alembic import context
 from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from watchdog.tables import metadata
+from watchdog.storage.tables import metadata
 
 config = context.config
 

@@ -17,12 +17,12 @@ import pytest
 from pydantic import SecretStr
 
 from tests.databases import fresh_postgres
-from watchdog import logs
-from watchdog.engine import Engine, Rules, TickSummary
-from watchdog.providers import ProviderClient
+from watchdog.daemon import logs
+from watchdog.daemon.engine import Engine, Rules, TickSummary
+from watchdog.providers.client import ProviderClient
 from watchdog.settings import Settings
-from watchdog.simulator import Simulator
-from watchdog.store import Store, create_engine, upgrade
+from watchdog.sim.simulator import Simulator
+from watchdog.storage.store import Store, create_engine, upgrade
 
 # A fresh fake key per run: tests grep every output channel for it.
 API_KEY = "sk-test-" + secrets.token_hex(16)

@@ -15,11 +15,11 @@ from pydantic import ValidationError
 
 from tests.conftest import LLAMA, Harness
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
-from watchdog.budgets import Budget, Spending, assess
-from watchdog.engine import Engine, assess_budgets
-from watchdog.models import BatchView, Counts
-from watchdog.simulator import Fault
-from watchdog.store import EventFilter
+from watchdog.core.budgets import Budget, Spending, assess
+from watchdog.core.models import BatchView, Counts
+from watchdog.daemon.engine import Engine, assess_budgets
+from watchdog.sim.simulator import Fault
+from watchdog.storage.store import EventFilter
 
 NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
 RESEARCH = {"provider": "sim", "metadata": {"team": "research"}}
@@ -422,7 +422,7 @@ def test_the_ledger_keeps_the_same_figures_as_counting_one_by_one() -> None:
     grouped windows alike."""
     import random
 
-    from watchdog.budgets import Finished, Ledger
+    from watchdog.core.budgets import Finished, Ledger
 
     rng = random.Random(7)
     budgets = [

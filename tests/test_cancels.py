@@ -15,9 +15,9 @@ import pytest
 
 from tests.conftest import SQLITE_ONLY, Harness
 from tests.test_safety import cancels, cost_cap, expensive
-from watchdog.decisions import MAX_CANCEL_ATTEMPTS, Answer, settle
-from watchdog.engine import Engine
-from watchdog.simulator import Fault
+from watchdog.core.decisions import MAX_CANCEL_ATTEMPTS, Answer, settle
+from watchdog.daemon.engine import Engine
+from watchdog.sim.simulator import Fault
 
 FOLLOW = timedelta(seconds=15)
 

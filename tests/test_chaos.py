@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.daemons import Daemon, write_config
 from tests.databases import fresh_postgres
-from watchdog.chaos import KINDS, Chaos
-from watchdog.models import KNOWN
-from watchdog.simulator import Simulator
-from watchdog.store import Store, create_engine, upgrade
+from watchdog.core.models import KNOWN
+from watchdog.sim.chaos import KINDS, Chaos
+from watchdog.sim.simulator import Simulator
+from watchdog.storage.store import Store, create_engine, upgrade
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
@@ -56,7 +56,7 @@ def is_subsequence(needle: list[str], haystack: list[str]) -> bool:
 
 async def tracking_all(db: str, sim: Simulator) -> tuple[AsyncEngine, Store]:
     """A migrated database tracking every simulated batch."""
-    from watchdog.engine import utcnow
+    from watchdog.clock import utcnow
 
     engine = create_engine(db)
     await upgrade(engine)
@@ -175,7 +175,7 @@ async def sampled(store: Store) -> dict[str, list[str]]:
     every poll that saw something new)."""
     from sqlalchemy import select
 
-    from watchdog.tables import batch_samples
+    from watchdog.storage.tables import batch_samples
 
     s = batch_samples.c
     query = select(s.batch_id, s.status).order_by(s.batch_id, s.at, s.id)

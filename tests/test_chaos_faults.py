@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from watchdog.chaos import KINDS, Chaos
-from watchdog.errors import PermanentError, TemporaryError
-from watchdog.models import implausible
-from watchdog.providers import ProviderClient
-from watchdog.simulator import Simulator
+from watchdog.core.errors import PermanentError, TemporaryError
+from watchdog.core.models import implausible
+from watchdog.providers.client import ProviderClient
+from watchdog.sim.chaos import KINDS, Chaos
+from watchdog.sim.simulator import Simulator
 
 EXPECTED: dict[str, type[Exception] | None] = {
     "429_seconds": TemporaryError,

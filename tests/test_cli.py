@@ -21,8 +21,8 @@ from tests.conftest import API_KEY, SQLITE_ONLY, Sim
 from tests.daemons import Daemon
 from tests.databases import dump, has_schema
 from watchdog import cli as cli_module
-from watchdog import logs
-from watchdog.simulator import Fault
+from watchdog.daemon import logs
+from watchdog.sim.simulator import Fault
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 

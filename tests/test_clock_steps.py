@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import API_KEY, LLAMA
 from tests.daemons import Daemon, write_config
 from tests.tools import library
-from watchdog.simulator import Simulator
+from watchdog.sim.simulator import Simulator
 
 LIBFAKETIME = "/usr/lib/*/faketime/libfaketime.so.1"
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from watchdog.decisions import Candidate, plan
+from watchdog.core.decisions import Candidate, plan
 
 
 def c(batch_id: str = "b", **kw: object) -> Candidate:

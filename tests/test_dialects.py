@@ -15,14 +15,14 @@ import pytest
 from pydantic import SecretStr
 
 from tests.conftest import API_KEY, LLAMA, LLAMA_PRICE, SPENDER, Clock, _no_sleep
-from watchdog.dialects import KINDS, inward, inward_page
-from watchdog.engine import Engine, Rules
-from watchdog.models import BatchObject, BatchPage, is_unknown_status, page_of, view_of
-from watchdog.policies import Policy
-from watchdog.pricing import Price
-from watchdog.providers import ProviderClient
-from watchdog.simulator import Simulator
-from watchdog.store import Store
+from watchdog.core.models import BatchObject, BatchPage, is_unknown_status, page_of, view_of
+from watchdog.core.policies import Policy
+from watchdog.core.pricing import Price
+from watchdog.daemon.engine import Engine, Rules
+from watchdog.providers.client import ProviderClient
+from watchdog.providers.dialects import KINDS, inward, inward_page
+from watchdog.sim.simulator import Simulator
+from watchdog.storage.store import Store
 
 DATA = Path(__file__).parent / "data" / "dialects"
 
@@ -332,7 +332,7 @@ def test_the_config_schema_names_every_kind_and_only_those() -> None:
     """``providers.NAME.api`` accepts exactly the kinds there is a dialect for."""
     from typing import get_args
 
-    from watchdog.dialects import Api
+    from watchdog.providers.dialects import Api
 
     assert set(get_args(Api)) == set(KINDS)
 

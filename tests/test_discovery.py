@@ -14,9 +14,9 @@ from pydantic import SecretStr
 
 from tests.conftest import API_KEY, LLAMA, SPENDER, Clock, Harness, Sim
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
-from watchdog.providers import ProviderClient
-from watchdog.simulator import SimBatch, Simulator
-from watchdog.store import Store
+from watchdog.providers.client import ProviderClient
+from watchdog.sim.simulator import SimBatch, Simulator
+from watchdog.storage.store import Store
 
 COST_CAP = [
     {
@@ -264,7 +264,7 @@ def test_a_pass_reads_down_only_as_far_as_pages_pay(
     new_from: float | None, running: list[float], density: float | None, through: float,
     why: str,
 ) -> None:  # fmt: skip
-    from watchdog.refresh import depth
+    from watchdog.daemon.refresh import depth
 
     floor = NOW_TS - 7 * DAY
     assert depth(floor, new_from, running, density, NOW_TS) == through, why

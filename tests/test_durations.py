@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import pytest
 
-from watchdog.durations import format_duration, parse_duration
+from watchdog.core.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from tests.conftest import SQLITE_ONLY, Harness
-from watchdog.engine import Engine
-from watchdog.simulator import Fault
+from watchdog.daemon.engine import Engine
+from watchdog.sim.simulator import Fault
 
 COST_CAP = [
     {
@@ -303,8 +303,8 @@ async def test_crash_after_cancel_requested_reconciles(harness: Harness) -> None
     await h.track("batch_big")
     await h.store.apply([], [])
     # What a crash right after sending leaves behind: requested, no outcome; provider cancelling.
-    from watchdog.models import BatchObject
-    from watchdog.rows import Change
+    from watchdog.core.models import BatchObject
+    from watchdog.core.rows import Change
 
     change = Change(
         "sim",
@@ -488,8 +488,8 @@ async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> 
     back-off, provider_recovered is recorded."""
     from pydantic import SecretStr
 
-    from watchdog.breaker import Breaker
-    from watchdog.providers import ProviderClient
+    from watchdog.providers.breaker import Breaker
+    from watchdog.providers.client import ProviderClient
 
     h = harness
     h.configure(policies=COST_CAP)
@@ -523,7 +523,7 @@ async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> 
 
 def test_breaker_doubles_its_back_off() -> None:
     """Failed probes double the delay (with jitter), up to the cap."""
-    from watchdog.breaker import Breaker
+    from watchdog.providers.breaker import Breaker
 
     now = [0.0]
     heard: list[tuple[str, int]] = []
@@ -614,7 +614,7 @@ async def test_one_replica_pages_a_providers_list_at_a_time(harness: Harness) ->
 @SQLITE_ONLY
 async def test_bulk_refresh_survives_an_endless_list(harness: Harness) -> None:
     """A list whose has_more never turns false is cut short; nothing is lost."""
-    from watchdog.chaos import Chaos
+    from watchdog.sim.chaos import Chaos
 
     h = harness
     h.configure(policies=COST_CAP)

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from watchdog.health import HealthServer
-from watchdog.metrics import Metrics
-from watchdog.scheduler import TickLoop
+from watchdog.daemon.health import HealthServer
+from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.scheduler import TickLoop
 
 T0 = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 

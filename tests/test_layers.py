@@ -12,9 +12,24 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).parent.parent / "watchdog"
+# What each folder (or top-level module) may import of ours; README's Development
+# section says the same in words. A folder always may import itself.
+MAY_IMPORT: dict[str, set[str]] = {
+    "core": set(),
+    "providers": {"core", "clock"},
+    "storage": {"core"},
+    "settings": {"core", "providers"},
+    "views": {"core", "settings"},
+    "daemon": {"core", "providers", "storage", "settings", "views", "clock"},
+    "app": {"core", "providers", "storage", "settings", "views", "daemon", "clock"},
+    "sim": {"core", "providers", "settings", "daemon", "app", "clock"},
+    "cli": {"core", "providers", "storage", "settings", "views", "daemon", "app", "sim", "clock"},
+    "clock": set(),
+    "__init__": set(),
+    "__main__": {"cli"},
+}
 # Pure: no clock, no network, no database, no logging; judged from tables of values.
-PURE = {"models", "pricing", "policies", "decisions", "durations", "events", "rows", "errors"}
-PURE |= {"observe", "cancels", "budgets", "replay", "explain", "report", "page", "dialects"}
+PURE = {"core", "views"}
 IO_LIBRARIES = {
     "aiohttp",
     "sqlalchemy",
@@ -29,35 +44,8 @@ IO_LIBRARIES = {
     "socket",
     "time",
 }
-IO_MODULES = {
-    "store",
-    "tables",
-    "http",
-    "providers",
-    "webhooks",
-    "refresh",
-    "act",
-    "record",
-    "engine",
-    "app",
-    "service",
-    "scheduler",
-    "health",
-    "cli",
-    "demo",
-    "simulator",
-    "chaos",
-    "logs",
-    "metrics",
-    "safety",
-    "systemd",
-    "retention",
-    "budgetbook",
-    "snapshot",
-}
 SQL = {"sqlalchemy", "alembic", "asyncpg", "aiosqlite"}
-SQL_LAYER = {"store", "tables"}  # tables only declares the schema the store speaks
-HTTP_SERVERS = {"simulator", "health", "demo", "chaos", "service"}  # aiohttp.web only
+CLOCK_READS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}
 
 
 def imports(module: Path) -> set[str]:
@@ -71,47 +59,80 @@ def imports(module: Path) -> set[str]:
     return found
 
 
+def room(path: Path) -> str:
+    """The folder a module lives in, or the top-level module's own name."""
+    parts = path.relative_to(PACKAGE).parts
+    return parts[0] if len(parts) > 1 else path.stem
+
+
 def modules() -> dict[str, set[str]]:
-    return {path.stem: imports(path) for path in PACKAGE.glob("*.py")}
+    """Every module as folder/name (or name at the top) with what it imports."""
+    return {
+        str(path.relative_to(PACKAGE).with_suffix("")): imports(path)
+        for path in PACKAGE.rglob("*.py")
+    }
 
 
 def ours(name: str) -> str | None:
+    """The folder (or top-level module) an import of ours lands in."""
     parts = name.split(".")
-    return parts[1] if parts[0] == "watchdog" and len(parts) > 1 else None
+    if parts[0] != "watchdog" or len(parts) < 2:
+        return None
+    return parts[1]
 
 
-def test_the_layers_are_all_named() -> None:
-    """A new module must be placed in a layer here before the contracts can hold."""
-    # settings and policytests read files (config, policy tests), nothing else.
-    known = PURE | IO_MODULES | {"__init__", "__main__", "settings", "policytests", "breaker"}
-    assert set(modules()) <= known, f"unplaced modules: {set(modules()) - known}"
+def test_every_room_is_placed() -> None:
+    """A new folder or top-level module must be given its rules here first."""
+    rooms = {room(path) for path in PACKAGE.rglob("*.py")}
+    assert rooms <= set(MAY_IMPORT), f"unplaced: {rooms - set(MAY_IMPORT)}"
 
 
-@pytest.mark.parametrize("name", sorted(PURE))
-def test_pure_core_imports_no_io(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(modules()))
+def test_imports_follow_the_folder_rules(name: str) -> None:
+    here = name.split("/")[0]
+    allowed = MAY_IMPORT[here] | {here}
+    found = {ours(n) for n in modules()[name]} - {None}
+    # `from watchdog import x` names the top-level module x.
+    assert found <= allowed, f"watchdog/{name}.py imports {found - allowed}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in modules() if n.split("/")[0] in PURE))
+def test_the_pure_rooms_do_no_io(name: str) -> None:
     found = modules()[name]
     libraries = {n.split(".")[0] for n in found} & IO_LIBRARIES
-    local = {ours(n) for n in found} & IO_MODULES
-    assert not libraries and not local, f"{name} imports {libraries | local}"
+    assert not libraries, f"watchdog/{name}.py imports {libraries}"
 
 
-def test_only_the_store_speaks_sql() -> None:
+@pytest.mark.parametrize("name", sorted(n for n in modules() if n != "clock"))
+def test_only_the_clock_module_reads_the_clock(name: str) -> None:
+    """`now` is passed in; watchdog/clock.py is the one place it is read."""
+    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    reads = {
+        f"{ast.unparse(node.func.value)}.{node.func.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in CLOCK_READS
+        and ast.unparse(node.func.value) in {"datetime", "time", "date"}
+    }
+    # perf_counter times a tick's own duration for its summary line; it is not the clock.
+    assert reads <= {"time.perf_counter"}, f"watchdog/{name}.py reads {reads}"
+
+
+def test_only_storage_speaks_sql() -> None:
     speakers = {m for m, found in modules().items() if {n.split(".")[0] for n in found} & SQL}
-    assert speakers <= SQL_LAYER, speakers
-    assert "store" in speakers
+    assert speakers and {s.split("/")[0] for s in speakers} == {"storage"}, speakers
 
 
-def test_only_the_http_base_imports_aiohttps_client() -> None:
-    """Servers (the simulator, health endpoints) may use aiohttp.web; a client session,
-    its errors and timeouts belong to watchdog/http.py alone."""
+def test_only_the_providers_use_aiohttps_client() -> None:
+    """Servers (the simulator, the health endpoints) may use aiohttp.web; a client
+    session, its errors and timeouts belong to watchdog/providers/http.py alone."""
     for name, found in modules().items():
         client = {n for n in found if n.split(".")[0] == "aiohttp"} - {"aiohttp.web"}
-        if name == "http":
-            assert client, "watchdog/http.py no longer uses aiohttp"
-        elif name in HTTP_SERVERS:
-            assert not client, f"{name} imports {client}: only aiohttp.web is for servers"
+        if name == "providers/http":
+            assert client, "watchdog/providers/http.py no longer uses aiohttp's client"
         else:
-            assert not {n for n in found if n.startswith("aiohttp")}, name
+            assert not client, f"{name} imports {client}: only aiohttp.web is for servers"
 
 
 def test_the_cli_loads_no_heavy_library_for_help() -> None:
@@ -128,4 +149,4 @@ def test_the_cli_loads_no_heavy_library_for_help() -> None:
     )
     heavy = {"sqlalchemy", "aiohttp", "apscheduler", "alembic", "pydantic_settings", "structlog"}
     assert not {m.split(".")[0] for m in loaded} & heavy
-    assert "watchdog.app" not in loaded and "watchdog.engine" not in loaded
+    assert "watchdog.app" not in loaded and "watchdog.daemon.engine" not in loaded

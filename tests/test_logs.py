@@ -6,7 +6,7 @@ import logging
 
 import structlog
 
-from watchdog import logs
+from watchdog.daemon import logs
 
 
 def test_json_lines_are_redacted() -> None:

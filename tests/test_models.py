@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.conftest import payload
-from watchdog.models import (
+from watchdog.core.models import (
     BatchObject,
     BatchPage,
     InvalidBatchId,
@@ -149,7 +149,7 @@ def test_a_malformed_list_item_costs_only_itself() -> None:
 def test_metadata_of_any_json_type_is_kept_and_read_as_text() -> None:
     """Mistral's and Groq's metadata values may be any JSON: the batch is not refused;
     the values are kept as sent and matched, grouped and shown as their text."""
-    from watchdog.policies import Match
+    from watchdog.core.policies import Match
 
     raw = {"team": "research", "priority": 3, "urgent": True, "tags": ["a", "b"], "none": None}
     batch = BatchObject.model_validate({"id": "b", "status": "in_progress", "metadata": raw})

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import LLAMA, Clock
-from watchdog.simulator import Simulator
+from watchdog.sim.simulator import Simulator
 
 KEY = "sk-official-client-test"
 BATCHES = 130  # more than one page of every paged list
@@ -334,8 +334,8 @@ def variants(raw: dict[str, Any], required: set[str]) -> list[tuple[str, dict[st
 
 @pytest.mark.parametrize(("kind", "raw", "status"), cases())
 def test_every_sdk_status_and_shape_reads(kind: str, raw: dict[str, Any], status: str) -> None:
-    from watchdog.dialects import KINDS, inward
-    from watchdog.models import BatchObject, view_of
+    from watchdog.core.models import BatchObject, view_of
+    from watchdog.providers.dialects import KINDS, inward
 
     model = sdk_model(kind)
     if kind == "together" and raw["status"] == "CANCELING":

@@ -17,10 +17,10 @@ from structlog.testing import capture_logs
 from tests.conftest import SQLITE_ONLY, Harness, Sim
 from tests.daemons import Daemon
 from tests.test_service import endpoint, http_port
-from watchdog.scheduler import TickLoop
-from watchdog.simulator import Fault
-from watchdog.store import create_engine, upgrade
-from watchdog.tables import batches
+from watchdog.daemon.scheduler import TickLoop
+from watchdog.sim.simulator import Fault
+from watchdog.storage.store import create_engine, upgrade
+from watchdog.storage.tables import batches
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 COST_CAP = [{"name": "cost-cap", "when": {"cost_usd_above": 5}, "action": "cancel"}]

@@ -15,8 +15,8 @@ from tests.conftest import LLAMA, Sim
 from tests.daemons import Daemon, write_config
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from tests.tools import command
-from watchdog.health import HealthServer
-from watchdog.metrics import Metrics
+from watchdog.daemon.health import HealthServer
+from watchdog.daemon.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = {"note": "<script>alert(1)</script>", "x": '"><img src=x onerror=alert(1)>'}

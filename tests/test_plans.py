@@ -13,9 +13,9 @@ from sqlalchemy.engine import Connection
 
 from tests.conftest import Harness
 from tests.test_engine import COST_CAP
-from watchdog.models import TERMINAL
-from watchdog.store import EventFilter
-from watchdog.tables import batch_events, batches
+from watchdog.core.models import TERMINAL
+from watchdog.storage.store import EventFilter
+from watchdog.storage.tables import batch_events, batches
 
 FINISHED, ACTIVE, EVENTS = 3000, 40, 20_000
 

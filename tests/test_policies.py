@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from watchdog.models import BatchView, Counts
-from watchdog.policies import CONDITIONS, Facts, Policy, When, describe, evaluate, judge
+from watchdog.core.models import BatchView, Counts
+from watchdog.core.policies import CONDITIONS, Facts, Policy, When, describe, evaluate, judge
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -215,14 +215,14 @@ def test_wilson_lower_bound(
     failed: int, finished: int, confidence: float, low: float, high: float
 ) -> None:
     """The one-sided Wilson lower bound, against figures worked out by hand."""
-    from watchdog.policies import wilson_lower
+    from watchdog.core.policies import wilson_lower
 
     assert low <= wilson_lower(failed, finished, confidence) <= high
 
 
 def test_time_triggers() -> None:
     """When age_above and expires_within start to hold, for adaptive polling."""
-    from watchdog.policies import time_triggers
+    from watchdog.core.policies import time_triggers
 
     p = policy({"age_above": "2h", "expires_within": "1h"})
     v = view()

@@ -100,8 +100,8 @@ def test_a_point_far_past_the_last_expectation_is_not_judged() -> None:
     """Polls stop at the last expectation: a timeline point at 3000d adds no polls."""
     from datetime import UTC, datetime, timedelta
 
-    from watchdog.models import BatchObject
-    from watchdog.replay import Sample, _polls
+    from watchdog.core.models import BatchObject
+    from watchdog.views.replay import Sample, _polls
 
     t0, wire = datetime(2026, 1, 1, tzinfo=UTC), BatchObject(id="b", status="in_progress")
     samples = [Sample.of(t0, "p", wire), Sample.of(t0 + timedelta(days=3000), "p", wire)]

@@ -6,8 +6,8 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from watchdog.models import Counts, Tokens
-from watchdog.pricing import Price, batch_cost, cost_usd, find_price, projected_cost, usd
+from watchdog.core.models import Counts, Tokens
+from watchdog.core.pricing import Price, batch_cost, cost_usd, find_price, projected_cost, usd
 
 LLAMA = Price(model="meta-llama/*", input=Decimal("0.03"), output=Decimal("0.05"))
 CACHED = Price(
@@ -97,7 +97,7 @@ def test_seconds_to_cross(
     cost: float, previous: float, elapsed: float, caps: list[float], expected: float | None
 ) -> None:
     """Adaptive polling's arithmetic: when the spend rate takes the cost past a cap."""
-    from watchdog.pricing import seconds_to_cross
+    from watchdog.core.pricing import seconds_to_cross
 
     assert seconds_to_cross(cost, previous, elapsed, caps) == expected
 

@@ -19,11 +19,11 @@ from pydantic import SecretStr
 from tests.conftest import payload
 from tests.test_settings import GOOD
 from watchdog.cli import build_parser
-from watchdog.errors import PermanentError
-from watchdog.models import InvalidBatchId, implausible, validate_batch_id, view_of
-from watchdog.policies import Facts, History, Policy, evaluate
-from watchdog.pricing import Price, batch_cost
-from watchdog.providers import ProviderClient
+from watchdog.core.errors import PermanentError
+from watchdog.core.models import InvalidBatchId, implausible, validate_batch_id, view_of
+from watchdog.core.policies import Facts, History, Policy, evaluate
+from watchdog.core.pricing import Price, batch_cost
+from watchdog.providers.client import ProviderClient
 from watchdog.settings import ConfigError, load_settings
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)

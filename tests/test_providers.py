@@ -14,11 +14,11 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from tests.conftest import API_KEY, Sim
-from watchdog.errors import CancelRefused, NotFound, PermanentError, TemporaryError
-from watchdog.http import backoff, retry_after
-from watchdog.models import InvalidBatchId
-from watchdog.providers import ProviderClient
-from watchdog.simulator import Fault
+from watchdog.core.errors import CancelRefused, NotFound, PermanentError, TemporaryError
+from watchdog.core.models import InvalidBatchId
+from watchdog.providers.client import ProviderClient
+from watchdog.providers.http import backoff, retry_after
+from watchdog.sim.simulator import Fault
 
 
 async def serving(aiohttp_server: Any, handler: Any) -> str:
@@ -277,7 +277,7 @@ async def test_an_answer_over_the_size_limit_fails_its_call(
     aiohttp_server: Any, monkeypatch: pytest.MonkeyPatch, declared: bool
 ) -> None:
     """A body larger than the cap is not read whole: that call fails, clearly."""
-    from watchdog import http
+    from watchdog.providers import http
 
     monkeypatch.setattr(http, "MAX_BODY", 10_000)
 

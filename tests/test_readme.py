@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from watchdog.simulator import Simulator
+from watchdog.sim.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import SQLITE_ONLY, Harness
 from tests.test_engine import COST_CAP, progressed
-from watchdog.events import Event
+from watchdog.core.events import Event
 
 TOLD = {"status_changed", "policy_matched", "cancel_requested", "cancel_succeeded"}
 
@@ -99,8 +99,8 @@ CONTRACT_KINDS = {  # DESIGN.md: tables and event kinds, and what later issues a
 
 def test_event_kinds_are_one_list() -> None:
     """Every contract kind is in the one enum, and the schema's list is that enum."""
-    from watchdog.events import Kind
-    from watchdog.tables import EVENT_KINDS
+    from watchdog.core.events import Kind
+    from watchdog.storage.tables import EVENT_KINDS
 
     assert {str(k) for k in Kind} >= CONTRACT_KINDS
     assert {str(k) for k in Kind} == EVENT_KINDS

@@ -140,11 +140,11 @@ def daemon_steps(view: Any, samples: list[Any], judging: Any, every: Any, until:
     back as the store would, and the decisions' hold rules."""
     from dataclasses import fields
 
-    from watchdog.decisions import candidate_of, hold_reason
-    from watchdog.observe import observe
-    from watchdog.pricing import projected_cost
-    from watchdog.replay import Step, _polls
-    from watchdog.rows import Tracked
+    from watchdog.core.decisions import candidate_of, hold_reason
+    from watchdog.core.observe import observe
+    from watchdog.core.pricing import projected_cost
+    from watchdog.core.rows import Tracked
+    from watchdog.views.replay import Step, _polls
 
     names = {f.name for f in fields(Tracked)}
     tracked = Tracked(view, None, None, 0, None, None, None, 0, None, None, None)
@@ -176,10 +176,10 @@ def test_replay_judges_every_poll_as_the_daemon_does() -> None:
     import random
     from datetime import UTC, datetime, timedelta
 
-    from watchdog.models import BatchObject, BatchView
-    from watchdog.observe import Judging, rules_of
-    from watchdog.replay import Sample, fresh, judge, usage_wire
+    from watchdog.core.models import BatchObject, BatchView
+    from watchdog.core.observe import Judging
     from watchdog.settings import Settings
+    from watchdog.views.replay import Sample, fresh, judge, usage_wire
 
     rng = random.Random(11)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -196,7 +196,7 @@ def test_replay_judges_every_poll_as_the_daemon_does() -> None:
         policies=policies,
         dry_run=rng.random() < 0.5,
     )
-    judging = Judging(rules_of(settings), settings.poll_interval, settings.adaptive_polling)
+    judging = Judging(settings.rules(), settings.poll_interval, settings.adaptive_polling)
     for case in range(200):
         created = t0 - timedelta(hours=rng.uniform(0, 6))
         view = BatchView("p", f"b{case}", None, model="m1", created_at=created,

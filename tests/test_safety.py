@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import SQLITE_ONLY, Harness
+from watchdog.daemon.webhooks import WebhookSender
 from watchdog.settings import Webhook
-from watchdog.webhooks import WebhookSender
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
@@ -132,7 +132,7 @@ async def test_stalled_for(harness: Harness) -> None:
 async def test_tick_cap_trips_the_safety_until_resume(harness: Harness) -> None:
     """30 violators, max_cancels_per_tick 10: exactly 10 cancelled, safety_tripped
     recorded, the rest only alerted — until `resume`."""
-    from watchdog import safety
+    from watchdog.daemon import gate
 
     h = harness
     h.configure(
@@ -150,7 +150,7 @@ async def test_tick_cap_trips_the_safety_until_resume(harness: Harness) -> None:
     assert tripped[0]["detail"]["cancelled"] == 10
     second = await h.tick(advance=60)
     assert cancels(h, *ids) == 10 and second.cancel_held == 20
-    assert await safety.resume(h.store, h.clock.now(), by="test")
+    assert await gate.resume(h.store, h.clock.now(), by="test")
     await h.tick(advance=60)
     assert cancels(h, *ids) == 20
 
@@ -287,7 +287,7 @@ async def test_webhook_retries_and_never_logs_the_url(aiohttp_server: Any) -> No
 
     from structlog.testing import capture_logs
 
-    from watchdog.events import Event
+    from watchdog.core.events import Event
 
     answers = [500, 200]
     received: list[str] = []
@@ -332,8 +332,8 @@ async def test_webhooks_undelivered_at_shutdown_are_said(
 
     from structlog.testing import capture_logs
 
-    from watchdog import webhooks
-    from watchdog.events import Event
+    from watchdog.core.events import Event
+    from watchdog.daemon import webhooks
 
     release, url = await hanging_receiver(aiohttp_server)
     monkeypatch.setattr(webhooks, "DRAIN_SECONDS", 0.2)

@@ -16,8 +16,8 @@ from sqlalchemy.engine import make_url
 
 from tests.daemons import Daemon, write_config
 from tests.databases import fresh_postgres, terminate_backends
-from watchdog.simulator import Simulator
-from watchdog.store import Store
+from watchdog.sim.simulator import Simulator
+from watchdog.storage.store import Store
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 

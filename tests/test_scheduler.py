@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from structlog.testing import capture_logs
 
-from watchdog.scheduler import TickLoop
+from watchdog.daemon.scheduler import TickLoop
 
 
 async def test_ticks_repeat_and_survive_a_failure() -> None:

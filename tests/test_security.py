@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
-from watchdog.errors import TemporaryError
-from watchdog.providers import ProviderClient
+from watchdog.core.errors import TemporaryError
+from watchdog.providers.client import ProviderClient
 from watchdog.settings import HttpSettings, ProviderSettings
 
 

@@ -252,8 +252,8 @@ async def test_a_second_daemon_through_a_hard_link_is_refused(tmp_path: Path, si
 async def test_ticks_failing_in_a_row_make_the_daemon_unready(harness: Harness) -> None:
     """The database answers but every tick fails (a full disk, a bug): after three in a
     row /readyz says why; a tick that succeeds makes it ready again."""
-    from watchdog.metrics import Metrics
-    from watchdog.service import Service
+    from watchdog.daemon.metrics import Metrics
+    from watchdog.daemon.service import Service
 
     h = harness
     h.configure(policies=[])
@@ -311,8 +311,8 @@ async def test_stopping_waits_for_a_prune_in_flight(harness: Harness) -> None:
     """The service returns only once the prune it cancelled has ended (its connection
     given back while the database is open): the race behind the hang above, made
     certain by a prune held in its query when the stop comes."""
-    from watchdog.metrics import Metrics
-    from watchdog.service import Service
+    from watchdog.daemon.metrics import Metrics
+    from watchdog.daemon.service import Service
 
     h = harness
     h.configure(policies=[])

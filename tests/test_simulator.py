@@ -1,6 +1,6 @@
 """The simulator's batches progress with the clock like real ones."""
 
-from watchdog.simulator import SimBatch
+from watchdog.sim.simulator import SimBatch
 
 
 def b(**kw: object) -> SimBatch:

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from watchdog import cancels
-from watchdog.errors import CancelRefused, NotFound, PermanentError, TemporaryError
-from watchdog.events import Event, Kind
-from watchdog.models import BatchObject, BatchView
-from watchdog.observe import Judging, Rules, observe
-from watchdog.policies import Policy
-from watchdog.pricing import Price
-from watchdog.rows import UNSET, Tracked
+from watchdog.core import cancels
+from watchdog.core.errors import CancelRefused, NotFound, PermanentError, TemporaryError
+from watchdog.core.events import Event, Kind
+from watchdog.core.models import BatchObject, BatchView
+from watchdog.core.observe import Judging, Rules, observe
+from watchdog.core.policies import Policy
+from watchdog.core.pricing import Price
+from watchdog.core.rows import UNSET, Tracked
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 T = int(NOW.timestamp())
@@ -175,7 +175,7 @@ async def test_read_ahead_produces_the_next_item_while_this_one_is_worked_on() -
     import asyncio
     import contextlib
 
-    from watchdog.refresh import read_ahead
+    from watchdog.daemon.refresh import read_ahead
 
     log: list[str] = []
     closed = asyncio.Event()

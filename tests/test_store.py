@@ -15,16 +15,16 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
 from tests.conftest import database
-from watchdog.models import BatchObject
-from watchdog.rows import Change
-from watchdog.store import (
+from watchdog.core.models import BatchObject
+from watchdog.core.rows import Change
+from watchdog.storage.store import (
     Store,
     _alembic_config,
     create_engine,
     schema_revision,
     upgrade,
 )
-from watchdog.tables import metadata
+from watchdog.storage.tables import metadata
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
@@ -201,7 +201,7 @@ async def test_times_round_trip_as_aware_utc(store: Store) -> None:
 
 async def test_lost_lease_fences_the_write(store: Store) -> None:
     """A replica whose lease ran out (and was taken over) writes nothing, events included."""
-    from watchdog.events import Event, Kind
+    from watchdog.core.events import Event, Kind
 
     await store.track("p", "b1", {}, NOW)
     assert len(await store.claim_due(NOW, "slow", LEASE, 10)) == 1
@@ -273,7 +273,7 @@ def test_one_daemon_per_sqlite_file_by_any_name(tmp_path: Path, link: str) -> No
     same file, a symlink or a hard link in any directory, is refused like the first."""
     import os
 
-    from watchdog.store import AlreadyRunning, instance_lock
+    from watchdog.storage.store import AlreadyRunning, instance_lock
 
     real = tmp_path / "watchdog.db"
     real.touch()
@@ -294,8 +294,8 @@ def test_one_daemon_per_sqlite_file_by_any_name(tmp_path: Path, link: str) -> No
 async def test_retention_prunes_old_routine_events_in_bounded_batches(store: Store) -> None:
     """counts_changed older than its age go, a batch at a time within the run's bound;
     newer ones and decision events stay."""
-    from watchdog.events import Event, Kind
-    from watchdog.retention import prune
+    from watchdog.core.events import Event, Kind
+    from watchdog.daemon.retention import prune
     from watchdog.settings import RetentionSettings
 
     old, new = NOW - timedelta(days=8), NOW - timedelta(days=1)
@@ -320,9 +320,9 @@ async def test_samples_thin_with_age_and_are_dropped_at_last(store: Store) -> No
     sample per step (and every status change), after drop_after none."""
     from sqlalchemy import select
 
-    from watchdog.retention import prune
+    from watchdog.daemon.retention import prune
     from watchdog.settings import RetentionSettings
-    from watchdog.tables import batch_samples
+    from watchdog.storage.tables import batch_samples
 
     await store.track("p", "b1", {}, NOW)
     minutes = [NOW - timedelta(days=10, minutes=m) for m in range(120, 0, -10)]  # 12 polls

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -15,20 +14,20 @@ from typing import Any
 
 import structlog
 
-from watchdog import logs, safety
-from watchdog.budgets import Assessment
-from watchdog.engine import Engine, TickSummary, assess_budgets, utcnow
-from watchdog.explain import explained
-from watchdog.metrics import Metrics
-from watchdog.models import validate_batch_id
-from watchdog.observe import Judging, rules_of
-from watchdog.providers import ProviderClient
-from watchdog.record import log_event
-from watchdog.replay import Sample, Tally, compare, fresh, judge, recorded, view_at
-from watchdog.rows import Tracked
-from watchdog.service import Service
+from watchdog.clock import monotonic, utcnow
+from watchdog.core.budgets import Assessment
+from watchdog.core.models import validate_batch_id
+from watchdog.core.observe import Judging
+from watchdog.core.rows import Tracked
+from watchdog.daemon import gate, logs
+from watchdog.daemon.engine import Engine, TickSummary, assess_budgets
+from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.record import log_event
+from watchdog.daemon.service import Service
+from watchdog.daemon.webhooks import WebhookSender
+from watchdog.providers.client import ProviderClient
 from watchdog.settings import Settings
-from watchdog.store import (
+from watchdog.storage.store import (
     AlreadyRunning,
     EventFilter,
     SchemaError,
@@ -42,7 +41,8 @@ from watchdog.store import (
     schema_revision,
     upgrade,
 )
-from watchdog.webhooks import WebhookSender
+from watchdog.views.explain import explained
+from watchdog.views.replay import Sample, Tally, compare, fresh, judge, recorded, view_at
 
 __all__ = ["AlreadyRunning", "EventFilter", "SchemaError", "UsageError", "redact_url"]
 log = structlog.get_logger("watchdog.app")
@@ -139,7 +139,7 @@ async def open_daemon(
                 engine = Engine(
                     store=store,
                     clients=clients,
-                    rules=rules_of(settings, dry_run=dry_run),
+                    rules=settings.rules(dry_run=dry_run),
                     poll_interval=settings.poll_interval,
                     owner=owner,
                     lease=settings.lease_duration,
@@ -147,7 +147,7 @@ async def open_daemon(
                     on_events=webhooks.submit if webhooks.hooks else None,
                     bulk_threshold=settings.bulk_refresh_at,
                     adaptive=settings.adaptive_polling,
-                    monotonic=time.monotonic,
+                    monotonic=monotonic,
                 )
                 try:
                     yield Daemon(settings, store, engine)
@@ -200,7 +200,7 @@ async def run(
             engine=daemon.engine,
             metrics=metrics,
             config=config,
-            make_rules=lambda fresh: rules_of(fresh, dry_run=dry_run),
+            make_rules=lambda fresh: fresh.rules(dry_run=dry_run),
             page_token=None if token is None else token.get_secret_value(),
         )
         await service.run()
@@ -270,7 +270,7 @@ async def exempt(
 async def resume(settings: Settings) -> bool:
     """End a safety trip; False when none was in force."""
     async with open_store(settings) as store:
-        resumed = await safety.resume(store, utcnow(), by="operator")
+        resumed = await gate.resume(store, utcnow(), by="operator")
     if resumed is not None:
         log_event(resumed)
     return resumed is not None
@@ -279,7 +279,7 @@ async def resume(settings: Settings) -> bool:
 async def budgets(settings: Settings, now: datetime) -> list[Assessment]:
     """Every budget group as the daemon would assess it now (read-only)."""
     async with open_store(settings) as store:
-        return await assess_budgets(store, rules_of(settings), now)
+        return await assess_budgets(store, settings.rules(), now)
 
 
 async def explain(
@@ -293,7 +293,7 @@ async def explain(
         raise UsageError(str(exc)) from None
     async with open_store(settings) as store:
         found = await store.find(batch_id, provider)
-        tripped = await safety.status(store)
+        tripped = await gate.status(store)
     if not found:
         where = f" at {provider!r}" if provider else ""
         raise UsageError(f"batch {batch_id!r} is not tracked{where}")
@@ -321,7 +321,7 @@ async def replay_lines(
     """The recorded history since ``since`` judged again with ``settings``' policies and
     prices against what the daemon did, one batch's line at a time (read-only: nothing
     written, nothing sent; memory holds one batch)."""
-    rules = rules_of(settings)
+    rules = settings.rules()
     judging = Judging(rules, settings.poll_interval, settings.adaptive_polling)
     async with open_store(settings) as store:
         cancels = await store.first_cancels(since)
@@ -347,7 +347,7 @@ async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str
 
 async def report(settings: Settings, since: datetime, by: str) -> dict[str, Any]:
     """Spend, batches, cancels and savings per day and group (read-only)."""
-    from watchdog.report import Report
+    from watchdog.views.report import Report
 
     built = Report(by)
     async with open_store(settings) as store:

@@ -9,16 +9,17 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from watchdog.durations import format_duration, parse_duration, parse_time
-from watchdog.events import Kind
+from watchdog.clock import utcnow
+from watchdog.core.durations import format_duration, parse_duration, parse_time
+from watchdog.core.events import Kind
 
 if TYPE_CHECKING:
-    from watchdog.policies import Discovery
+    from watchdog.core.policies import Discovery
     from watchdog.settings import ProviderSettings, Settings
 
 # Settings, logging and watchdog.app (with the database, HTTP and scheduler libraries)
@@ -116,7 +117,7 @@ def build_parser() -> Parser:
 def _when(text: str) -> datetime:
     """A moment: a duration ago (``7d``), or an ISO 8601 time (UTC unless it says)."""
     try:
-        return datetime.now(UTC) - parse_duration(text)
+        return utcnow() - parse_duration(text)
     except ValueError:
         pass
     try:
@@ -141,7 +142,7 @@ def _duration(text: str) -> timedelta:
 
 
 def load(args: argparse.Namespace) -> Settings:
-    from watchdog import logs
+    from watchdog.daemon import logs
     from watchdog.settings import config_path, load_settings
 
     settings = load_settings(config_path(args.config, os.environ))
@@ -236,7 +237,7 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
 
 
 def budget_table(found: list[dict[str, Any]]) -> str:
-    from watchdog.pricing import dollars
+    from watchdog.core.pricing import dollars
 
     money = partial(dollars, unknown="-")
     out = []
@@ -305,7 +306,7 @@ def _speaks(provider: ProviderSettings) -> str:
 
 def _cannot_judge(name: str, api: str, settings: Settings) -> list[str]:
     """What this provider's policies can never hold on, and why (its kind's limits)."""
-    from watchdog.dialects import KINDS
+    from watchdog.providers.dialects import KINDS
 
     cannot = KINDS[api].cannot()
     found = []
@@ -368,7 +369,7 @@ def show_config(settings: Settings, path: str) -> str:
             f"output {price.output}"
         )
     lines.append(f"policies ({len(settings.policies)}, first match acts):")
-    from watchdog.policies import describe
+    from watchdog.core.policies import describe
 
     lines.extend(f"  {describe(p)}" for p in settings.policies)
     if settings.budgets:
@@ -391,12 +392,12 @@ def dump(value: Any) -> str:
 def command(args: argparse.Namespace) -> int:
     """Run one command; exceptions map to exit codes in main()."""
     if args.command == "simulate":
-        from watchdog.demo import serve_simulator
+        from watchdog.sim.demo import serve_simulator
 
         asyncio.run(serve_simulator(args.host, args.port, args.scenario, args.api))
         return EX_OK
     if args.command == "demo":
-        from watchdog.demo import run_demo
+        from watchdog.sim.demo import run_demo
 
         rows = run_demo(args.config, args.duration)
         print(batch_table(rows))
@@ -415,7 +416,7 @@ def command(args: argparse.Namespace) -> int:
 
 def _test_policies(files: list[str]) -> int:
     """Each file's failing expectations; 1 if any failed, 0 when all hold."""
-    from watchdog import policytests
+    from watchdog.views import policytests
 
     failed = 0
     for name in files:
@@ -533,7 +534,7 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _api(text: str) -> str:
-    from watchdog.dialects import KINDS
+    from watchdog.providers.dialects import KINDS
 
     if text not in KINDS:
         raise argparse.ArgumentTypeError(f"unknown api {text!r}; valid: {', '.join(KINDS)}")
@@ -541,7 +542,7 @@ def _api(text: str) -> str:
 
 
 def _by(text: str) -> str:
-    from watchdog.report import check_by
+    from watchdog.views.report import check_by
 
     try:
         return check_by(text)
@@ -552,7 +553,7 @@ def _by(text: str) -> str:
 def _spend_report(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
 
-    since = args.since or datetime.now(UTC) - timedelta(days=7)
+    since = args.since or utcnow() - timedelta(days=7)
     found = asyncio.run(app.report(settings, since, args.by))
     if args.json:
         print(dump(found))
@@ -587,9 +588,9 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     """Streamed: ``--json`` prints each batch's line as it is judged; the table keeps
     only the batches judged differently (memory does not grow with the window)."""
     from watchdog import app
-    from watchdog.replay import Tally
+    from watchdog.views.replay import Tally
 
-    now = datetime.now(UTC)
+    now = utcnow()
     since = args.since or now - timedelta(days=7)
     tally, changed = Tally(), []
 
@@ -617,7 +618,7 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def replay_table(report: dict[str, Any]) -> str:
-    from watchdog.pricing import dollars
+    from watchdog.core.pricing import dollars
 
     money = partial(dollars, places=4, unknown="-")
     rows = []
@@ -642,9 +643,9 @@ def replay_table(report: dict[str, Any]) -> str:
 
 def _explain(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
-    from watchdog.explain import render
+    from watchdog.views.explain import render
 
-    now = datetime.now(UTC)
+    now = utcnow()
     report = asyncio.run(app.explain(settings, args.batch_id, args.provider, now))
     print(dump(report) if args.json else "\n".join(map(printable, render(report).split("\n"))))
     return EX_OK
@@ -653,7 +654,7 @@ def _explain(settings: Settings, args: argparse.Namespace) -> int:
 def _budgets(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
 
-    found = [a.summary() for a in asyncio.run(app.budgets(settings, datetime.now(UTC)))]
+    found = [a.summary() for a in asyncio.run(app.budgets(settings, utcnow()))]
     print(dump(found) if args.json else budget_table(found))
     return EX_OK
 

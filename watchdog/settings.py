@@ -21,7 +21,6 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
@@ -38,12 +37,15 @@ from pydantic_settings import (
 )
 from pydantic_settings.sources.utils import parse_env_vars
 
-from watchdog.budgets import Budget
-from watchdog.dialects import ANTHROPIC_VERSION, AZURE_API_VERSION, AZURE_V1, Api, Auth
-from watchdog.durations import Duration
-from watchdog.events import Kind
-from watchdog.policies import Discovery, Policy
-from watchdog.pricing import Price
+from watchdog.core.budgets import Budget
+from watchdog.core.durations import Duration
+from watchdog.core.events import Kind
+from watchdog.core.observe import Rules
+from watchdog.core.policies import Discovery, Policy
+from watchdog.core.pricing import Price
+from watchdog.core.safety import SafetySettings
+from watchdog.core.schema import Strict
+from watchdog.providers.dialects import ANTHROPIC_VERSION, AZURE_API_VERSION, AZURE_V1, Api, Auth
 
 DEFAULT_CONFIG = Path("config/watchdog.yaml")
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -66,11 +68,7 @@ class ConfigError(Exception):
     """A configuration problem; the CLI prints it as one line and exits 78."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProviderSettings(_Strict):
+class ProviderSettings(Strict):
     """One OpenAI-compatible Batch API. The key lives in the environment or a file."""
 
     base_url: str = Field(
@@ -156,7 +154,7 @@ def read_secret(
     return None
 
 
-class HttpSettings(_Strict):
+class HttpSettings(Strict):
     """The /healthz, /readyz and /metrics server."""
 
     enabled: bool = True
@@ -177,32 +175,6 @@ class HttpSettings(_Strict):
         return read_secret("http", "token_file", self.token_env, self.token_file, environ)
 
 
-class SafetySettings(_Strict):
-    """Limits that hold whatever the policies say."""
-
-    max_cancels_per_tick: int = Field(default=20, ge=0, description="cancels in one tick")
-    max_cancels_per_hour: int = Field(default=100, ge=0, description="cancels in any hour")
-    cool_down: Duration | None = Field(
-        default=timedelta(hours=1),
-        description="after a trip, alert-only this long (null: until `resume`)",
-    )
-    exempt_metadata: dict[str, str] = Field(
-        default_factory=lambda: {"watchdog": "off"},
-        description="batches whose metadata has all these pairs are never cancelled",
-    )
-    cancel_poll_interval: Duration = Field(
-        default=timedelta(seconds=15), description="poll a cancelled batch this often until done"
-    )
-    cancel_stuck_after: Duration = Field(
-        default=timedelta(minutes=15), description="cancelling longer than this: cancel_stuck"
-    )
-    max_clock_skew: Duration | None = Field(
-        default=timedelta(minutes=5),
-        description="hold every cancel to a provider whose Date header is further than this "
-        "from the local clock (null: never check)",
-    )
-
-
 NOTIFY_EVENTS = (  # what a webhook gets unless it names its kinds (any event kind)
     Kind.POLICY_MATCHED,
     Kind.CANCEL_SUCCEEDED,
@@ -212,7 +184,7 @@ NOTIFY_EVENTS = (  # what a webhook gets unless it names its kinds (any event ki
 )
 
 
-class Webhook(_Strict):
+class Webhook(Strict):
     """A receiver of JSON messages (Slack-compatible ``text`` plus the event)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
@@ -220,14 +192,14 @@ class Webhook(_Strict):
     timeout: Timeout = timedelta(seconds=10)
 
 
-class NotifySettings(_Strict):
+class NotifySettings(Strict):
     webhooks: list[Webhook] = Field(default_factory=list)
 
 
 ROUTINE: dict[Kind, timedelta | None] = {Kind.COUNTS_CHANGED: timedelta(days=7)}
 
 
-class SampleRetention(_Strict):
+class SampleRetention(Strict):
     """How the polls' samples (replay's history) thin with age."""
 
     thin_after: Duration = Field(
@@ -245,7 +217,7 @@ class SampleRetention(_Strict):
         return self
 
 
-class RetentionSettings(_Strict):
+class RetentionSettings(Strict):
     """How long events of each kind are kept (the rest: for ever)."""
 
     events: dict[Kind, Duration | None] = Field(
@@ -361,6 +333,17 @@ class Settings(BaseSettings):
 
     def provider_list(self) -> str:
         return ", ".join(sorted(self.providers)) or "(none configured)"
+
+    def rules(self, *, dry_run: bool = False) -> Rules:
+        """What this config says to judge by (the daemon's, a reload's, a policy test's)."""
+        return Rules(
+            policies=tuple(self.policies),
+            pricing=tuple(self.pricing),
+            dry_run=dry_run or self.dry_run,
+            safety=self.safety,
+            discover={name: p.discover for name, p in self.providers.items() if p.discover},
+            budgets=tuple(self.budgets),
+        )
 
 
 _LOADING: ContextVar[tuple[Mapping[str, str], Mapping[str, Any]]] = ContextVar("loading")

@@ -10,14 +10,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import watchdog.tables
+import watchdog.storage.tables
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
 
-UTC = watchdog.tables.UTCDateTime()
+UTC = watchdog.storage.tables.UTCDateTime()
 
 
 def upgrade() -> None:

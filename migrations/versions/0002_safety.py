@@ -10,14 +10,14 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import watchdog.tables
+import watchdog.storage.tables
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-UTC = watchdog.tables.UTCDateTime()
+UTC = watchdog.storage.tables.UTCDateTime()
 
 
 def upgrade() -> None:

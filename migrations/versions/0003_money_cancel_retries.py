@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import watchdog.tables
+import watchdog.storage.tables
 
 revision = "0003"
 down_revision = "0002"
@@ -38,7 +38,7 @@ def upgrade() -> None:
             batch.alter_column(
                 column,
                 existing_type=sa.Float(),
-                type_=watchdog.tables.Money(),
+                type_=watchdog.storage.tables.Money(),
                 **_using(column, "numeric(24,12)"),
             )
 
@@ -49,7 +49,7 @@ def downgrade() -> None:
         for column in MONEY:
             batch.alter_column(
                 column,
-                existing_type=watchdog.tables.Money(),
+                existing_type=watchdog.storage.tables.Money(),
                 type_=sa.Float(),
                 **_using(column, "double precision"),
             )

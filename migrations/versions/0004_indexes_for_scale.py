@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from alembic import op
 
-from watchdog.tables import NOT_FINISHED
+from watchdog.storage.tables import NOT_FINISHED
 
 revision = "0004"
 down_revision = "0003"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from watchdog.tables import BigId, UTCDateTime
+from watchdog.storage.tables import BigId, UTCDateTime
 
 revision = "0007"
 down_revision = "0006"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from watchdog.tables import UTCDateTime
+from watchdog.storage.tables import UTCDateTime
 
 revision = "0008"
 down_revision = "0007"

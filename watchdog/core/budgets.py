@@ -1,0 +1,503 @@
+"""Pooled budgets: their specs (strict schemas) and their pure assessment over tracked
+batches — spend, committed, the thresholds crossed, and which running batches to cancel
+so that the projection fits. No I/O, no clock: ``now`` is handed in."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator, model_validator
+
+from watchdog.core.decisions import FINAL, MAX_CANCEL_ATTEMPTS, exempt_from
+from watchdog.core.durations import parse_duration
+from watchdog.core.events import Event, Kind
+from watchdog.core.models import ACTIVE, BatchView
+from watchdog.core.policies import Match, Verdict
+from watchdog.core.pricing import MAX_USD, projected_cost, usd
+from watchdog.core.rows import Tracked
+from watchdog.core.schema import Strict
+
+CALENDAR = ("day", "week", "month")
+GROUP_KEYS = ("provider", "model", "metadata.KEY")
+Group = tuple[str, ...]
+
+
+class Budget(Strict):
+    """A pooled spending limit over the batches ``match`` selects, one per distinct
+    ``group_by`` value, over a rolling or calendar ``window``."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    match: Match = Match()
+    group_by: tuple[str, ...] = ()
+    limit_usd: Decimal = Field(gt=0, le=MAX_USD, description="USD the window may commit")
+    window: str = Field(
+        default="1d", description="rolling (a duration: 1d, 12h) or calendar: day, week, month"
+    )
+    timezone: str = Field(default="UTC", description="where calendar windows begin")
+    warn_at: tuple[float, ...] = Field(default=(), description="fractions of the limit")
+    action: Literal["cancel", "alert"] = "alert"
+    order: Literal["newest_first", "largest_remaining_first"] = "newest_first"
+
+    @field_validator("group_by")
+    @classmethod
+    def _known_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            if path not in ("provider", "model") and not (
+                path.startswith("metadata.") and len(path) > len("metadata.")
+            ):
+                raise ValueError(f"unknown path {path!r}; valid: {', '.join(GROUP_KEYS)}")
+        return paths
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: Any) -> str:
+        text = str(value).strip()
+        if text not in CALENDAR:
+            try:
+                if parse_duration(text) <= timedelta(0):
+                    raise ValueError(f"invalid window {text!r}: must be longer than 0")
+            except ValueError as exc:
+                raise ValueError(f"{exc}; or a calendar window: {', '.join(CALENDAR)}") from None
+        return text
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (e.g. UTC, Europe/Berlin)") from None
+        return value
+
+    @field_validator("warn_at")
+    @classmethod
+    def _fractions(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < v < 1 for v in values):
+            raise ValueError("each threshold is a fraction of the limit, between 0 and 1")
+        return tuple(sorted(set(values)))
+
+    @model_validator(mode="after")
+    def _window_in_zone(self) -> Budget:
+        if self.timezone != "UTC" and self.window not in CALENDAR:
+            raise ValueError("timezone: only calendar windows (day, week, month) have one")
+        return self
+
+    def start(self, now: datetime) -> datetime:
+        """Where the window that holds ``now`` begins."""
+        if self.window not in CALENDAR:
+            return now - parse_duration(self.window)
+        local = now.astimezone(ZoneInfo(self.timezone))
+        day = local.date()
+        if self.window == "week":
+            day -= timedelta(days=day.weekday())
+        elif self.window == "month":
+            day = day.replace(day=1)
+        return datetime.combine(day, time(), tzinfo=local.tzinfo).astimezone(now.tzinfo)
+
+    def period(self, now: datetime) -> datetime:
+        """What "once per window" counts in: a calendar window's start, or for a rolling
+        window the window-long stretch of time (from the Unix epoch) that holds ``now``
+        (its start moves with every tick, so it cannot be the unit itself)."""
+        if self.window in CALENDAR:
+            return self.start(now)
+        length = parse_duration(self.window).total_seconds()
+        stamp = now.timestamp()
+        return datetime.fromtimestamp(stamp - stamp % length, now.tzinfo)
+
+    def describe(self) -> str:
+        """One line for check-config."""
+        window = f"per {self.window}" + (f" ({self.timezone})" if self.timezone != "UTC" else "")
+        m = self.match
+        scope = [f"{k}={v}" for k, v in (("provider", m.provider), ("model", m.model)) if v]
+        scope += [f"metadata.{k}={v}" for k, v in (m.metadata or {}).items()]
+        text = f"{self.name}: ${self.limit_usd} {window}"
+        text += f" of {', '.join(scope)}" if scope else " of every batch"
+        text += f", one per {', '.join(self.group_by)}" if self.group_by else ""
+        text += f"; {self.action}" + (f" {self.order}" if self.action == "cancel" else "")
+        warn = ", ".join(f"{f:.0%}" for f in self.warn_at)
+        return text + (f"; warn at {warn}" if warn else "")
+
+    def group_of(self, view: BatchView) -> Group:
+        return tuple(_value(view, path) for path in self.group_by)
+
+
+def _value(view: BatchView, path: str) -> str:
+    if path == "provider":
+        return view.provider
+    if path == "model":
+        return view.model or ""
+    return (view.metadata or {}).get(path.removeprefix("metadata."), "")
+
+
+@dataclass(frozen=True, slots=True)
+class Spending:
+    """One tracked batch as a budget sees it."""
+
+    view: BatchView
+    cost: Decimal | None
+    stopping: bool = False  # a cancel took (the provider said so): nothing more to come
+    exempt: bool = False  # never cancelled (metadata or a silence)
+    spent_cancel: bool = False  # its cancel was refused or given up: never sent again
+    backing_off: bool = False  # a cancel failed and waits for its retry (its next poll)
+
+    @property
+    def running(self) -> bool:
+        return self.view.status in ACTIVE and not self.stopping
+
+    @property
+    def remaining(self) -> Decimal | None:
+        """Projected cost still to come (0 once it ended or was cancelled; None: unknown,
+        no usage or no finished request yet)."""
+        if not self.running:
+            return Decimal(0)
+        projected = projected_cost(self.cost, self.view.counts, 1)
+        if projected is None or self.cost is None:
+            return None
+        return max(projected - self.cost, Decimal(0))
+
+
+def spending_of(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datetime) -> Spending:
+    """A tracked batch as a budget sees it. Only a cancel that took stops its spending:
+    one that failed is still running (and is sent again once its backoff is over), one
+    refused or abandoned keeps counting and the budget chooses another batch."""
+    exempt = exempt_from(tracked, exempt_metadata, now)
+    outcome = tracked.cancel_outcome
+    return Spending(
+        tracked.view,
+        tracked.cost_usd,
+        stopping=outcome == "succeeded",
+        exempt=exempt is not None,
+        spent_cancel=outcome in FINAL or tracked.cancel_attempts >= MAX_CANCEL_ATTEMPTS,
+        backing_off=outcome == "failed",
+    )
+
+
+@dataclass(slots=True)
+class Assessment:
+    """One budget group: what it spent, what it is committed to, what to do."""
+
+    budget: Budget
+    group: Group
+    window_start: datetime
+    spend: Decimal = Decimal(0)
+    remaining: Decimal = Decimal(0)
+    unknown_cost: int = 0  # batches whose cost is unknown: not counted, never as zero
+    unknown_remaining: int = 0  # running batches whose projection is unknown
+    members: list[Spending] = field(default_factory=list)  # counted one by one
+    finished: int = 0  # and counted in the ledger's sums (ended: nothing to choose there)
+    chosen: list[Spending] = field(default_factory=list)
+
+    @property
+    def batches(self) -> int:
+        return len(self.members) + self.finished
+
+    @property
+    def committed(self) -> Decimal:
+        return self.spend + self.remaining
+
+    @property
+    def limit(self) -> Decimal:
+        return self.budget.limit_usd
+
+    @property
+    def over(self) -> bool:
+        return self.committed > self.limit
+
+    @property
+    def key(self) -> str:
+        """The group's name: the budget's, with its group values."""
+        return self.budget.name + "".join(f"/{v}" for v in self.group)
+
+    @property
+    def state(self) -> str:
+        """ok, warn (a threshold reached) or over."""
+        return "over" if self.over else "warn" if self.crossed() else "ok"
+
+    def summary(self) -> dict[str, Any]:
+        """For ``budgets --json`` and the status views."""
+        return {
+            "budget": self.budget.name,
+            "group": dict(zip(self.budget.group_by, self.group, strict=True)),
+            "window": self.budget.window,
+            "window_start": self.window_start.isoformat(),
+            "spend_usd": usd(self.spend),
+            "committed_usd": usd(self.committed),
+            "limit_usd": usd(self.limit),
+            "unknown_cost": self.unknown_cost,
+            "unknown_remaining": self.unknown_remaining,
+            "batches": self.batches,
+            "state": self.state,
+            "action": self.budget.action,
+            "to_cancel": [m.view.batch_id for m in self.chosen],
+        }
+
+    def crossed(self) -> list[float]:
+        """The warn_at fractions the committed amount has reached."""
+        return [f for f in self.budget.warn_at if self.committed >= self.limit * Decimal(str(f))]
+
+
+def assess(
+    budgets: Sequence[Budget],
+    batches: Iterable[Spending],
+    now: datetime,
+    ledger: Ledger | None = None,
+) -> list[Assessment]:
+    """Every budget group's spend and commitment, and the batches to cancel in it.
+
+    A batch counts in a window when it was created within it or is still running (its
+    whole known cost: spend is not apportioned over time). Committed = spend + the
+    projected remaining cost of the running batches. The finished batches come from the
+    ``ledger``'s sums when one is given (the daemon keeps one: O(groups) a tick), else
+    one by one among ``batches``."""
+    found: dict[tuple[str, Group], Assessment] = {}
+    for budget in budgets:
+        start = budget.start(now)
+        if not budget.group_by:  # shown (and exported) even while nothing counts in it
+            found[(budget.name, ())] = Assessment(budget, (), start)
+        for group, sums in (ledger.sums(budget.name) if ledger else {}).items():
+            one = found.setdefault((budget.name, group), Assessment(budget, group, start))
+            one.spend += sums.spend
+            one.unknown_cost += sums.unknown
+            one.finished += sums.count
+    batches = list(batches)
+    for budget in budgets:
+        start = budget.start(now)
+        for item in batches:
+            if not budget.match.matches(item.view) or not _in_window(item, start):
+                continue
+            group = budget.group_of(item.view)
+            one = found.setdefault((budget.name, group), Assessment(budget, group, start))
+            _add(one, item)
+    for one in found.values():
+        if one.over and one.budget.action == "cancel":
+            one.chosen = choose(one)
+    return list(found.values())
+
+
+@dataclass(slots=True)
+class Sums:
+    """A budget group's finished batches: their known cost, how many, how many unknown."""
+
+    spend: Decimal = Decimal(0)
+    count: int = 0
+    unknown: int = 0
+
+    def take(self, cost: Decimal | None, sign: int) -> None:
+        self.count += sign
+        if cost is None:
+            self.unknown += sign
+        else:
+            self.spend += sign * cost
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A batch that ended, as the budgets count it: final, it is never polled again."""
+
+    view: BatchView
+    cost: Decimal | None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.view.provider, self.view.batch_id)
+
+    @property
+    def created(self) -> float:
+        return self.view.created_at.timestamp() if self.view.created_at else float("-inf")
+
+
+class Ledger:
+    """The finished batches each budget counts (those created within its window), summed
+    by group, kept up to date as batches end (``add``), leave (``remove``) and age out of
+    the windows (``advance``): an assessment then costs the number of groups, not the
+    window's history. Windows only move forward; ``advance`` says when one moved back
+    (the clock stepped back) and the ledger must be built again."""
+
+    def __init__(self, budgets: Sequence[Budget], now: datetime) -> None:
+        self.budgets = tuple(budgets)
+        self._starts = {b.name: b.start(now).timestamp() for b in self.budgets}
+        self._sums: dict[str, dict[Group, Sums]] = {b.name: {} for b in self.budgets}
+        # Per budget, what it counts by creation (the oldest leave first): (created, seq).
+        self._ageing: dict[str, list[tuple[float, int]]] = {b.name: [] for b in self.budgets}
+        self._entries: dict[tuple[str, str], int] = {}  # key -> seq
+        self._counted: dict[int, tuple[Finished, int]] = {}  # seq -> item, budgets counting
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def sums(self, budget: str) -> Mapping[Group, Sums]:
+        return {g: s for g, s in self._sums[budget].items() if s.count}
+
+    def add(self, item: Finished) -> None:
+        """A batch that ended (once: a batch already in is left as it is)."""
+        if item.key in self._entries:
+            return
+        counting = self._counting(item)
+        if not counting:
+            return
+        self._seq += 1
+        for budget in counting:
+            self._take(budget, item, 1)
+            heapq.heappush(self._ageing[budget.name], (item.created, self._seq))
+        self._entries[item.key] = self._seq
+        self._counted[self._seq] = (item, len(counting))
+
+    def remove(self, key: tuple[str, str]) -> None:
+        """A batch no longer tracked (its places in the ageing heaps are left to lapse)."""
+        seq = self._entries.pop(key, None)
+        if seq is None:
+            return
+        item, _ = self._counted.pop(seq)
+        for budget in self._counting(item):
+            self._take(budget, item, -1)
+
+    def advance(self, now: datetime) -> bool:
+        """Move every window to ``now``: what it no longer holds leaves its sums. False
+        when a window moved back (build the ledger again)."""
+        for budget in self.budgets:
+            start = budget.start(now).timestamp()
+            if start < self._starts[budget.name]:
+                return False
+            self._starts[budget.name] = start
+            ageing = self._ageing[budget.name]
+            while ageing and ageing[0][0] < start:
+                _, seq = heapq.heappop(ageing)
+                self._lapse(budget, seq)
+        return True
+
+    def _lapse(self, budget: Budget, seq: int) -> None:
+        found = self._counted.get(seq)
+        if found is None:  # removed meanwhile
+            return
+        item, left = found
+        self._take(budget, item, -1)
+        if left > 1:
+            self._counted[seq] = (item, left - 1)
+        else:  # no window holds it any more
+            del self._counted[seq]
+            del self._entries[item.key]
+
+    def _take(self, budget: Budget, item: Finished, sign: int) -> None:
+        sums = self._sums[budget.name].setdefault(budget.group_of(item.view), Sums())
+        sums.take(item.cost, sign)
+
+    def _counting(self, item: Finished) -> list[Budget]:
+        return [
+            b
+            for b in self.budgets
+            if item.created >= self._starts[b.name] and b.match.matches(item.view)
+        ]
+
+
+def _in_window(item: Spending, start: datetime) -> bool:
+    created = item.view.created_at
+    return item.view.status in ACTIVE or (created is not None and created >= start)
+
+
+def _add(one: Assessment, item: Spending) -> None:
+    one.members.append(item)
+    if item.cost is None:
+        one.unknown_cost += 1
+    else:
+        one.spend += item.cost
+    remaining = item.remaining
+    if remaining is None:
+        one.unknown_remaining += 1
+    else:
+        one.remaining += remaining
+
+
+def choose(one: Assessment) -> list[Spending]:
+    """The running batches to cancel, in the budget's order, until the projection fits
+    (only as many as needed); exempt ones, those of unknown projection (cancelling them
+    would fit nothing we can count) and those whose cancel was refused or given up
+    (their spend goes on: the next one is chosen instead) are never chosen."""
+    candidates = [
+        m
+        for m in one.members
+        if m.running and not m.exempt and not m.spent_cancel and (m.remaining or 0) > 0
+    ]
+    if one.budget.order == "newest_first":
+        candidates.sort(key=_created, reverse=True)
+    else:
+        candidates.sort(key=lambda m: m.remaining or 0, reverse=True)
+    chosen, committed = [], one.committed
+    for item in candidates:
+        if committed <= one.limit:
+            break
+        chosen.append(item)
+        committed -= item.remaining or 0
+    return chosen
+
+
+def _created(item: Spending) -> tuple[float, str]:
+    created = item.view.created_at
+    return (created.timestamp() if created else 0.0, item.view.batch_id)
+
+
+@dataclass(slots=True)
+class News:
+    """What an assessment means against what was already said: the events to record,
+    the memory to keep (per group: its window, the thresholds said, the batches the
+    last ``budget_exceeded`` chose), and the batches to cancel, by key."""
+
+    events: list[Event] = field(default_factory=list)
+    memory: dict[str, Any] = field(default_factory=dict)
+    condemned: dict[tuple[str, str], Assessment] = field(default_factory=dict)
+    backing_off: set[tuple[str, str]] = field(default_factory=set)  # of the condemned
+
+
+def news(found: Sequence[Assessment], memory: Mapping[str, Any], now: datetime) -> News:
+    """``budget_threshold`` once per window and fraction; ``budget_exceeded`` once per
+    window while over, and again only when it chooses other batches (so a dry run, or
+    a cancel not yet taken, does not repeat it every tick)."""
+    out = News()
+    for one in found:
+        start = one.budget.period(now).isoformat()
+        was = memory.get(one.key) or {}
+        was = was if was.get("window") == start else {}
+        warned = list(was.get("warned", []))
+        for fraction in one.crossed():
+            if fraction not in warned:
+                warned.append(fraction)
+                out.events.append(_event(one, Kind.BUDGET_THRESHOLD, now, fraction=fraction))
+        chosen = [f"{m.view.provider}/{m.view.batch_id}" for m in one.chosen]
+        said = was.get("exceeded")
+        if one.over and (said is None or (chosen and sorted(chosen) != sorted(said))):
+            out.events.append(_event(one, Kind.BUDGET_EXCEEDED, now, chosen=_chosen(one)))
+            said = chosen
+        out.memory[one.key] = {"window": start, "warned": sorted(warned), "exceeded": said}
+        out.condemned |= {(m.view.provider, m.view.batch_id): one for m in one.chosen}
+        out.backing_off |= {(m.view.provider, m.view.batch_id) for m in one.chosen if m.backing_off}
+    return out
+
+
+def _event(one: Assessment, kind: Kind, now: datetime, **detail: Any) -> Event:
+    """A budget event: the group's figures as ``budgets --json`` shows them, and what
+    is news (a threshold, the batches chosen)."""
+    said = {k: v for k, v in one.summary().items() if k not in ("state", "to_cancel")}
+    return Event(now, None, None, kind, policy=one.budget.name, detail=said | detail)
+
+
+def _chosen(one: Assessment) -> list[dict[str, Any]]:
+    return [
+        {
+            "provider": m.view.provider,
+            "batch_id": m.view.batch_id,
+            "remaining_usd": usd(m.remaining),
+        }
+        for m in one.chosen
+    ]
+
+
+def verdict(one: Assessment) -> Verdict:
+    """The cancel a budget hands to the decisions, as a policy's would be."""
+    observed = {"committed_usd": usd(one.committed), "limit_usd": usd(one.limit)}
+    return Verdict(one.budget.name, "cancel", observed)

@@ -1,0 +1,2 @@
+"""The running guard: the tick and its steps, the scheduler, the service, its
+endpoints, metrics, notifications and housekeeping."""

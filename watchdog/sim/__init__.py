@@ -1,0 +1,1 @@
+"""The simulated provider, its chaos and the demo."""
