@@ -61,7 +61,7 @@ async def build(url: str, n: int, events: int = 0, samples: bool = False) -> Non
     from sqlalchemy import insert, text
 
     from benchmarks.history import fill
-    from watchdog.storage.store import create_engine, upgrade
+    from watchdog.storage.database import create_engine, upgrade
     from watchdog.storage.tables import batch_samples, batches
 
     db = create_engine(url)
@@ -114,7 +114,8 @@ async def idle_ticks(url: str, budgets: bool, n: int = 9) -> dict[str, Any]:
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine
     from watchdog.settings import Settings
-    from watchdog.storage.store import Store, create_engine
+    from watchdog.storage.database import create_engine
+    from watchdog.storage.store import Store
 
     logs.configure("info", "json", NullStream())
     settings = Settings(budgets=[BUDGET] if budgets else [])
@@ -251,7 +252,8 @@ async def _discovery_case(case: str, finished: int) -> dict[str, Any]:
     from watchdog.providers.client import ProviderClient
     from watchdog.settings import Settings
     from watchdog.sim.simulator import Simulator
-    from watchdog.storage.store import Store, create_engine, upgrade
+    from watchdog.storage.database import create_engine, upgrade
+    from watchdog.storage.store import Store
 
     logs.configure("info", "json", NullStream())
     clock = [time.time()]

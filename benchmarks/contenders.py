@@ -78,7 +78,8 @@ async def watchdog_pass(url: str, n: int, concurrency: int) -> dict[str, Any]:
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine, Rules
     from watchdog.providers.client import ProviderClient
-    from watchdog.storage.store import Store, create_engine, upgrade
+    from watchdog.storage.database import create_engine, upgrade
+    from watchdog.storage.store import Store
     from watchdog.storage.tables import batches
 
     logs.configure("info", "json", NullStream())  # the daemon logs as usual, to nowhere
@@ -229,7 +230,8 @@ async def idle_tick(n: int) -> dict[str, Any]:
 
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine, Rules
-    from watchdog.storage.store import Store, create_engine, upgrade
+    from watchdog.storage.database import create_engine, upgrade
+    from watchdog.storage.store import Store
     from watchdog.storage.tables import batches
 
     logs.configure("info", "json", NullStream())

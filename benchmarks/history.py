@@ -56,7 +56,7 @@ def fill(dialect: str, finished: int, events: int) -> list[str]:
 async def build(url: str, finished: int, events: int) -> None:
     from sqlalchemy import insert, text
 
-    from watchdog.storage.store import create_engine, upgrade
+    from watchdog.storage.database import create_engine, upgrade
     from watchdog.storage.tables import batches
 
     db = create_engine(url)
@@ -80,7 +80,8 @@ async def idle_ticks(url: str, n: int = 7) -> list[float]:
     from benchmarks.contenders import NullStream
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine, Rules
-    from watchdog.storage.store import Store, create_engine
+    from watchdog.storage.database import create_engine
+    from watchdog.storage.store import Store
 
     logs.configure("info", "json", NullStream())
     db = create_engine(url)

@@ -28,7 +28,8 @@ from watchdog.daemon.engine import Engine, Rules
 from watchdog.daemon.scheduler import TickLoop
 from watchdog.providers.client import ProviderClient
 from watchdog.sim.simulator import Simulator
-from watchdog.storage.store import Store, create_engine, upgrade
+from watchdog.storage.database import create_engine, upgrade
+from watchdog.storage.store import Store
 
 CAP = 5.0
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -107,10 +108,10 @@ async def run(adaptive: bool, args: argparse.Namespace) -> list[float]:
     await upgrade(db)
     store = Store(db)
     for batch_id in sim.batches:
-        await store.track("sim", batch_id, {}, clock.now())
+        await store.tracking.track("sim", batch_id, {}, clock.now())
 
     async def next_due() -> datetime | None:
-        due = await store.next_due(clock.now())
+        due = await store.claims.next_due(clock.now())
         return None if due is None else clock.to_wall(due)
 
     stop = asyncio.Event()

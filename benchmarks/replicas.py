@@ -39,7 +39,7 @@ policies:
 async def tracked(db: str, n: int) -> None:
     from sqlalchemy import insert
 
-    from watchdog.storage.store import create_engine, upgrade
+    from watchdog.storage.database import create_engine, upgrade
     from watchdog.storage.tables import batches
 
     engine = create_engine(db)

@@ -78,7 +78,8 @@ async def run(url: str, n: int, passes: int, admin: str | None) -> dict[str, Any
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine, Rules
     from watchdog.providers.client import ProviderClient
-    from watchdog.storage.store import Store, create_engine, upgrade
+    from watchdog.storage.database import create_engine, upgrade
+    from watchdog.storage.store import Store
     from watchdog.storage.tables import batches
 
     logs.configure("info", "json", NullStream())  # the daemon logs as usual, to nowhere

@@ -22,7 +22,8 @@ from watchdog.daemon.engine import Engine, Rules, TickSummary
 from watchdog.providers.client import ProviderClient
 from watchdog.settings import Settings
 from watchdog.sim.simulator import Simulator
-from watchdog.storage.store import Store, create_engine, upgrade
+from watchdog.storage.database import create_engine, upgrade
+from watchdog.storage.store import Store
 
 # A fresh fake key per run: tests grep every output channel for it.
 API_KEY = "sk-test-" + secrets.token_hex(16)
@@ -180,7 +181,7 @@ class Harness:
 
     async def track(self, *batch_ids: str) -> None:
         for batch_id in batch_ids:
-            await self.store.track("sim", batch_id, {}, self.clock.now())
+            await self.store.tracking.track("sim", batch_id, {}, self.clock.now())
 
     async def tick(self, advance: float = 0.0) -> TickSummary:
         self.clock.advance(advance)
@@ -190,12 +191,12 @@ class Harness:
         return summary
 
     async def row(self, batch_id: str) -> dict[str, Any]:
-        rows = [r for r in await self.store.list_batches() if r["batch_id"] == batch_id]
+        rows = [r for r in await self.store.reads.list_batches() if r["batch_id"] == batch_id]
         assert rows, f"{batch_id} not tracked"
         return rows[0]
 
     async def kinds(self, batch_id: str) -> list[str]:
-        return [e["kind"] for e in await self.store.list_events(batch_id)]
+        return [e["kind"] for e in await self.store.journal.list_events(batch_id)]
 
 
 async def _no_sleep(_seconds: float) -> None:

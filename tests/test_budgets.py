@@ -19,7 +19,7 @@ from watchdog.core.budgets import Budget, Spending, assess
 from watchdog.core.models import BatchView, Counts
 from watchdog.daemon.engine import Engine, assess_budgets
 from watchdog.sim.simulator import Fault
-from watchdog.storage.store import EventFilter
+from watchdog.storage.journal import EventFilter
 
 NOW = datetime(2026, 11, 28, 15, 0, tzinfo=UTC)
 RESEARCH = {"provider": "sim", "metadata": {"team": "research"}}
@@ -211,7 +211,7 @@ def spending_day(h: Harness, ops: int = 3) -> None:
 
 async def daemon_events(h: Harness, kind: str) -> list[dict[str, Any]]:
     wanted = EventFilter(kinds=(kind,))
-    return [e async for e in h.store.stream_events(wanted)]
+    return [e async for e in h.store.journal.stream_events(wanted)]
 
 
 def cancelled(h: Harness) -> dict[str, int]:
@@ -467,7 +467,7 @@ async def test_the_daemons_book_agrees_with_a_fresh_look(harness: Harness) -> No
     assert h.engine is not None
     for step in range(6):
         if step == 3:
-            await h.store.untrack("batch_done0", "sim", h.clock.now())
+            await h.store.tracking.untrack("batch_done0", "sim", h.clock.now())
         await h.tick(advance=120)
         kept = h.engine.budget_book.last
         fresh = await assess_budgets(h.store, h.engine.rules, h.clock.now())

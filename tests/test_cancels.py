@@ -194,7 +194,7 @@ async def test_a_cancel_in_flight_stays_its_senders(harness: Harness) -> None:
         while "cancel_requested" not in await h.kinds("b"):
             await asyncio.sleep(0.02)
     other = second_engine(h, "replica-b")
-    await h.store.due_unsettled_cancels(h.clock.now())  # replica B starts
+    await h.store.claims.due_unsettled_cancels(h.clock.now())  # replica B starts
     await other.tick()
     h.clock.advance(60)
     await other.tick()
@@ -220,7 +220,7 @@ async def test_the_hourly_limit_is_shared_by_replicas(harness: Harness) -> None:
     other.chunk = 10
     await asyncio.gather(h.engine.tick(), other.tick())
     assert cancels(h, *ids) == 10
-    tripped = [e for e in await h.store.list_events() if e["kind"] == "safety_tripped"]
+    tripped = [e for e in await h.store.journal.list_events() if e["kind"] == "safety_tripped"]
     assert len(tripped) >= 1
 
 
@@ -245,7 +245,7 @@ async def test_a_local_clock_stepped_forward_cancels_nothing(
         await h.tick()
         await h.tick(advance=60)
     assert cancels(h, "b") == cancelled
-    skew = [e for e in await h.store.list_events() if e["kind"] == "clock_skew"]
+    skew = [e for e in await h.store.journal.list_events() if e["kind"] == "clock_skew"]
     assert len(skew) == (1 - cancelled)
     if not cancelled:
         held = [e for e in logs if e["event"] == "cancel_held"]

@@ -23,7 +23,8 @@ from tests.databases import fresh_postgres
 from watchdog.core.models import KNOWN
 from watchdog.sim.chaos import KINDS, Chaos
 from watchdog.sim.simulator import Simulator
-from watchdog.storage.store import Store, create_engine, upgrade
+from watchdog.storage.database import create_engine, upgrade
+from watchdog.storage.store import Store
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
@@ -62,7 +63,7 @@ async def tracking_all(db: str, sim: Simulator) -> tuple[AsyncEngine, Store]:
     await upgrade(engine)
     store = Store(engine)
     for batch_id in sim.batches:
-        await store.track("sim", batch_id, {}, utcnow())
+        await store.tracking.track("sim", batch_id, {}, utcnow())
     return engine, store
 
 
@@ -130,7 +131,7 @@ async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
     expected = {b: statuses_between(batch, start, clock.frozen) for b, batch in sim.batches.items()}
 
     async def recorded() -> dict[str, list[str]]:
-        events = await store.list_events()
+        events = await store.journal.list_events()
         seen: dict[str, list[str]] = {b: [] for b in sim.batches}
         for e in events:
             if e["kind"] == "status_changed":
@@ -190,7 +191,7 @@ async def sampled(store: Store) -> dict[str, list[str]]:
 async def all_settled(store: Store, sim: Simulator, violators: list[str]) -> bool:
     if any(sim.calls.get(b, {}).get("cancel", 0) < 1 for b in violators):
         return False
-    rows = await store.list_batches()
+    rows = await store.reads.list_batches()
     return not any(r["cancel_requested_at"] and r["cancel_outcome"] is None for r in rows)
 
 
@@ -253,9 +254,9 @@ async def test_chaos_replicas_on_postgres(
         wrong = {b: cancels[b] for b in violators if cancels[b] != 1}
         if wrong:  # say what happened to the first, to make a failure readable
             first = next(iter(wrong))
-            events = [(e["at"].time(), e["kind"]) for e in await store.list_events(first)]
+            events = [(e["at"].time(), e["kind"]) for e in await store.journal.list_events(first)]
             raise AssertionError(f"{wrong}\n{first}: {events}")
         assert [b for b in cancels if b not in violators and cancels[b]] == []
-        kinds = [e["kind"] for e in await store.list_events()]
+        kinds = [e["kind"] for e in await store.journal.list_events()]
         assert "cancel_abandoned" not in kinds
         await engine.dispose()

@@ -200,7 +200,7 @@ async def test_each_kind_cancels_its_violator_once(
     async with client("p", url, api, **extra) as provider:
         engine = engine_of(store, {"p": provider}, rules, clock)
         for batch_id in ("batch_bad", "batch_good"):
-            await store.track("p", batch_id, {}, clock.now())
+            await store.tracking.track("p", batch_id, {}, clock.now())
         first = await engine.tick()
         clock.advance(60)
         await engine.tick()
@@ -221,7 +221,7 @@ async def test_one_daemon_judges_three_kinds_in_one_tick(
     rules = Rules((Policy.model_validate(FAILING),), (Price.model_validate(LLAMA_PRICE),))
     for api, sim in sims.items():
         for batch_id in sim.batches:
-            await store.track(api, batch_id, {}, clock.now())
+            await store.tracking.track(api, batch_id, {}, clock.now())
     for c in clients.values():
         await c.__aenter__()
     try:

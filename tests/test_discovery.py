@@ -38,10 +38,10 @@ def account(h: Harness, healthy: int = 11) -> None:
 
 async def tracked_via(h: Harness) -> dict[str, str | None]:
     """Every tracked batch, with how it came to be tracked."""
-    rows = await h.store.list_batches()
+    rows = await h.store.reads.list_batches()
     via = {}
     for row in rows:
-        events = await h.store.list_events(row["batch_id"])
+        events = await h.store.journal.list_events(row["batch_id"])
         first = next(e for e in events if e["kind"] == "tracked")
         via[row["batch_id"]] = (first["detail"] or {}).get("via")
     return via
@@ -69,7 +69,7 @@ async def test_new_batches_are_found_and_an_untrack_sticks(harness: Harness) -> 
     h.configure(policies=COST_CAP, discover=True)
     account(h, healthy=3)
     await h.tick()
-    assert await h.store.untrack("batch_ok_00", "sim", h.clock.now()) == ["sim"]
+    assert await h.store.tracking.untrack("batch_ok_00", "sim", h.clock.now()) == ["sim"]
     h.clock.advance(20)
     h.sim.simulator.add("batch_new", model=LLAMA, total=1000, rate=0.1)
     await h.tick()  # early: the last pass is 20 s old
@@ -208,10 +208,12 @@ async def test_a_list_that_cycles_or_repeats_stops_the_pass_and_says_so(
         simulator.add(f"batch_{i:03d}", model=LLAMA, total=10**6, rate=0.01, age=i)
     await h.tick()
     assert h.sim.calls("(list)", "list") == requests
-    (event,) = [e for e in await h.store.list_events() if e["kind"] == "discovery_incomplete"]
+    (event,) = [
+        e for e in await h.store.journal.list_events() if e["kind"] == "discovery_incomplete"
+    ]
     assert event["provider"] == "sim" and event["detail"]["reason"] == reason
     assert event["detail"]["pages"] == requests
-    assert len(await h.store.list_batches()) == (300 if quirk == "cycle" else 100)
+    assert len(await h.store.reads.list_batches()) == (300 if quirk == "cycle" else 100)
     assert h.engine is not None
     metrics = h.engine.metrics.render().decode()
     assert f'watchdog_discovery_incomplete_total{{provider="sim",reason="{reason}"}} 1.0' in metrics
@@ -233,7 +235,9 @@ async def test_a_malformed_listed_batch_is_tracked_and_fails_its_polls_visibly(
     assert set(await tracked_via(h)) == {"batch_fine", "batch_odd"}
     kinds = await h.kinds("batch_odd")
     assert kinds[:2] == ["tracked", "poll_failed"]
-    (failed,) = [e for e in await h.store.list_events("batch_odd") if e["kind"] == "poll_failed"]
+    (failed,) = [
+        e for e in await h.store.journal.list_events("batch_odd") if e["kind"] == "poll_failed"
+    ]
     assert "in_progress_at" in failed["detail"]["error"]
 
 

@@ -215,7 +215,7 @@ async def test_two_ticks_cancel_nothing_twice(harness: Harness) -> None:
     await h.tick(advance=60)
     await h.tick(advance=60)
     assert h.sim.calls("batch_big", "cancel") == 1
-    events = await h.store.list_events("batch_big")
+    events = await h.store.journal.list_events("batch_big")
     story = [(e["kind"], e["from_status"], e["to_status"], e["policy"]) for e in events]
     assert story == [
         ("tracked", None, None, None),
@@ -247,7 +247,9 @@ async def test_dry_run_records_but_never_cancels(harness: Harness) -> None:
     assert summary.cancel_held == 1
     kinds = await h.kinds("batch_big")
     assert kinds.count("policy_matched") == 1 and "cancel_requested" not in kinds
-    matched = [e for e in await h.store.list_events("batch_big") if e["kind"] == "policy_matched"]
+    matched = [
+        e for e in await h.store.journal.list_events("batch_big") if e["kind"] == "policy_matched"
+    ]
     assert matched[0]["detail"]["dry_run"] is True
 
 
@@ -268,7 +270,9 @@ async def test_cancel_refused_refreshes_and_does_not_retry(harness: Harness) -> 
     await h.track("batch_big")
     await h.tick()
     await h.tick(advance=60)
-    failed = [e for e in await h.store.list_events("batch_big") if e["kind"] == "cancel_failed"]
+    failed = [
+        e for e in await h.store.journal.list_events("batch_big") if e["kind"] == "cancel_failed"
+    ]
     assert len(failed) == 1 and failed[0]["detail"]["reason"] == "already_terminal"
     assert failed[0]["detail"]["http_status"] == 409
     assert h.sim.calls("batch_big", "cancel") == 1
@@ -288,7 +292,7 @@ async def test_failed_cancel_is_retried_with_a_growing_backoff(harness: Harness)
     await h.track("batch_big")
     for _ in range(5):
         await h.tick(advance=60)
-    events = await h.store.list_events("batch_big")
+    events = await h.store.journal.list_events("batch_big")
     waits = [e["detail"]["retry_in_s"] for e in events if e["kind"] == "cancel_failed"]
     assert waits == [15, 30, 60, 120]
     assert "cancel_abandoned" not in [e["kind"] for e in events]
@@ -301,7 +305,7 @@ async def test_crash_after_cancel_requested_reconciles(harness: Harness) -> None
     h.configure(policies=COST_CAP)
     progressed(h, "batch_big", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
     await h.track("batch_big")
-    await h.store.apply([], [])
+    await h.store.claims.apply([], [])
     # What a crash right after sending leaves behind: requested, no outcome; provider cancelling.
     from watchdog.core.models import BatchObject
     from watchdog.core.rows import Change
@@ -314,12 +318,12 @@ async def test_crash_after_cancel_requested_reconciles(harness: Harness) -> None
         cancel_requested_at=h.clock.now(),
         cancel_attempts=1,
     )
-    await h.store.apply([change], [])
+    await h.store.claims.apply([change], [])
     h.sim.simulator.batches["batch_big"].cancel_at = h.clock.time()
     await h.tick(advance=1)
     assert h.sim.calls("batch_big", "cancel") == 0
     succeeded = [
-        e for e in await h.store.list_events("batch_big") if e["kind"] == "cancel_succeeded"
+        e for e in await h.store.journal.list_events("batch_big") if e["kind"] == "cancel_succeeded"
     ]
     assert succeeded[0]["detail"] == {"reconciled": True}
 
@@ -351,7 +355,9 @@ async def test_bad_answer_does_not_break_the_tick(harness: Harness) -> None:
     await h.track("batch_big", "batch_junk")
     summary = await h.tick()
     assert summary.poll_failed == 1 and summary.cancel_succeeded == 1
-    failed = [e for e in await h.store.list_events("batch_junk") if e["kind"] == "poll_failed"]
+    failed = [
+        e for e in await h.store.journal.list_events("batch_junk") if e["kind"] == "poll_failed"
+    ]
     assert "invalid answer: status" in failed[0]["detail"]["error"]
 
 
@@ -382,7 +388,7 @@ async def test_bad_id_or_provider_in_the_table_never_reaches_the_network(harness
         )
     summary = await h.tick()
     assert summary.poll_failed == 2 and h.sim.simulator.calls == {}
-    errors = {r["batch_id"]: r["last_error"] for r in await h.store.list_batches()}
+    errors = {r["batch_id"]: r["last_error"] for r in await h.store.reads.list_batches()}
     assert "invalid batch id" in errors["../files/x"]
     assert "provider 'nope' is not configured" in errors["batch_1"]
 
@@ -503,7 +509,7 @@ async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> 
     h.sim.simulator.add("batch_ok", total=10, rate=0)
     await h.track("batch_ok")
     for i in range(5):
-        await h.store.track("dead", f"batch_d{i}", {}, h.clock.now())
+        await h.store.tracking.track("dead", f"batch_d{i}", {}, h.clock.now())
     async with dead:
         first = await h.tick()
         assert first.polled == 1 and first.poll_failed == 5
@@ -516,7 +522,7 @@ async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> 
         assert h.sim.calls("batch_d0", "get") == 0  # …while this one is left alone
         now[0] = 31
         await h.tick(advance=60)
-    kinds = [e["kind"] for e in await h.store.list_events() if e["batch_id"] is None]
+    kinds = [e["kind"] for e in await h.store.journal.list_events() if e["batch_id"] is None]
     assert kinds == ["provider_unavailable", "provider_recovered"]
     assert dead.breaker.available
 
@@ -606,7 +612,7 @@ async def test_one_replica_pages_a_providers_list_at_a_time(harness: Harness) ->
     paging = asyncio.create_task(other.tick())
     while h.sim.calls("(list)", "list") == 3:
         await asyncio.sleep(0.01)
-    assert await h.store.next_due(h.clock.now()) is not None
+    assert await h.store.claims.next_due(h.clock.now()) is not None
     assert await h.engine.next_due() is None
     assert (await paging).polled == 250 and h.sim.calls("(list)", "list") == 6
 
@@ -688,17 +694,17 @@ async def test_a_failed_tick_gives_its_claims_back(harness: Harness) -> None:
     h.configure(policies=COST_CAP)
     frozen(h, "batch_a")
     await h.track("batch_a")
-    original = h.store.apply
+    original = h.store.claims.apply
 
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise OSError(28, "No space left on device")
 
-    h.store.apply = refuse  # type: ignore[method-assign]
+    h.store.claims.apply = refuse  # type: ignore[method-assign]
     with pytest.raises(OSError, match="No space left"):
         await h.tick()
     row = await h.row("batch_a")
     assert row["lease_owner"] is None and row["lease_expires_at"] is None
-    h.store.apply = original  # type: ignore[method-assign]
+    h.store.claims.apply = original  # type: ignore[method-assign]
     assert (await h.tick()).polled == 1
 
 
@@ -731,11 +737,13 @@ async def test_a_wall_clock_stepped_back_is_planned_again(harness: Harness) -> N
     fast[0] = 0.0  # corrected: an hour back
     summary = await engine.tick()
     assert (summary.polled, summary.cancel_succeeded) == (1, 1)
-    (stepped,) = [e for e in await h.store.list_events() if e["kind"] == "clock_stepped"]
+    (stepped,) = [e for e in await h.store.journal.list_events() if e["kind"] == "clock_stepped"]
     assert stepped["detail"] == {"step_s": -3600.0, "replanned": 1}
     h.clock.advance(60)
     mono[0] += 60
     fast[0] = 7200.0  # and two hours forward
     await engine.tick()
-    steps = [e["detail"] for e in await h.store.list_events() if e["kind"] == "clock_stepped"]
+    steps = [
+        e["detail"] for e in await h.store.journal.list_events() if e["kind"] == "clock_stepped"
+    ]
     assert steps[-1] == {"step_s": 7200.0, "replanned": 0}

@@ -19,7 +19,7 @@ from tests.daemons import Daemon
 from tests.test_service import endpoint, http_port
 from watchdog.daemon.scheduler import TickLoop
 from watchdog.sim.simulator import Fault
-from watchdog.storage.store import create_engine, upgrade
+from watchdog.storage.database import create_engine, upgrade
 from watchdog.storage.tables import batches
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
@@ -60,13 +60,13 @@ async def test_a_tick_polls_what_was_due_when_it_started(harness: Harness) -> No
     warnings = [e for e in logs if e["event"] == "backlog"]
     assert len(warnings) == 1 and warnings[0]["due"] == summary.backlog
     assert h.engine.metrics.backlog.collect()[0].samples[0].value == summary.backlog
-    events = [e for e in await h.store.list_events() if e["kind"] == "backlog"]
+    events = [e for e in await h.store.journal.list_events() if e["kind"] == "backlog"]
     assert len(events) == 1 and events[0]["detail"]["due"] == summary.backlog
     # Still behind on the next tick: warned again, but the event is not repeated.
     with capture_logs() as logs:
         await h.engine.tick()
     assert [e["event"] for e in logs].count("backlog") == 1
-    assert [e["kind"] for e in await h.store.list_events()].count("backlog") == 1
+    assert [e["kind"] for e in await h.store.journal.list_events()].count("backlog") == 1
 
 
 @SQLITE_ONLY
@@ -93,7 +93,7 @@ async def test_bulk_answers_are_used_once_under_load(harness: Harness) -> None:
     await h.track(*ids)
     racing(h, 3.0)
     await asyncio.wait_for(h.engine.tick(), timeout=30)
-    events = await h.store.list_events()
+    events = await h.store.journal.list_events()
     backwards = [
         e for e in events if e["kind"] == "status_changed" and e["from_status"] == "cancelling"
     ]

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 from tests.conftest import Harness
 from tests.test_engine import COST_CAP
 from watchdog.core.models import TERMINAL
-from watchdog.storage.store import EventFilter
+from watchdog.storage.journal import EventFilter
 from watchdog.storage.tables import batch_events, batches
 
 FINISHED, ACTIVE, EVENTS = 3000, 40, 20_000
@@ -100,15 +100,15 @@ async def test_no_tick_statement_scans_history(harness: Harness) -> None:
     statements = capture(h)
     await h.tick()
     await h.tick(advance=120)
-    await h.store.next_due(h.clock.now())
+    await h.store.claims.next_due(h.clock.now())
     # The status page's table, whatever the history.
-    await h.store.some_batches(10, h.clock.now() - timedelta(days=14))
+    await h.store.reads.some_batches(10, h.clock.now() - timedelta(days=14))
     # The audit log's reads and retention: an index each, whatever the history.
-    await h.store.list_events("old_7")
+    await h.store.journal.list_events("old_7")
     now = h.clock.now()
     recent = EventFilter(kinds=("cancel_requested",), since=now - timedelta(hours=1), limit=5)
-    assert [e async for e in h.store.stream_events(recent)]
-    await h.store.prune_events("counts_changed", now - timedelta(hours=8), 100)
+    assert [e async for e in h.store.journal.stream_events(recent)]
+    await h.store.journal.prune_events("counts_changed", now - timedelta(hours=8), 100)
     tick = {s for s, _ in statements}
     assert any("lease_owner" in s for s in tick)  # the claim was seen
     bad = {s: p for s, p in (await plans(h, statements)).items() if full_scans(p)}

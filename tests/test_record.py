@@ -41,7 +41,7 @@ async def test_a_lost_lease_is_neither_logged_nor_sent(harness: Harness) -> None
         answers = await fetch(*args)
         # The lease runs out meanwhile and a second replica claims the batch.
         later = h.clock.now() + h.engine.lease * 2
-        assert len(await h.store.claim_due(later, "other", h.engine.lease, 10)) == 1
+        assert len(await h.store.claims.claim_due(later, "other", h.engine.lease, 10)) == 1
         return answers
 
     h.engine.refresher.fetch_all = slow_fetch  # type: ignore[method-assign]

@@ -54,7 +54,7 @@ async def test_for_acts_after_continuous_match_only(harness: Harness) -> None:
         if acted_at is None and cancels(h, "b"):
             acted_at = step * 10
     assert acted_at == 120
-    matched = [e for e in await h.store.list_events("b") if e["kind"] == "policy_matched"]
+    matched = [e for e in await h.store.journal.list_events("b") if e["kind"] == "policy_matched"]
     assert matched[0]["detail"]["observed"]["held_for"] == 120
 
 
@@ -145,7 +145,7 @@ async def test_tick_cap_trips_the_safety_until_resume(harness: Harness) -> None:
     await h.track(*ids)
     first = await h.tick()
     assert cancels(h, *ids) == 10 and first.safety_tripped == 1
-    tripped = [e for e in await h.store.list_events() if e["kind"] == "safety_tripped"]
+    tripped = [e for e in await h.store.journal.list_events() if e["kind"] == "safety_tripped"]
     assert tripped[0]["detail"]["would_cancel"] == 30
     assert tripped[0]["detail"]["cancelled"] == 10
     second = await h.tick(advance=60)
@@ -172,7 +172,7 @@ async def test_hour_cap_and_cool_down(harness: Harness) -> None:
     assert cancels(h, *ids) == 4  # tripped: alert-only
     await h.tick(advance=31 * 60)  # cool-down over, and the hour has passed
     assert cancels(h, *ids) == 6
-    kinds = [e["kind"] for e in await h.store.list_events() if e["batch_id"] is None]
+    kinds = [e["kind"] for e in await h.store.journal.list_events() if e["batch_id"] is None]
     assert kinds == ["safety_tripped", "safety_resumed"]
 
 
@@ -196,7 +196,9 @@ async def test_silence_expires(harness: Harness) -> None:
     expensive(h, "b")
     await h.track("b")
     until = h.clock.now() + timedelta(hours=2)
-    assert await h.store.exempt("b", None, until, "customer demo", h.clock.now()) == ["sim"]
+    assert await h.store.tracking.exempt("b", None, until, "customer demo", h.clock.now()) == [
+        "sim"
+    ]
     await h.tick()
     await h.tick(advance=3600)
     assert cancels(h, "b") == 0

@@ -143,7 +143,7 @@ async def test_killed_replica_batches_are_taken_over(
 
 async def leased_to(store: Store, pid: int | None) -> dict[str, float]:
     """The batches leased to this process, each with when its lease ends (one read)."""
-    rows = await store.list_batches()
+    rows = await store.reads.list_batches()
     mine = [r for r in rows if (r["lease_owner"] or "").endswith(f":{pid}")]
     return {r["batch_id"]: r["lease_expires_at"].timestamp() for r in mine}
 

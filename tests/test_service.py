@@ -329,7 +329,7 @@ async def test_stopping_waits_for_a_prune_in_flight(harness: Harness) -> None:
         make_rules=lambda s: h.engine.rules,
     )
     entered, ended = asyncio.Event(), asyncio.Event()
-    prune_events = h.store.prune_events
+    prune_events = h.store.journal.prune_events
 
     async def slow_prune(kind: str, before: datetime, limit: int) -> int:
         entered.set()
@@ -337,10 +337,10 @@ async def test_stopping_waits_for_a_prune_in_flight(harness: Harness) -> None:
             await asyncio.sleep(3600)
             return await prune_events(kind, before, limit)
         finally:
-            await h.store.stats()  # a cleanup that needs the database, as a rollback does
+            await h.store.reads.stats()  # a cleanup that needs the database, as a rollback does
             ended.set()
 
-    h.store.prune_events = slow_prune  # type: ignore[method-assign]
+    h.store.journal.prune_events = slow_prune  # type: ignore[method-assign]
     running = asyncio.create_task(service.run())
     await asyncio.wait_for(entered.wait(), 10)
     service.stop.set()

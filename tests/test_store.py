@@ -17,13 +17,8 @@ from sqlalchemy import Connection
 from tests.conftest import database
 from watchdog.core.models import BatchObject
 from watchdog.core.rows import Change
-from watchdog.storage.store import (
-    Store,
-    _alembic_config,
-    create_engine,
-    schema_revision,
-    upgrade,
-)
+from watchdog.storage.database import _alembic_config, create_engine, schema_revision, upgrade
+from watchdog.storage.store import Store
 from watchdog.storage.tables import metadata
 
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
@@ -94,9 +89,9 @@ async def test_money_is_exact_and_survives_the_migration(db_url: str) -> None:
         await upgrade(engine)
         store = Store(engine)
         exact = Decimal("12345678901.000000000015")
-        await store.track("p", "new", {}, NOW)
-        await store.apply([Change("p", "new", cost_usd=exact)], [])
-        rows = {r["batch_id"]: r for r in await store.list_batches()}
+        await store.tracking.track("p", "new", {}, NOW)
+        await store.claims.apply([Change("p", "new", cost_usd=exact)], [])
+        rows = {r["batch_id"]: r for r in await store.reads.list_batches()}
         assert rows["old"]["cost_usd"] == Decimal("6.5")
         assert rows["old"]["cancel_projected_usd"] == Decimal("0.25")
         assert rows["new"]["cost_usd"] == exact and isinstance(rows["new"]["cost_usd"], Decimal)
@@ -140,62 +135,62 @@ async def test_new_sqlite_file_is_private(tmp_path: object) -> None:
 
 async def test_track_is_idempotent_and_recorded(store: Store) -> None:
     """Tracking twice adds one row and one 'tracked' event, with labels kept."""
-    assert await store.track("p", "b1", {"team": "ml"}, NOW)
-    assert not await store.track("p", "b1", {}, NOW)
-    rows = await store.list_batches()
+    assert await store.tracking.track("p", "b1", {"team": "ml"}, NOW)
+    assert not await store.tracking.track("p", "b1", {}, NOW)
+    rows = await store.reads.list_batches()
     assert [(r["batch_id"], r["labels"]) for r in rows] == [("b1", {"team": "ml"})]
-    assert [e["kind"] for e in await store.list_events("b1")] == ["tracked"]
+    assert [e["kind"] for e in await store.journal.list_events("b1")] == ["tracked"]
 
 
 async def test_untrack_keeps_history(store: Store) -> None:
     """Untracking removes the row, keeps its events and adds 'untracked'."""
-    await store.track("p", "b1", {}, NOW)
-    await store.track("q", "b1", {}, NOW)
-    assert await store.untrack("b1", "p", NOW) == ["p"]
-    assert [r["provider"] for r in await store.list_batches()] == ["q"]
-    kinds = [(e["provider"], e["kind"]) for e in await store.list_events("b1")]
+    await store.tracking.track("p", "b1", {}, NOW)
+    await store.tracking.track("q", "b1", {}, NOW)
+    assert await store.tracking.untrack("b1", "p", NOW) == ["p"]
+    assert [r["provider"] for r in await store.reads.list_batches()] == ["q"]
+    kinds = [(e["provider"], e["kind"]) for e in await store.journal.list_events("b1")]
     assert kinds == [("p", "tracked"), ("q", "tracked"), ("p", "untracked")]
-    assert await store.untrack("b1", None, NOW) == ["q"]
-    assert await store.untrack("b1", None, NOW) == []
+    assert await store.tracking.untrack("b1", None, NOW) == ["q"]
+    assert await store.tracking.untrack("b1", None, NOW) == []
 
 
 async def test_claim_leases_each_due_batch_once(store: Store) -> None:
     """A claimed batch is not claimed again until its lease expires or is released."""
     for i in range(5):
-        await store.track("p", f"b{i}", {}, NOW)
-    first = await store.claim_due(NOW, "me", LEASE, 3)
-    second = await store.claim_due(NOW, "other", LEASE, 10)
+        await store.tracking.track("p", f"b{i}", {}, NOW)
+    first = await store.claims.claim_due(NOW, "me", LEASE, 3)
+    second = await store.claims.claim_due(NOW, "other", LEASE, 10)
     assert len(first) == 3 and len(second) == 2
     assert {t.key for t in first}.isdisjoint({t.key for t in second})
-    assert await store.claim_due(NOW, "third", LEASE, 10) == []
-    later = await store.claim_due(NOW + LEASE + timedelta(seconds=1), "third", LEASE, 10)
+    assert await store.claims.claim_due(NOW, "third", LEASE, 10) == []
+    later = await store.claims.claim_due(NOW + LEASE + timedelta(seconds=1), "third", LEASE, 10)
     assert len(later) == 5
-    await store.release("third")
-    assert len(await store.claim_due(NOW + LEASE * 2, "x", LEASE, 10)) == 5
+    await store.claims.release("third")
+    assert len(await store.claims.claim_due(NOW + LEASE * 2, "x", LEASE, 10)) == 5
 
 
 async def test_claim_skips_not_yet_due_and_terminal(store: Store) -> None:
     """Only rows whose next_poll_at has come and whose status is not terminal are due."""
     for name in ("due", "later", "done"):
-        await store.track("p", name, {}, NOW)
-    await store.apply(
+        await store.tracking.track("p", name, {}, NOW)
+    await store.claims.apply(
         [
             Change("p", "later", next_poll_at=NOW + timedelta(minutes=1)),
             Change("p", "done", wire=wire("done", "completed")),
         ],
         [],
     )
-    assert [t.view.batch_id for t in await store.claim_due(NOW, "me", LEASE, 10)] == ["due"]
+    assert [t.view.batch_id for t in await store.claims.claim_due(NOW, "me", LEASE, 10)] == ["due"]
 
 
 async def test_times_round_trip_as_aware_utc(store: Store) -> None:
     """SQLite would drop offsets; the store gives back aware UTC datetimes."""
     from zoneinfo import ZoneInfo
 
-    await store.track("p", "b", {}, NOW)
+    await store.tracking.track("p", "b", {}, NOW)
     berlin = datetime(2026, 11, 28, 13, 0, tzinfo=ZoneInfo("Europe/Berlin"))
-    await store.apply([Change("p", "b", cancel_requested_at=berlin)], [])
-    row = (await store.list_batches())[0]
+    await store.claims.apply([Change("p", "b", cancel_requested_at=berlin)], [])
+    row = (await store.reads.list_batches())[0]
     assert row["cancel_requested_at"] == NOW and row["cancel_requested_at"].tzinfo == UTC
 
 
@@ -203,18 +198,18 @@ async def test_lost_lease_fences_the_write(store: Store) -> None:
     """A replica whose lease ran out (and was taken over) writes nothing, events included."""
     from watchdog.core.events import Event, Kind
 
-    await store.track("p", "b1", {}, NOW)
-    assert len(await store.claim_due(NOW, "slow", LEASE, 10)) == 1
+    await store.tracking.track("p", "b1", {}, NOW)
+    assert len(await store.claims.claim_due(NOW, "slow", LEASE, 10)) == 1
     later = NOW + LEASE + timedelta(seconds=1)
-    assert len(await store.claim_due(later, "fast", LEASE, 10)) == 1
+    assert len(await store.claims.claim_due(later, "fast", LEASE, 10)) == 1
     late = [Change("p", "b1", wire=wire("b1", "cancelling"), cancel_policy="x")]
     event = Event(later, "p", "b1", Kind.CANCEL_REQUESTED, policy="x")
-    assert await store.apply(late, [event], owner="slow") == set()
-    row = (await store.list_batches())[0]
+    assert await store.claims.apply(late, [event], owner="slow") == set()
+    row = (await store.reads.list_batches())[0]
     assert row["status"] is None and row["cancel_policy"] is None
-    assert [e["kind"] for e in await store.list_events("b1")] == ["tracked"]
+    assert [e["kind"] for e in await store.journal.list_events("b1")] == ["tracked"]
     fresh = [Change("p", "b1", wire=wire("b1", "in_progress"))]
-    assert await store.apply(fresh, [], owner="fast") == {("p", "b1")}
+    assert await store.claims.apply(fresh, [], owner="fast") == {("p", "b1")}
 
 
 async def test_concurrent_trackers_of_one_id(store: Store) -> None:
@@ -222,10 +217,12 @@ async def test_concurrent_trackers_of_one_id(store: Store) -> None:
     tracked already; one row, one `tracked` event, no error."""
     import asyncio
 
-    added = await asyncio.gather(*(store.track("p", "batch_x", {}, NOW) for _ in range(10)))
+    added = await asyncio.gather(
+        *(store.tracking.track("p", "batch_x", {}, NOW) for _ in range(10))
+    )
     assert sorted(added) == [False] * 9 + [True]
-    assert len(await store.list_batches()) == 1
-    assert [e["kind"] for e in await store.list_events("batch_x")] == ["tracked"]
+    assert len(await store.reads.list_batches()) == 1
+    assert [e["kind"] for e in await store.journal.list_events("batch_x")] == ["tracked"]
 
 
 async def test_concurrent_migrations(tmp_path: Path) -> None:
@@ -273,7 +270,7 @@ def test_one_daemon_per_sqlite_file_by_any_name(tmp_path: Path, link: str) -> No
     same file, a symlink or a hard link in any directory, is refused like the first."""
     import os
 
-    from watchdog.storage.store import AlreadyRunning, instance_lock
+    from watchdog.storage.database import AlreadyRunning, instance_lock
 
     real = tmp_path / "watchdog.db"
     real.touch()
@@ -304,12 +301,12 @@ async def test_retention_prunes_old_routine_events_in_bounded_batches(store: Sto
         Event(new, "p", "b0", Kind.COUNTS_CHANGED),
         Event(old, "p", "b0", Kind.CANCEL_REQUESTED),
     ]
-    await store.apply([], events)
+    await store.claims.apply([], events)
     bounded = RetentionSettings(batch=10, max_batches=2)
     assert await prune(store, bounded, NOW) == {"counts_changed": 20}  # bounded: 2 batches of 10
     assert await prune(store, bounded, NOW) == {"counts_changed": 5}
     assert await prune(store, bounded, NOW) == {"counts_changed": 0}
-    left = [(e["kind"], e["at"]) for e in await store.list_events()]
+    left = [(e["kind"], e["at"]) for e in await store.journal.list_events()]
     assert left == [("counts_changed", new), ("cancel_requested", old)]
     keep_all = RetentionSettings(events={"counts_changed": None})
     assert await prune(store, keep_all, NOW + timedelta(days=30)) == {}
@@ -324,17 +321,17 @@ async def test_samples_thin_with_age_and_are_dropped_at_last(store: Store) -> No
     from watchdog.settings import RetentionSettings
     from watchdog.storage.tables import batch_samples
 
-    await store.track("p", "b1", {}, NOW)
+    await store.tracking.track("p", "b1", {}, NOW)
     minutes = [NOW - timedelta(days=10, minutes=m) for m in range(120, 0, -10)]  # 12 polls
     for i, at in enumerate(minutes):
         status = "in_progress" if i != 3 else "finalizing"  # a status change, and back
         change = Change("p", "b1", wire=wire("b1", status), last_polled_at=at)
-        await store.apply([change], [])
+        await store.claims.apply([change], [])
     ancient = Change(
         "p", "b1", wire=wire("b1", "in_progress"), last_polled_at=NOW - timedelta(days=100)
     )
     recent = Change("p", "b1", wire=wire("b1", "in_progress"), last_polled_at=NOW)
-    await store.apply([ancient, recent], [])
+    await store.claims.apply([ancient, recent], [])
 
     async def left() -> list[tuple[Any, str]]:
         query = select(batch_samples.c.at, batch_samples.c.status).order_by(batch_samples.c.at)
@@ -358,11 +355,11 @@ async def test_a_glance_at_the_batches_is_bounded(store: Store) -> None:
     """The status page's batches: the running ones first, then the newest finished, at
     most the limit."""
     for i in range(5):
-        await store.track("p", f"done{i}", {}, NOW)
+        await store.tracking.track("p", f"done{i}", {}, NOW)
         done = wire(f"done{i}", "completed").model_copy(update={"created_at": 1_764_000_000 + i})
-        await store.apply([Change("p", f"done{i}", wire=done)], [])
+        await store.claims.apply([Change("p", f"done{i}", wire=done)], [])
     for i in range(3):
-        await store.track("p", f"run{i}", {}, NOW)
-    rows = await store.some_batches(5, NOW - timedelta(days=400))
+        await store.tracking.track("p", f"run{i}", {}, NOW)
+    rows = await store.reads.some_batches(5, NOW - timedelta(days=400))
     assert {r["batch_id"] for r in rows[:3]} == {"run0", "run1", "run2"}  # in no order
     assert [r["batch_id"] for r in rows[3:]] == ["done4", "done3"]

@@ -27,11 +27,9 @@ from watchdog.daemon.service import Service
 from watchdog.daemon.webhooks import WebhookSender
 from watchdog.providers.client import ProviderClient
 from watchdog.settings import Settings
-from watchdog.storage.store import (
+from watchdog.storage.database import (
     AlreadyRunning,
-    EventFilter,
     SchemaError,
-    Store,
     create_engine,
     instance_lock,
     is_sqlite,
@@ -41,6 +39,8 @@ from watchdog.storage.store import (
     schema_revision,
     upgrade,
 )
+from watchdog.storage.journal import EventFilter
+from watchdog.storage.store import Store
 from watchdog.views.explain import explained
 from watchdog.views.replay import Sample, Tally, compare, fresh, judge, recorded, view_at
 
@@ -127,8 +127,8 @@ async def open_daemon(
         async with opening as clients, open_store(settings) as store:
             owner = owner_id()
             if is_sqlite(settings.database_url):
-                await store.release(None)  # the file is locked to us: old leases were ours
-            unsettled = await store.due_unsettled_cancels(utcnow())
+                await store.claims.release(None)  # the file is locked to us: old leases were ours
+            unsettled = await store.claims.due_unsettled_cancels(utcnow())
             if unsettled:
                 log.warning(
                     "reconciling_cancels",
@@ -153,7 +153,7 @@ async def open_daemon(
                     yield Daemon(settings, store, engine)
                 finally:
                     await engine.close()
-                    await store.release(owner)
+                    await store.claims.release(owner)
 
 
 def _announce(daemon: Daemon, config: Path | None) -> None:
@@ -245,12 +245,12 @@ async def track(settings: Settings, batch_id: str, provider: str, labels: list[s
         raise UsageError(f"unknown provider {provider!r}; known: {settings.provider_list()}")
     parsed = parse_labels(labels)
     async with open_store(settings) as store:
-        return await store.track(provider, batch_id, parsed, utcnow())
+        return await store.tracking.track(provider, batch_id, parsed, utcnow())
 
 
 async def untrack(settings: Settings, batch_id: str, provider: str | None) -> list[str]:
     async with open_store(settings) as store:
-        return await store.untrack(batch_id, provider, utcnow())
+        return await store.tracking.untrack(batch_id, provider, utcnow())
 
 
 async def exempt(
@@ -264,7 +264,7 @@ async def exempt(
     now = utcnow()
     async with open_store(settings) as store:
         end = None if until is None else now + until
-        return await store.exempt(batch_id, provider, end, reason, now)
+        return await store.tracking.exempt(batch_id, provider, end, reason, now)
 
 
 async def resume(settings: Settings) -> bool:
@@ -292,7 +292,7 @@ async def explain(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     async with open_store(settings) as store:
-        found = await store.find(batch_id, provider)
+        found = await store.tracking.find(batch_id, provider)
         tripped = await gate.status(store)
     if not found:
         where = f" at {provider!r}" if provider else ""
@@ -324,8 +324,8 @@ async def replay_lines(
     rules = settings.rules()
     judging = Judging(rules, settings.poll_interval, settings.adaptive_polling)
     async with open_store(settings) as store:
-        cancels = await store.first_cancels(since)
-        async for tracked, samples in store.history(since):
+        cancels = await store.journal.first_cancels(since)
+        async for tracked, samples in store.journal.history(since):
             view, key = tracked.view, tracked.key
             timeline = [Sample(row["at"], view_at(view, row)) for row in samples]
             steps = judge(fresh(view), timeline, judging, every=settings.poll_interval, until=now)
@@ -351,18 +351,18 @@ async def report(settings: Settings, since: datetime, by: str) -> dict[str, Any]
 
     built = Report(by)
     async with open_store(settings) as store:
-        async for row in store.report_rows(since):
+        async for row in store.reads.report_rows(since):
             built.add(row)
     return {"since": since.isoformat()} | built.as_dict()
 
 
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:
     async with open_store(settings) as store:
-        return await store.list_batches(status)
+        return await store.reads.list_batches(status)
 
 
 async def stream_events(settings: Settings, wanted: EventFilter) -> AsyncIterator[dict[str, Any]]:
     """The audit log's matching events, oldest first, as they are read."""
     async with open_store(settings) as store:
-        async for row in store.stream_events(wanted):
+        async for row in store.journal.stream_events(wanted):
             yield row

@@ -45,7 +45,9 @@ class BudgetBook:
             if fresh or ledger is None:
                 ledger = await self._build(store, rules, now)
             assert self._looked is not None and self._ended is not None  # set by _build
-            changed = await store.budget_changes(self._ended - OVERLAP, self._looked - OVERLAP)
+            changed = await store.reads.budget_changes(
+                self._ended - OVERLAP, self._looked - OVERLAP
+            )
             for key in changed.untracked:
                 ledger.remove(key)
             for view, cost, ended in changed.finished:
@@ -60,7 +62,9 @@ class BudgetBook:
     async def _build(self, store: Store, rules: Rules, now: datetime) -> Ledger:
         """Read what the windows hold of the past, once."""
         ledger = Ledger(rules.budgets, now)
-        async for view, cost in store.finished_created(min(b.start(now) for b in rules.budgets)):
+        async for view, cost in store.reads.finished_created(
+            min(b.start(now) for b in rules.budgets)
+        ):
             ledger.add(Finished(view, cost))
         self._ledger, self._looked, self._ended = ledger, now, now
         return ledger

@@ -32,7 +32,8 @@ from watchdog.daemon.record import Emitter, Listener
 from watchdog.daemon.refresh import ListPass, Prefetched, Refresher, Result, depth, read_ahead
 from watchdog.providers.breaker import Change as BreakerChange
 from watchdog.providers.client import ProviderClient
-from watchdog.storage.store import BUDGET_PASS, BUDGETS, LIST_PASS, ListPassState, Store
+from watchdog.storage.coordination import BUDGET_PASS, BUDGETS, LIST_PASS, ListPassState
+from watchdog.storage.store import Store
 
 __all__ = ["Engine", "Rules", "TickSummary"]
 NOTHING_LISTED = Prefetched({})
@@ -151,7 +152,7 @@ class Engine:
         another replica takes it at once rather than when it would have lapsed."""
         if self._budget_turn_until is not None:
             self._budget_turn_until = None
-            await self.store.end_turn(BUDGET_PASS, self.owner, self.clock())
+            await self.store.coord.end_turn(BUDGET_PASS, self.owner, self.clock())
 
     def replace_rules(self, rules: Rules) -> None:
         """New policies and pricing, from the next tick on (never halfway through one)."""
@@ -265,7 +266,7 @@ class Engine:
         if held is not None and held - now > self.lease / 2:
             return True
         until = now + self.lease
-        taken = await self.store.take_turn(BUDGET_PASS, self.owner, now, until)
+        taken = await self.store.coord.take_turn(BUDGET_PASS, self.owner, now, until)
         if not taken or held is None:  # lost, or just taken: what was said is another's
             self._budget_memory = None
         self._budget_turn_until = until if taken else None
@@ -277,10 +278,10 @@ class Engine:
         now = self.clock()
         memory = self._budget_memory
         if memory is None:
-            memory = await self.store.get_state(BUDGETS) or {}
+            memory = await self.store.coord.get_state(BUDGETS) or {}
         said = news(found, memory, now)
         if said.events or said.memory != memory:  # an idle tick writes nothing
-            await self.store.set_state(BUDGETS, said.memory, now, said.events)
+            await self.store.coord.set_state(BUDGETS, said.memory, now, said.events)
             self.emitter.tell(said.events)
         self._budget_memory = said.memory
         # A chosen batch whose cancel failed waits for its backoff, like a policy's.
@@ -300,7 +301,7 @@ class Engine:
         holds is left to a later tick), look at them afresh, and cancel."""
         now = self.clock()
         keys, whenever = list(verdicts), now + timedelta(days=3650)
-        claimed = await self.store.claim_due(
+        claimed = await self.store.claims.claim_due(
             now, self.owner, self.lease, len(keys), due_by=whenever, only=keys
         )
         if claimed:
@@ -316,7 +317,7 @@ class Engine:
         skip: set[str] | None = None,
     ) -> list[Tracked]:
         limit = len(only) if only else self.chunk
-        claimed = await self.store.claim_due(
+        claimed = await self.store.claims.claim_due(
             self.clock(),
             self.owner,
             self.lease,
@@ -336,7 +337,7 @@ class Engine:
         not the list). What the pages miss is claimed and fetched afterwards. One
         replica pages a provider's list at a time; a provider another one is paging
         joins ``elsewhere``."""
-        passes = await self.store.list_passes(self.owner, self.clock())
+        passes = await self.store.coord.list_passes(self.owner, self.clock())
         elsewhere |= {provider for provider, held in passes.items() if held.elsewhere}
         for provider, wanted in (await self._list_plans(passes)).items():
             if provider in elsewhere or not await self._hold_list(provider):
@@ -348,7 +349,9 @@ class Engine:
                         elsewhere.add(provider)
                         break
                     if listed.new:
-                        self.emitter.tell(await self.store.discover(provider, listed.new, cutoff))
+                        self.emitter.tell(
+                            await self.store.tracking.discover(provider, listed.new, cutoff)
+                        )
                     if claimed := await self._claim(cutoff, summary, only=listed.keys()):
                         yield claimed, listed
             finally:
@@ -368,14 +371,14 @@ class Engine:
             detail = {"reason": reason, "why": why, "pages": done.pages}
             event = Event(now, provider, None, Kind.DISCOVERY_INCOMPLETE, detail=detail)
             await self.emitter.write([], [event])
-        await self.store.end_turn(LIST_PASS + provider, self.owner, now, remember)
+        await self.store.coord.end_turn(LIST_PASS + provider, self.owner, now, remember)
 
     async def _list_plans(self, passes: Mapping[str, ListPassState]) -> dict[str, ListPass]:
         """Which providers' lists to read this tick, and for what: those with at least
         ``bulk_threshold`` batches due, and those discovering whose last complete pass
         is an interval old."""
         threshold, now = self.refresher.bulk_threshold, self.clock()
-        due = await self.store.due_ids(now, at_least=threshold) if threshold else {}
+        due = await self.store.claims.due_ids(now, at_least=threshold) if threshold else {}
         plans = {p: ListPass(ids, oldest) for p, (ids, oldest) in self.refresher.bulk(due).items()}
         every = self.poll_interval - slack(self.poll_interval)
         for provider, discovery in self.rules.discover.items():
@@ -397,17 +400,17 @@ class Engine:
         look-back."""
         floor = (now - discovery.created_within).timestamp()
         new_from = None if held.newest is None else held.newest - 60
-        running = (await self.store.running_created()).get(provider, [])
+        running = (await self.store.reads.running_created()).get(provider, [])
         return depth(floor, new_from, running, held.density, now.timestamp())
 
     async def next_due(self) -> datetime | None:
         """When the next batch this replica may take falls due: a provider whose list
         another replica is paging is that one's (waking up for it would only spin)."""
         now = self.clock()
-        return await self.store.next_due(now, skip=await self._elsewhere(set()))
+        return await self.store.claims.next_due(now, skip=await self._elsewhere(set()))
 
     async def _elsewhere(self, known: set[str]) -> set[str]:
-        passes = await self.store.list_passes(self.owner, self.clock())
+        passes = await self.store.coord.list_passes(self.owner, self.clock())
         known |= {provider for provider, held in passes.items() if held.elsewhere}
         return known
 
@@ -415,7 +418,9 @@ class Engine:
         """Take or renew this replica's list pass of ``provider``, for as long as a claim
         lasts: a replica that dies mid-pass holds it up no longer than its claims."""
         now = self.clock()
-        return await self.store.take_turn(LIST_PASS + provider, self.owner, now, now + self.lease)
+        return await self.store.coord.take_turn(
+            LIST_PASS + provider, self.owner, now, now + self.lease
+        )
 
     @property
     def _judging(self) -> Judging:
@@ -548,7 +553,7 @@ class Engine:
         """A failed tick gives its claims back at once: left leased, its batches would go
         unwatched for a whole lease while the next ticks claim nothing and look fine."""
         try:
-            await self.store.release(self.owner)
+            await self.store.claims.release(self.owner)
         except Exception as exc:  # the database that failed the tick may refuse this too
             log.warning("release_failed", error=" ".join(str(exc).split())[:200])
 
@@ -589,7 +594,7 @@ class Engine:
             return
         replanned = 0
         if step < 0:
-            replanned = await self.store.replan(now, self.poll_interval, self.lease)
+            replanned = await self.store.claims.replan(now, self.poll_interval, self.lease)
         detail = {"step_s": round(step, 1), "replanned": replanned}
         await self.emitter.write([], [Event(now, None, None, Kind.CLOCK_STEPPED, detail=detail)])
 
@@ -611,7 +616,7 @@ class Engine:
         or batches were left overdue by more than half of it. A metric always; a
         ``backlog`` event when it starts; a warning every such tick after."""
         now = self.clock()
-        due, oldest = await self.store.backlog(now)
+        due, oldest = await self.store.claims.backlog(now)
         lag = max((now - oldest).total_seconds(), 0.0) if oldest is not None else 0.0
         summary.backlog = due
         self.metrics.backlog.set(due)

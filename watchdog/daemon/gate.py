@@ -33,7 +33,7 @@ async def open_gate(
     """The gate for a tick starting now (the per-tick limit; the hourly one is taken from
     the shared ledger as cancels are sent), and the ``safety_resumed`` event when a trip
     whose cool-down has passed ends here."""
-    tripped = await store.get_state(KEY)
+    tripped = await store.coord.get_state(KEY)
     if tripped is None:
         return Gate(limits.max_cancels_per_tick), None
     at = datetime.fromisoformat(tripped["tripped_at"])
@@ -46,7 +46,7 @@ async def reserve(store: Store, limits: SafetySettings, want: int, now: datetime
     """How many of ``want`` cancels the hourly limit, shared by all replicas, allows."""
     if want <= 0:
         return 0
-    return await store.reserve_cancels(want, limits.max_cancels_per_hour, now)
+    return await store.coord.reserve_cancels(want, limits.max_cancels_per_hour, now)
 
 
 async def trip(store: Store, now: datetime, **numbers: Any) -> Event:
@@ -54,18 +54,18 @@ async def trip(store: Store, now: datetime, **numbers: Any) -> Event:
     value = {"tripped_at": now.isoformat(), **numbers}
     note = "alert-only until `batch-watchdog resume`"
     event = Event(now, None, None, Kind.SAFETY_TRIPPED, detail={**numbers, "note": note})
-    await store.set_state(KEY, value, now, [event])
+    await store.coord.set_state(KEY, value, now, [event])
     return event
 
 
 async def resume(store: Store, now: datetime, *, by: str) -> Event | None:
     """End a trip: the committed ``safety_resumed`` event; None when there was none."""
-    if await store.get_state(KEY) is None:
+    if await store.coord.get_state(KEY) is None:
         return None
     event = Event(now, None, None, Kind.SAFETY_RESUMED, detail={"by": by})
-    await store.set_state(KEY, None, now, [event])
+    await store.coord.set_state(KEY, None, now, [event])
     return event
 
 
 async def status(store: Store) -> dict[str, Any] | None:
-    return await store.get_state(KEY)
+    return await store.coord.get_state(KEY)

@@ -54,7 +54,7 @@ class Emitter:
         longer leases is not written and its events are dropped (and not told): the
         batch is another replica's now. A failed commit raises, and tells nothing."""
         events = list(events)
-        rows = await self.store.apply(changes, events, owner=owner)
+        rows = await self.store.claims.apply(changes, events, owner=owner)
         lost = {c.key for c in changes} - rows
         for provider, batch_id in sorted(lost):
             log.warning(

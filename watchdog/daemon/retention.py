@@ -24,7 +24,7 @@ async def prune(store: Store, retention: RetentionSettings, now: datetime) -> di
     runs, size = retention.max_batches, retention.batch
     for kind, age in retention.events.items():
         if age is not None and runs > 0:
-            older = partial(store.prune_events, str(kind), now - age, size)
+            older = partial(store.journal.prune_events, str(kind), now - age, size)
             deleted[str(kind)], runs = await _in_runs(older, runs, size)
     if any(deleted.values()):
         log.info("events_pruned", deleted={k: n for k, n in deleted.items() if n})
@@ -37,9 +37,9 @@ async def _samples(store: Store, retention: RetentionSettings, now: datetime, ru
     (and status change), deleted after ``drop_after``; within what is left of the run's
     bounded deletes."""
     kept, size = retention.samples, retention.batch
-    drop = partial(store.drop_samples, now - kept.drop_after, size)
+    drop = partial(store.journal.drop_samples, now - kept.drop_after, size)
     dropped, runs = await _in_runs(drop, runs, size)
-    thin = partial(store.thin_samples, now - kept.thin_after, kept.step, size)
+    thin = partial(store.journal.thin_samples, now - kept.thin_after, kept.step, size)
     thinned, runs = await _in_runs(thin, runs, size)
     if dropped or thinned:
         log.info("samples_pruned", dropped=dropped, thinned_through=thinned)

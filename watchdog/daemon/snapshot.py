@@ -17,7 +17,8 @@ from watchdog.core.models import TERMINAL
 from watchdog.daemon import gate
 from watchdog.daemon.engine import Engine
 from watchdog.daemon.metrics import Metrics
-from watchdog.storage.store import EventFilter, Store
+from watchdog.storage.journal import EventFilter
+from watchdog.storage.store import Store
 from watchdog.views.page import AGE, AGE_TEXT, Status, age_of, render
 
 log = structlog.get_logger("watchdog.snapshot")
@@ -77,8 +78,8 @@ class Snapshot:
         self.status = replace(
             status,
             now=now,
-            batches=await store.some_batches(PAGE_BATCHES, now - timedelta(days=SPEND_DAYS)),
-            events=[e async for e in store.stream_events(recent)][::-1],
+            batches=await store.reads.some_batches(PAGE_BATCHES, now - timedelta(days=SPEND_DAYS)),
+            events=[e async for e in store.journal.stream_events(recent)][::-1],
             budgets=[a.summary() for a in await self._budgets(now)],
             providers={n: c.breaker.available for n, c in self.engine.clients.items()},
             safety_tripped=await gate.status(store) is not None,
@@ -91,11 +92,11 @@ class Snapshot:
     async def _totals(self, status: Status, now: datetime) -> Status:
         """Counts by status and the spend per day: aggregates the database sums (once a
         minute), also what /metrics exports."""
-        counts = await self.store.stats()
+        counts = await self.store.reads.stats()
         self.metrics.set_tracked(counts)
         by_day: dict[str, dict[str, float]] = {}
         saved = 0.0
-        for day, provider, spend, kept in await self.store.spend_by_day(
+        for day, provider, spend, kept in await self.store.reads.spend_by_day(
             now - timedelta(days=SPEND_DAYS)
         ):
             by_day.setdefault(day, {})[provider] = spend

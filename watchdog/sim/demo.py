@@ -145,7 +145,7 @@ async def _demo_daemon(
 ) -> list[dict[str, Any]]:
     async with app.open_daemon(settings, redact=redact) as daemon:
         for batch_id in demo_scenario(sim):
-            await daemon.store.track("sim", batch_id, {"source": "demo"}, utcnow())
+            await daemon.store.tracking.track("sim", batch_id, {"source": "demo"}, utcnow())
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -158,7 +158,7 @@ async def _demo_daemon(
         )
         await loop_.run(stop)
         await stopped(watcher)
-        return await daemon.store.list_batches()
+        return await daemon.store.reads.list_batches()
 
 
 async def _until_settled(store: Any, stop: asyncio.Event, duration: float) -> None:
@@ -167,7 +167,7 @@ async def _until_settled(store: Any, stop: asyncio.Event, duration: float) -> No
     deadline = loop.time() + duration
     while loop.time() < deadline:
         await asyncio.sleep(1)
-        rows = await store.list_batches()
+        rows = await store.reads.list_batches()
         if rows and all(r["status"] in TERMINAL for r in rows):
             break
     stop.set()
