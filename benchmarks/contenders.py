@@ -72,11 +72,12 @@ async def watchdog_pass(url: str, n: int, concurrency: int) -> dict[str, Any]:
     from sqlalchemy import event, insert
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from watchdog.core.observe import Rules
     from watchdog.core.policies import Policy
     from watchdog.core.pricing import Price
     from watchdog.core.safety import SafetySettings
     from watchdog.daemon import logs
-    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.daemon.engine import Engine
     from watchdog.providers.client import ProviderClient
     from watchdog.storage.database import create_engine, upgrade
     from watchdog.storage.store import Store
@@ -228,8 +229,9 @@ async def idle_tick(n: int) -> dict[str, Any]:
     """The duration of a tick that finds nothing due, with n tracked batches."""
     from sqlalchemy import insert
 
+    from watchdog.core.observe import Rules
     from watchdog.daemon import logs
-    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.daemon.engine import Engine
     from watchdog.storage.database import create_engine, upgrade
     from watchdog.storage.store import Store
     from watchdog.storage.tables import batches

@@ -78,15 +78,17 @@ async def idle_ticks(url: str, n: int = 7) -> list[float]:
     from datetime import timedelta as td
 
     from benchmarks.contenders import NullStream
+    from watchdog.core.cadence import Cadence
+    from watchdog.core.observe import Rules
     from watchdog.daemon import logs
-    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.daemon.engine import Engine
     from watchdog.storage.database import create_engine
     from watchdog.storage.store import Store
 
     logs.configure("info", "json", NullStream())
     db = create_engine(url)
     engine = Engine(
-        store=Store(db), clients={}, rules=Rules((), ()), poll_interval=td(minutes=1), owner="x"
+        store=Store(db), clients={}, rules=Rules((), ()), cadence=Cadence(td(minutes=1)), owner="x"
     )
     times = []
     for _ in range(n):

@@ -20,11 +20,13 @@ from typing import Any
 
 from aiohttp import web
 
+from watchdog.core.cadence import Cadence
+from watchdog.core.observe import Rules
 from watchdog.core.policies import Policy
 from watchdog.core.pricing import Price
 from watchdog.core.safety import SafetySettings
 from watchdog.daemon import logs
-from watchdog.daemon.engine import Engine, Rules
+from watchdog.daemon.engine import Engine
 from watchdog.daemon.scheduler import TickLoop
 from watchdog.providers.client import ProviderClient
 from watchdog.sim.simulator import Simulator
@@ -88,10 +90,9 @@ def engine_for(store: Store, client: ProviderClient, clock: FastClock, adaptive:
         store=store,
         clients={"sim": client},
         rules=rules,
-        poll_interval=timedelta(seconds=INTERVAL),
+        cadence=Cadence(timedelta(seconds=INTERVAL), adaptive),
         owner="bench",
         clock=clock.now,
-        adaptive=adaptive,
     )
 
 
@@ -119,7 +120,7 @@ async def run(adaptive: bool, args: argparse.Namespace) -> list[float]:
         engine = engine_for(store, client, clock, adaptive)
         loop = TickLoop(
             engine.tick,
-            timedelta(seconds=INTERVAL / args.speed),
+            Cadence(timedelta(seconds=INTERVAL / args.speed)),
             next_due=next_due,
         )
         watcher = asyncio.create_task(_until_all_cancelled(sim, stop, clock, args.timeout))

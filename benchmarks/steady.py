@@ -72,11 +72,13 @@ async def pg_stats(db: Any) -> dict[str, int]:
 async def run(url: str, n: int, passes: int, admin: str | None) -> dict[str, Any]:
     from sqlalchemy import event, insert
 
+    from watchdog.core.cadence import Cadence
+    from watchdog.core.observe import Rules
     from watchdog.core.policies import Policy
     from watchdog.core.pricing import Price
     from watchdog.core.safety import SafetySettings
     from watchdog.daemon import logs
-    from watchdog.daemon.engine import Engine, Rules
+    from watchdog.daemon.engine import Engine
     from watchdog.providers.client import ProviderClient
     from watchdog.storage.database import create_engine, upgrade
     from watchdog.storage.store import Store
@@ -108,7 +110,7 @@ async def run(url: str, n: int, passes: int, admin: str | None) -> dict[str, Any
             store=Store(db),
             clients={"sim": client},
             rules=rules,
-            poll_interval=INTERVAL,
+            cadence=Cadence(INTERVAL),
             owner="steady",
             clock=clock,
         )

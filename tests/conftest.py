@@ -17,8 +17,10 @@ import pytest
 from pydantic import SecretStr
 
 from tests.databases import fresh_postgres
+from watchdog.core.cadence import Cadence
 from watchdog.daemon import logs
-from watchdog.daemon.engine import Engine, Rules, TickSummary
+from watchdog.daemon.engine import Engine
+from watchdog.daemon.summary import TickSummary
 from watchdog.providers.client import ProviderClient
 from watchdog.settings import Settings
 from watchdog.sim.simulator import Simulator
@@ -166,15 +168,8 @@ class Harness:
         self.engine = Engine(
             store=self.store,
             clients={"sim": self.client},
-            rules=Rules(
-                tuple(self.settings.policies),
-                tuple(self.settings.pricing),
-                self.settings.dry_run,
-                self.settings.safety,
-                discover={"sim": d} if (d := self.settings.providers["sim"].discover) else {},
-                budgets=tuple(self.settings.budgets),
-            ),
-            poll_interval=self.settings.poll_interval,
+            rules=self.settings.rules(),
+            cadence=Cadence(self.settings.poll_interval),
             owner="test",
             clock=self.clock.now,
         )

@@ -16,8 +16,10 @@ from pydantic import ValidationError
 from tests.conftest import LLAMA, Harness
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from watchdog.core.budgets import Budget, Spending, assess
+from watchdog.core.cadence import Cadence
 from watchdog.core.models import BatchView, Counts
-from watchdog.daemon.engine import Engine, assess_budgets
+from watchdog.daemon.budgeting import assess_budgets
+from watchdog.daemon.engine import Engine
 from watchdog.sim.simulator import Fault
 from watchdog.storage.journal import EventFilter
 
@@ -332,7 +334,7 @@ async def test_replicas_ticking_together_cancel_each_once(harness: Harness) -> N
             store=h.store,
             clients={"sim": h.client},
             rules=rules,
-            poll_interval=interval,
+            cadence=Cadence(interval),
             owner=owner,
             clock=h.clock.now,
         )
@@ -469,7 +471,7 @@ async def test_the_daemons_book_agrees_with_a_fresh_look(harness: Harness) -> No
         if step == 3:
             await h.store.tracking.untrack("batch_done0", "sim", h.clock.now())
         await h.tick(advance=120)
-        kept = h.engine.budget_book.last
+        kept = h.engine.budgeting.book.last
         fresh = await assess_budgets(h.store, h.engine.rules, h.clock.now())
         assert [a.summary() for a in kept] == [a.summary() for a in fresh], step
     assert kept[0].finished > 0  # the ended batches came from the ledger
@@ -487,7 +489,7 @@ async def test_a_look_a_moment_behind_the_last_does_not_rebuild_the_book(
     await h.track(*h.sim.simulator.batches)
     await h.tick()
     assert h.engine is not None
-    book, rules, now = h.engine.budget_book, h.engine.rules, h.clock.now()
+    book, rules, now = h.engine.budgeting.book, h.engine.rules, h.clock.now()
     built = book._ledger
     await book.assess(h.store, rules, now - timedelta(seconds=3))
     assert book._ledger is built

@@ -174,7 +174,7 @@ def second_engine(h: Harness, owner: str) -> Engine:
         store=h.store,
         clients=h.engine.clients,
         rules=h.engine.rules,
-        poll_interval=h.engine.poll_interval,
+        cadence=h.engine.cadence,
         owner=owner,
         clock=h.clock.now,
     )

@@ -15,10 +15,12 @@ import pytest
 from pydantic import SecretStr
 
 from tests.conftest import API_KEY, LLAMA, LLAMA_PRICE, SPENDER, Clock, _no_sleep
+from watchdog.core.cadence import Cadence
 from watchdog.core.models import BatchObject, BatchPage, is_unknown_status, page_of, view_of
+from watchdog.core.observe import Rules
 from watchdog.core.policies import Policy
 from watchdog.core.pricing import Price
-from watchdog.daemon.engine import Engine, Rules
+from watchdog.daemon.engine import Engine
 from watchdog.providers.client import ProviderClient
 from watchdog.providers.dialects import KINDS, inward, inward_page
 from watchdog.sim.simulator import Simulator
@@ -161,7 +163,12 @@ async def serve(aiohttp_server: Any, clock: Clock, api: str) -> tuple[Simulator,
 def engine_of(store: Store, clients: Any, rules: Rules, clock: Clock) -> Engine:
     minute = timedelta(seconds=60)
     return Engine(
-        store=store, clients=clients, rules=rules, poll_interval=minute, owner="t", clock=clock.now
+        store=store,
+        clients=clients,
+        rules=rules,
+        cadence=Cadence(minute),
+        owner="t",
+        clock=clock.now,
     )
 
 

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from tests.conftest import SQLITE_ONLY, Harness
+from watchdog.core.cadence import Cadence
 from watchdog.daemon.engine import Engine
 from watchdog.sim.simulator import Fault
 
@@ -505,7 +506,7 @@ async def test_unavailable_provider_backs_off_and_recovers(harness: Harness) -> 
     )
     dead.breaker = Breaker(threshold=3, base=30, clock=lambda: now[0], rng=lambda: 0.0)
     assert h.engine is not None
-    h.engine.clients = {"sim": h.client, "dead": dead}
+    h.engine.use_clients({"sim": h.client, "dead": dead})
     h.sim.simulator.add("batch_ok", total=10, rate=0)
     await h.track("batch_ok")
     for i in range(5):
@@ -563,7 +564,7 @@ async def test_bulk_refresh_reads_pages_not_single_batches(harness: Harness) -> 
     h = harness
     h.configure(policies=COST_CAP)
     assert h.engine is not None
-    h.engine.bulk_threshold = 100
+    h.engine.refresher.bulk_threshold = 100
     ids = [f"batch_{i:03d}" for i in range(250)]
     for i, batch_id in enumerate(ids):
         h.sim.simulator.add(batch_id, total=10, rate=0, age=1000 + i)
@@ -583,16 +584,16 @@ async def test_one_replica_pages_a_providers_list_at_a_time(harness: Harness) ->
     h = harness
     h.configure(policies=COST_CAP)
     assert h.engine is not None and h.settings is not None
-    h.engine.bulk_threshold = 100
+    h.engine.refresher.bulk_threshold = 100
     other = Engine(
         store=h.store,
         clients={"sim": h.client},
         rules=h.engine.rules,
-        poll_interval=h.settings.poll_interval,
+        cadence=Cadence(h.settings.poll_interval),
         owner="other",
         clock=h.clock.now,
     )
-    other.bulk_threshold = 100
+    other.refresher.bulk_threshold = 100
     ids = [f"batch_{i:03d}" for i in range(250)]
     for i, batch_id in enumerate(ids):
         h.sim.simulator.add(batch_id, total=10, rate=0, age=1000 + i)
@@ -625,7 +626,7 @@ async def test_bulk_refresh_survives_an_endless_list(harness: Harness) -> None:
     h = harness
     h.configure(policies=COST_CAP)
     assert h.engine is not None
-    h.engine.bulk_threshold = 100
+    h.engine.refresher.bulk_threshold = 100
     h.sim.simulator.chaos = Chaos(rate=1.0, kinds=("endless_list",), routes=("list",))
     ids = [f"batch_{i:03d}" for i in range(150)]
     for batch_id in ids:
@@ -722,7 +723,7 @@ async def test_a_wall_clock_stepped_back_is_planned_again(harness: Harness) -> N
         store=h.store,
         clients={"sim": h.client},
         rules=h.engine.rules,
-        poll_interval=h.engine.poll_interval,
+        cadence=h.engine.cadence,
         owner="stepped",
         clock=lambda: h.clock.now() + timedelta(seconds=fast[0]),
         monotonic=lambda: mono[0],

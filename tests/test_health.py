@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from watchdog.core.cadence import Cadence
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
 from watchdog.daemon.scheduler import TickLoop
@@ -31,7 +32,7 @@ async def _noop() -> None:
 )
 def test_liveness_rule(finished_ago: int | None, running_for: int | None, alive: bool) -> None:
     """Alive while a tick finished, or is running, within three intervals."""
-    loop = TickLoop(_noop, timedelta(seconds=60), clock=lambda: T0)
+    loop = TickLoop(_noop, Cadence(timedelta(seconds=60)), clock=lambda: T0)
     now = T0 + timedelta(seconds=max(finished_ago or 0, running_for or 0) + 1)
     if finished_ago is not None:
         loop.last_tick_finished = now - timedelta(seconds=finished_ago)

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from tests.conftest import SQLITE_ONLY, Harness, Sim
 from tests.daemons import Daemon
 from tests.test_service import endpoint, http_port
+from watchdog.core.cadence import Cadence
 from watchdog.daemon.scheduler import TickLoop
 from watchdog.sim.simulator import Fault
 from watchdog.storage.database import create_engine, upgrade
@@ -77,7 +78,7 @@ async def test_bulk_answers_are_used_once_under_load(harness: Harness) -> None:
     h = harness
     h.configure(policies=COST_CAP, poll_interval="10s")
     assert h.engine is not None
-    h.engine.chunk, h.engine.bulk_threshold = 20, 20
+    h.engine.chunk, h.engine.refresher.bulk_threshold = 20, 20
     ids = [f"batch_{i:02d}" for i in range(60)]
     for i, batch_id in enumerate(ids):  # every third one is over the $5 cap: $0.04 each
         tokens = 1_000_000 if i % 3 == 0 else 1_000
@@ -116,7 +117,7 @@ async def test_an_early_tick_planned_inside_an_early_tick_runs() -> None:
     async def next_due() -> datetime:
         return datetime.now(UTC) - timedelta(seconds=1)  # a backlog: due already
 
-    loop = TickLoop(tick, timedelta(seconds=60), next_due=next_due)
+    loop = TickLoop(tick, Cadence(timedelta(seconds=60)), next_due=next_due)
     await asyncio.wait_for(loop.run(stop), timeout=60)
     assert len(started) == 4
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(started)]
@@ -167,7 +168,7 @@ async def test_a_bad_list_item_costs_only_its_own_batch(harness: Harness) -> Non
     h = harness
     h.configure(policies=COST_CAP)
     assert h.engine is not None
-    h.engine.bulk_threshold = 100
+    h.engine.refresher.bulk_threshold = 100
     ids = [f"batch_{i:03d}" for i in range(150)]
     for i, batch_id in enumerate(ids):
         h.sim.simulator.add(batch_id, total=10, rate=0, age=1000 + i)

@@ -92,7 +92,7 @@ async def test_no_tick_statement_scans_history(harness: Harness) -> None:
     # Discovery's list pass and the budgets' assessment run every statement of theirs.
     h.configure(policies=COST_CAP, discover=True, budgets=[budget])
     assert h.engine is not None
-    h.engine.bulk_threshold = 1  # the bulk refresh's queries too
+    h.engine.refresher.bulk_threshold = 1  # the bulk refresh's queries too
     await history(h)
     for i in range(ACTIVE):
         h.sim.simulator.add(f"batch_{i}", total=100, rate=1)

@@ -22,7 +22,7 @@ async def over_the_cap(h: Harness) -> list[Event]:
     h.configure(policies=COST_CAP)
     assert h.engine is not None
     sent: list[Event] = []
-    h.engine.on_events = sent.extend
+    h.engine.listen(sent.extend)
     progressed(h, "b", 1000, 2000, input_tokens=50_000, output_tokens=100_000)
     await h.track("b")
     return sent

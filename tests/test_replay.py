@@ -196,7 +196,7 @@ def test_replay_judges_every_poll_as_the_daemon_does() -> None:
         policies=policies,
         dry_run=rng.random() < 0.5,
     )
-    judging = Judging(settings.rules(), settings.poll_interval, settings.adaptive_polling)
+    judging = Judging(settings.rules(), settings.cadence)
     for case in range(200):
         created = t0 - timedelta(hours=rng.uniform(0, 6))
         view = BatchView("p", f"b{case}", None, model="m1", created_at=created,

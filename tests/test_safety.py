@@ -240,7 +240,7 @@ async def test_webhook_gets_one_message_per_cancel(harness: Harness, aiohttp_ser
     async with WebhookSender([Webhook(url=url, events=["cancel_succeeded"])]) as sender:
         h.configure(policies=cost_cap())
         assert h.engine is not None
-        h.engine.on_events = sender.submit
+        h.engine.listen(sender.submit)
         for batch_id in ("b1", "b2"):
             expensive(h, batch_id)
         await h.track("b1", "b2")
@@ -274,7 +274,7 @@ async def test_a_hung_webhook_never_holds_a_tick(harness: Harness, aiohttp_serve
     async with WebhookSender([hook]) as sender:
         h.configure(policies=cost_cap())
         assert h.engine is not None
-        h.engine.on_events = sender.submit
+        h.engine.listen(sender.submit)
         expensive(h, "b")
         await h.track("b")
         summary = await asyncio.wait_for(h.tick(), timeout=60)

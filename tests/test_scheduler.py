@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from structlog.testing import capture_logs
 
+from watchdog.core.cadence import Cadence
 from watchdog.daemon.scheduler import TickLoop
 
 
@@ -23,7 +24,7 @@ async def test_ticks_repeat_and_survive_a_failure() -> None:
         if len(calls) == 3:
             stop.set()
 
-    loop = TickLoop(tick, timedelta(seconds=0.05))
+    loop = TickLoop(tick, Cadence(timedelta(seconds=0.05)))
     with capture_logs() as logs:
         await asyncio.wait_for(loop.run(stop), timeout=60)
     assert len(calls) >= 3
@@ -42,7 +43,7 @@ async def test_stop_drains_the_tick_in_flight() -> None:
         await asyncio.sleep(0.2)
         finished.set()
 
-    await asyncio.wait_for(TickLoop(tick, timedelta(seconds=60)).run(stop), timeout=60)
+    await asyncio.wait_for(TickLoop(tick, Cadence(timedelta(seconds=60))).run(stop), timeout=60)
     assert finished.is_set()
 
 
@@ -62,7 +63,7 @@ async def test_a_tick_past_the_drain_timeout_is_stopped_and_cleaned_up_before_re
             cleaned.set()
 
     with capture_logs() as logs:
-        loop = TickLoop(tick, timedelta(seconds=60))
+        loop = TickLoop(tick, Cadence(timedelta(seconds=60)))
         await asyncio.wait_for(loop.run(stop, drain_timeout=0.1), timeout=60)
     assert cleaned.is_set()
     assert [e["waited_s"] for e in logs if e["event"] == "tick_abandoned"] == [0.1]
@@ -86,7 +87,7 @@ async def test_an_early_tick_comes_for_a_batch_due_before_the_next_regular_one()
 
     # Without the early tick the second would come a whole 60 s interval later: past
     # this bound, which nothing but that reaches.
-    loop = TickLoop(tick, timedelta(seconds=60), next_due=next_due)
+    loop = TickLoop(tick, Cadence(timedelta(seconds=60)), next_due=next_due)
     await asyncio.wait_for(loop.run(stop), timeout=45)
     assert len(started) == 2
 
@@ -101,7 +102,7 @@ async def test_ticks_go_on_when_the_wall_clock_steps_back() -> None:
     async def tick() -> None:
         started.append(loop.time())
 
-    ticks = TickLoop(tick, timedelta(seconds=0.2))
+    ticks = TickLoop(tick, Cadence(timedelta(seconds=0.2)))
     runner = asyncio.create_task(ticks.run(stop))
     while len(started) < 2:
         await asyncio.sleep(0.01)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from watchdog.core import cancels
+from watchdog.core.cadence import Cadence
 from watchdog.core.errors import CancelRefused, NotFound, PermanentError, TemporaryError
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import BatchObject, BatchView
@@ -23,7 +24,7 @@ NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 T = int(NOW.timestamp())
 CAP = Policy.model_validate({"name": "cap", "when": {"cost_usd_above": 5}, "action": "cancel"})
 PRICE = Price.model_validate({"model": "m", "input": 0.03, "output": 0.05})
-JUDGING = Judging(Rules((CAP,), (PRICE,)), timedelta(seconds=60), adaptive=False)
+JUDGING = Judging(Rules((CAP,), (PRICE,)), Cadence(timedelta(seconds=60), adaptive=False))
 
 
 def tracked(status: str | None = "in_progress", **fields: Any) -> Tracked:

@@ -20,10 +20,12 @@ from watchdog.core.models import validate_batch_id
 from watchdog.core.observe import Judging
 from watchdog.core.rows import Tracked
 from watchdog.daemon import gate, logs
-from watchdog.daemon.engine import Engine, TickSummary, assess_budgets
+from watchdog.daemon.budgeting import assess_budgets
+from watchdog.daemon.engine import Engine
 from watchdog.daemon.metrics import Metrics
 from watchdog.daemon.record import log_event
 from watchdog.daemon.service import Service
+from watchdog.daemon.summary import TickSummary
 from watchdog.daemon.webhooks import WebhookSender
 from watchdog.providers.client import ProviderClient
 from watchdog.settings import Settings
@@ -140,13 +142,12 @@ async def open_daemon(
                     store=store,
                     clients=clients,
                     rules=settings.rules(dry_run=dry_run),
-                    poll_interval=settings.poll_interval,
+                    cadence=settings.cadence,
                     owner=owner,
                     lease=settings.lease_duration,
                     metrics=metrics,
-                    on_events=webhooks.submit if webhooks.hooks else None,
+                    listeners=[webhooks.submit] if webhooks.hooks else [],
                     bulk_threshold=settings.bulk_refresh_at,
-                    adaptive=settings.adaptive_polling,
                     monotonic=monotonic,
                 )
                 try:
@@ -322,7 +323,7 @@ async def replay_lines(
     prices against what the daemon did, one batch's line at a time (read-only: nothing
     written, nothing sent; memory holds one batch)."""
     rules = settings.rules()
-    judging = Judging(rules, settings.poll_interval, settings.adaptive_polling)
+    judging = Judging(rules, settings.cadence)
     async with open_store(settings) as store:
         cancels = await store.journal.first_cancels(since)
         async for tracked, samples in store.journal.history(since):

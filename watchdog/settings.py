@@ -38,6 +38,7 @@ from pydantic_settings import (
 from pydantic_settings.sources.utils import parse_env_vars
 
 from watchdog.core.budgets import Budget
+from watchdog.core.cadence import Cadence
 from watchdog.core.durations import Duration
 from watchdog.core.events import Kind
 from watchdog.core.observe import Rules
@@ -333,6 +334,10 @@ class Settings(BaseSettings):
 
     def provider_list(self) -> str:
         return ", ".join(sorted(self.providers)) or "(none configured)"
+
+    @property
+    def cadence(self) -> Cadence:
+        return Cadence(self.poll_interval, self.adaptive_polling)
 
     def rules(self, *, dry_run: bool = False) -> Rules:
         """What this config says to judge by (the daemon's, a reload's, a policy test's)."""

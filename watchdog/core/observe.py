@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from watchdog.core.budgets import Budget
+from watchdog.core.cadence import Cadence, slack
 from watchdog.core.errors import PermanentError, ProviderError
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import (
@@ -57,8 +58,7 @@ class Judging:
     """The rules and cadence the pure steps judge by."""
 
     rules: Rules
-    poll_interval: timedelta
-    adaptive: bool = True
+    cadence: Cadence
     # The tick's start: the regular next poll counts from it, not from each answer, so
     # that what one tick polled falls due together for the next (one list pass, not a
     # trickle of small early ticks and single GETs).
@@ -67,7 +67,7 @@ class Judging:
     @property
     def follow_up(self) -> timedelta:
         """How soon to look again at a batch a cancel was sent to."""
-        return min(self.rules.safety.cancel_poll_interval, self.poll_interval)
+        return min(self.rules.safety.cancel_poll_interval, self.cadence.interval)
 
 
 @dataclass(slots=True)
@@ -216,7 +216,7 @@ def schedule(
     crossing: timedelta | None = None,
 ) -> Change:
     """When to poll next (and the lease given back)."""
-    interval = judging.poll_interval
+    interval = judging.cadence.interval
     if status == CANCELLING:  # follow a cancel through more closely
         interval = min(interval, judging.rules.safety.cancel_poll_interval)
     change = Change(*key, lease_owner=None, lease_expires_at=None)
@@ -229,19 +229,13 @@ def schedule(
     return change
 
 
-def slack(interval: timedelta) -> timedelta:
-    """How much before a whole interval a batch is due again: the next tick, which may
-    fire a hair early, finds it due."""
-    return min(interval / 10, timedelta(seconds=5))
-
-
 def _crossing(
     tracked: Tracked, view: BatchView, cost: Decimal | None, now: datetime, judging: Judging
 ) -> timedelta | None:
     """Adaptive polling: how soon a cancel policy that applies to this batch may start
     to hold — its cost passing a cap at the spend rate since the last poll, or its age
     or time to expiry crossing a limit."""
-    if not judging.adaptive:
+    if not judging.cadence.adaptive:
         return None
     policies = [
         p

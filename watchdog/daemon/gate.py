@@ -8,11 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
+
+from watchdog.core.decisions import Candidate, Plan, candidate_of, plan
 from watchdog.core.events import Event, Kind
+from watchdog.core.observe import Observation, Rules
 from watchdog.core.safety import SafetySettings
+from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.record import Emitter
 from watchdog.storage.store import Store
 
 KEY = "safety"
+log = structlog.get_logger("watchdog.engine")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,3 +76,89 @@ async def resume(store: Store, now: datetime, *, by: str) -> Event | None:
 
 async def status(store: Store) -> dict[str, Any] | None:
     return await store.coord.get_state(KEY)
+
+
+class Guard:
+    """Between deciding and acting: which of a tick's wanted cancels go out (the plan:
+    dry run, exemptions, held providers, the per-tick and the shared hourly limits),
+    and the trip when the limits are hit."""
+
+    def __init__(
+        self, store: Store, emitter: Emitter, metrics: Metrics, skewed: dict[str, str]
+    ) -> None:
+        self.store, self.emitter, self.metrics = store, emitter, metrics
+        self.skewed = skewed  # provider -> why its cancels are held (the watch keeps it)
+
+    async def open(self, limits: SafetySettings, now: datetime) -> Gate:
+        gate, resumed = await open_gate(self.store, limits, now)
+        if resumed is not None:
+            self.emitter.tell([resumed])
+        self.metrics.safety_tripped.set(gate.alert_only is not None)
+        return gate
+
+    async def decide(
+        self, seen: list[Observation], gate: Gate, rules: Rules, now: datetime
+    ) -> tuple[list[Observation], Gate, Plan, Event | None]:
+        """The batches to cancel now, what the rest of the tick may still cancel, the
+        plan (for its held ones) and the trip's event, if this tripped the safety."""
+        wanted = [o for o in seen if o.verdict and o.verdict.action == "cancel"]
+        exempt = rules.safety.exempt_metadata
+        decided = plan(
+            [self._candidate(o, exempt, now) for o in wanted],
+            dry_run=rules.dry_run,
+            max_cancels=gate.allowed,
+            alert_only=gate.alert_only,
+        )
+        await self._hourly_limit(decided, rules.safety, now)
+        _say_held(decided, seen)
+        gate, tripped = Gate(gate.allowed - len(decided.cancel), gate.alert_only), None
+        if decided.capped:
+            gate, tripped = await self._trip(decided, rules.safety, now)
+        by_key = {o.key: o for o in seen}
+        return [by_key[(c.provider, c.batch_id)] for c in decided.cancel], gate, decided, tripped
+
+    def _candidate(self, obs: Observation, exempt: dict[str, str], now: datetime) -> Candidate:
+        assert obs.verdict is not None
+        skewed = self.skewed.get(obs.after.view.provider)
+        return candidate_of(obs.after, obs.verdict.policy, exempt, now, skewed)
+
+    async def _hourly_limit(self, decided: Plan, limits: SafetySettings, now: datetime) -> None:
+        """Take the planned cancels from the hourly budget all replicas share; the ones
+        it does not grant are held back like the per-tick cap's (and trip the safety)."""
+        granted = await reserve(self.store, limits, len(decided.cancel), now)
+        over, decided.cancel = decided.cancel[granted:], decided.cancel[:granted]
+        limit = limits.max_cancels_per_hour
+        decided.held += [(c, f"hourly cancel limit ({limit}, all replicas) reached") for c in over]
+        decided.capped += len(over)
+
+    async def _trip(
+        self, decided: Plan, limits: SafetySettings, now: datetime
+    ) -> tuple[Gate, Event]:
+        sending = len(decided.cancel)
+        event = await trip(
+            self.store,
+            now,
+            would_cancel=sending + decided.capped,
+            cancelled=sending,
+            held=decided.capped,
+            max_cancels_per_tick=limits.max_cancels_per_tick,
+            max_cancels_per_hour=limits.max_cancels_per_hour,
+        )
+        self.emitter.tell([event])
+        self.metrics.safety_tripped.set(1)
+        return Gate(0, "safety tripped: alert-only until resume"), event
+
+
+def _say_held(decided: Plan, seen: list[Observation]) -> None:
+    """Why a cancel is held: said once, when the policy first matches; later ticks only
+    count it."""
+    fresh = {e.key for o in seen for e in o.events if e.kind == Kind.POLICY_MATCHED}
+    for candidate, reason in decided.held:
+        key = (candidate.provider, candidate.batch_id)
+        (log.info if key in fresh else log.debug)(
+            "cancel_held",
+            batch_id=candidate.batch_id,
+            provider=candidate.provider,
+            policy=candidate.policy,
+            reason=reason,
+        )

@@ -16,7 +16,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watchdog.clock import utcnow
-from watchdog.core.observe import slack
+from watchdog.core.cadence import Cadence
 
 log = structlog.get_logger("watchdog.scheduler")
 
@@ -31,19 +31,20 @@ async def stopped(*tasks: asyncio.Future[Any]) -> None:
 
 
 class TickLoop:
-    """Runs ``tick`` every ``interval`` until ``stop`` is set."""
+    """Runs ``tick`` at the cadence's interval until ``stop`` is set."""
 
     def __init__(
         self,
         tick: Callable[[], Awaitable[Any]],
-        interval: timedelta,
+        cadence: Cadence,
         *,
         on_tick: Callable[[bool, float], None] | None = None,
         clock: Callable[[], datetime] = utcnow,
         next_due: Callable[[], Awaitable[datetime | None]] | None = None,
     ) -> None:
         self._tick = tick
-        self._interval = interval
+        self._interval = interval = cadence.interval
+        self._cadence = cadence
         self._on_tick = on_tick
         self._clock = clock
         self._inflight: asyncio.Task[Any] | None = None
@@ -116,7 +117,7 @@ class TickLoop:
             return
         # What the last tick polled is due a slack before the regular tick: that one
         # takes it (together), no early tick.
-        if due >= regular.next_run_time - max(slack(self._interval), timedelta(seconds=0.5)):
+        if due >= regular.next_run_time - max(self._cadence.slack, timedelta(seconds=0.5)):
             return
         self._drop_early()
         self._early_count += 1

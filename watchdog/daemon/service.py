@@ -11,13 +11,15 @@ from pathlib import Path
 import structlog
 
 from watchdog.clock import utcnow
+from watchdog.core.observe import Rules
 from watchdog.daemon import gate
-from watchdog.daemon.engine import Engine, Rules, TickSummary
+from watchdog.daemon.engine import Engine
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
 from watchdog.daemon.retention import prune
 from watchdog.daemon.scheduler import TickLoop, stopped
 from watchdog.daemon.snapshot import Snapshot
+from watchdog.daemon.summary import TickSummary
 from watchdog.daemon.systemd import Notifier
 from watchdog.settings import ConfigError, ProviderSettings, Settings, load_settings
 from watchdog.storage.store import Store
@@ -60,7 +62,7 @@ class Service:
         self.stop = asyncio.Event()
         self.ticks = TickLoop(
             engine.tick,
-            settings.poll_interval,
+            engine.cadence,
             on_tick=self._ticked,
             # Early ticks: for batches adaptive polling made due before the next regular
             # tick, and for a backlog a bounded tick left behind.

@@ -87,7 +87,7 @@ class Snapshot:
         )
 
     async def _budgets(self, now: datetime) -> list[Assessment]:
-        return await self.engine.budget_book.assess(self.store, self.engine.rules, now)
+        return await self.engine.budgeting.book.assess(self.store, self.engine.rules, now)
 
     async def _totals(self, status: Status, now: datetime) -> Status:
         """Counts by status and the spend per day: aggregates the database sums (once a

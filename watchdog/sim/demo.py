@@ -153,7 +153,7 @@ async def _demo_daemon(
         watcher = asyncio.create_task(_until_settled(daemon.store, stop, duration))
         loop_ = TickLoop(
             daemon.engine.tick,
-            settings.poll_interval,
+            daemon.engine.cadence,
             next_due=daemon.engine.next_due,
         )
         await loop_.run(stop)

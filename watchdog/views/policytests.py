@@ -111,7 +111,7 @@ def _bounded(path: Path, test: PolicyTest, settings: Settings) -> None:
 
 def run(test: PolicyTest, settings: Settings) -> list[str]:
     """Every failing expectation, as one line naming it and what was observed."""
-    judging = Judging(settings.rules(), settings.poll_interval, settings.adaptive_polling)
+    judging = Judging(settings.rules(), settings.cadence)
     last = max(e.at for e in test.expect)
     steps = {
         b.id: judge(
