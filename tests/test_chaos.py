@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.daemons import Daemon, write_config
 from tests.databases import fresh_postgres
 from watchdog.core.models import KNOWN
-from watchdog.sim.chaos import KINDS, Chaos
+from watchdog.sim.chaos import FAULTS, Chaos
 from watchdog.sim.simulator import Simulator
 from watchdog.storage.database import create_engine, upgrade
 from watchdog.storage.store import Store
@@ -124,7 +124,7 @@ async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
     await asyncio.sleep(max(0.0, 55 - (time.time() - start)))
 
     async def every_fault_served() -> bool:  # a slow machine makes fewer requests a minute
-        return all(chaos.counts.get(kind) for kind in KINDS if kind != "endless_list")
+        return all(chaos.counts.get(kind) for kind in FAULTS if kind != "endless_list")
 
     await until(every_fault_served, timeout=300)
     clock.frozen = time.time()
@@ -147,7 +147,7 @@ async def test_chaos(tmp_path: Path, aiohttp_server: Any) -> None:
     assert await daemon.stop() == 0
     assert killed == [-9, -9, -9]
 
-    assert all(chaos.counts.get(kind) for kind in KINDS if kind != "endless_list"), chaos.counts
+    assert all(chaos.counts.get(kind) for kind in FAULTS if kind != "endless_list"), chaos.counts
     cancels = {b: sim.calls.get(b, {}).get("cancel", 0) for b in sim.batches}
     assert [b for b in violators if cancels[b] != 1] == []
     assert [b for b in cancels if b not in violators and cancels[b]] == []

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from watchdog.core.errors import PermanentError, TemporaryError
 from watchdog.core.models import implausible
 from watchdog.providers.client import ProviderClient
-from watchdog.sim.chaos import KINDS, Chaos
+from watchdog.sim.chaos import FAULTS, Chaos
 from watchdog.sim.simulator import Simulator
 
 EXPECTED: dict[str, type[Exception] | None] = {
@@ -39,7 +39,7 @@ async def _no_sleep(_: float) -> None:
     return None
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", FAULTS)
 async def test_each_fault_kind_on_a_poll(kind: str, aiohttp_server: Any) -> None:
     """Every fault on GET /batches/{id} becomes the expected error, or a parsed batch
     that the engine then judges (unknown status) or refuses (implausible timestamps)."""

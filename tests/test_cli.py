@@ -470,7 +470,7 @@ def test_absurd_exempt_duration_is_a_usage_error(capsys: pytest.CaptureFixture[s
 
 def test_list_shows_control_characters_escaped() -> None:
     """A provider's escape sequence in a status or model never reaches the terminal raw."""
-    from watchdog.cli import batch_table
+    from watchdog.views.text import batch_table
 
     row: dict[str, object] = {
         k: None

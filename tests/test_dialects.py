@@ -22,7 +22,7 @@ from watchdog.core.policies import Policy
 from watchdog.core.pricing import Price
 from watchdog.daemon.engine import Engine
 from watchdog.providers.client import ProviderClient
-from watchdog.providers.dialects import KINDS, inward, inward_page
+from watchdog.providers.dialects import DIALECTS, inward, inward_page
 from watchdog.sim.simulator import Simulator
 from watchdog.storage.store import Store
 
@@ -34,30 +34,30 @@ def payload(name: str) -> Any:
 
 
 def test_azure_payload_and_its_missing_deadline() -> None:
-    batch = BatchObject.model_validate(inward(KINDS["azure"], payload("azure_batch.json")))
+    batch = BatchObject.model_validate(inward(DIALECTS["azure"], payload("azure_batch.json")))
     view = view_of("az", batch)
     assert view.counts is not None and (view.counts.completed, view.counts.failed) == (240, 10)
     assert view.tokens is not None and view.tokens.input == 480_000
     assert view.expires_at is None  # Azure does not expire batches at 24 h: no deadline
-    assert "expires_within" in KINDS["azure"].cannot()
+    assert "expires_within" in DIALECTS["azure"].cannot()
 
 
 def test_groq_payload_has_no_usage_so_cost_is_unknown() -> None:
-    batch = BatchObject.model_validate(inward(KINDS["groq"], payload("groq_batch.json")))
+    batch = BatchObject.model_validate(inward(DIALECTS["groq"], payload("groq_batch.json")))
     view = view_of("groq", batch)
     assert view.tokens is None and view.model is None and view.counts is not None
     assert view.expires_at is not None  # a 7 d window, but a real deadline
-    assert KINDS["groq"].cannot()["cost_usd_above"].startswith("no usage on a groq batch")
+    assert DIALECTS["groq"].cannot()["cost_usd_above"].startswith("no usage on a groq batch")
 
 
 def test_mistral_job_and_list() -> None:
-    job = BatchObject.model_validate(inward(KINDS["mistral"], payload("mistral_job.json")))
+    job = BatchObject.model_validate(inward(DIALECTS["mistral"], payload("mistral_job.json")))
     view = view_of("mistral", job)
     assert view.status == "in_progress" and view.model == "mistral-small-latest"
     assert view.counts is not None and (view.counts.total, view.counts.completed) == (200, 45)
     assert view.counts.failed == 15 and view.tokens is None
     page = BatchPage.model_validate(
-        inward_page(KINDS["mistral"], payload("mistral_list.json"), 0, 3)
+        inward_page(DIALECTS["mistral"], payload("mistral_list.json"), 0, 3)
     )
     statuses = [b.status for b in page.data]
     assert statuses == ["validating", "SOMETHING_NEW", "cancelling"]
@@ -69,12 +69,12 @@ def test_a_malformed_item_of_another_dialect_costs_only_itself() -> None:
     """As for OpenAI's pages: the bad item is skipped (its batch gets its own GET)."""
     raw = payload("mistral_list.json")
     raw["data"][0]["total_requests"] = -5
-    page = page_of(inward_page(KINDS["mistral"], raw, 0, 3))
+    page = page_of(inward_page(DIALECTS["mistral"], raw, 0, 3))
     assert [b.id for b in page.data] == ["job-2", "job-1"] and page.skipped == 1
 
 
 def test_together_payloads_progress_and_bare_list() -> None:
-    kind = KINDS["together"]
+    kind = DIALECTS["together"]
     batch = BatchObject.model_validate(inward(kind, payload("together_batch.json")))
     view = view_of("together", batch)
     assert view.status == "in_progress" and str(view.model).startswith("meta-llama/")
@@ -110,7 +110,7 @@ def test_times_without_an_offset_are_utc_whatever_the_hosts_zone(
     monkeypatch.setenv("TZ", zone)
     time.tzset()
     try:
-        batch = BatchObject.model_validate(inward(KINDS[kind], raw))
+        batch = BatchObject.model_validate(inward(DIALECTS[kind], raw))
     finally:
         monkeypatch.undo()
         time.tzset()
@@ -118,7 +118,7 @@ def test_times_without_an_offset_are_utc_whatever_the_hosts_zone(
 
 
 def test_anthropic_payloads_counts_move_at_the_end() -> None:
-    kind = KINDS["anthropic"]
+    kind = DIALECTS["anthropic"]
 
     def read(name: str) -> Any:
         return view_of("a", BatchObject.model_validate(inward(kind, payload(name))))
@@ -341,14 +341,14 @@ def test_the_config_schema_names_every_kind_and_only_those() -> None:
 
     from watchdog.providers.dialects import Api
 
-    assert set(get_args(Api)) == set(KINDS)
+    assert set(get_args(Api)) == set(DIALECTS)
 
 
 def test_what_each_kind_sends_with_a_key() -> None:
     """Azure: api-key and the dated api-version, none on v1; the others Bearer."""
-    azure = KINDS["azure"]
+    azure = DIALECTS["azure"]
     assert azure.headers("k") == {"api-key": "k"}
     assert azure.params() == {"api-version": "2024-10-21"} and azure.params("v1") == {}
     assert azure.params("2025-04-01-preview") == {"api-version": "2025-04-01-preview"}
-    assert KINDS["groq"].headers("k") == {"Authorization": "Bearer k"}
-    assert KINDS["openai"].params("2024-10-21") == {}
+    assert DIALECTS["groq"].headers("k") == {"Authorization": "Bearer k"}
+    assert DIALECTS["openai"].params("2024-10-21") == {}

@@ -335,7 +335,7 @@ def variants(raw: dict[str, Any], required: set[str]) -> list[tuple[str, dict[st
 @pytest.mark.parametrize(("kind", "raw", "status"), cases())
 def test_every_sdk_status_and_shape_reads(kind: str, raw: dict[str, Any], status: str) -> None:
     from watchdog.core.models import BatchObject, view_of
-    from watchdog.providers.dialects import KINDS, inward
+    from watchdog.providers.dialects import DIALECTS, inward
 
     model = sdk_model(kind)
     if kind == "together" and raw["status"] == "CANCELING":
@@ -345,7 +345,7 @@ def test_every_sdk_status_and_shape_reads(kind: str, raw: dict[str, Any], status
     required = {n for n, f in model.model_fields.items() if f.is_required()} | {"id", "status"}
     required |= {"processing_status", "request_counts"} if kind == "anthropic" else set()
     for shape, body in variants(raw, required):
-        view = view_of(kind, BatchObject.model_validate(inward(KINDS[kind], body)))
+        view = view_of(kind, BatchObject.model_validate(inward(DIALECTS[kind], body)))
         assert view.status == status, (shape, body)
         if shape == "present":  # what can be judged is kept
             kept = {"metadata": view.metadata, "counts": view.counts, "tokens": view.tokens,

@@ -10,23 +10,36 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from watchdog.clock import utcnow
 from watchdog.core.durations import format_duration, parse_duration, parse_time
 from watchdog.core.events import Kind
+from watchdog.views.text import (
+    EVENT_HEADER,
+    batch_json,
+    batch_table,
+    budget_table,
+    column_widths,
+    event_cells,
+    event_json,
+    printable,
+    replay_table,
+    report_table,
+    show_config,
+    table,
+    table_line,
+)
 
 if TYPE_CHECKING:
-    from watchdog.core.policies import Discovery
-    from watchdog.settings import ProviderSettings, Settings
+    from watchdog.settings import Settings
 
 # Settings, logging and watchdog.app (with the database, HTTP and scheduler libraries)
 # are imported by the commands that use them: `--help` and argument errors answer at once.
 
 EX_OK, EX_ERROR, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
-KINDS = [str(kind) for kind in Kind]
+EVENT_KINDS = [str(kind) for kind in Kind]
 HEAD_ROWS = 200  # a streamed table's columns are as wide as its first rows need
 
 
@@ -48,30 +61,59 @@ def build_parser() -> Parser:
         "judges them against YAML policies, cancels the ones that break one.",
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in COMMANDS:
+        add(sub, common)
+    return parser
+
+
+def _add_run(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     run = sub.add_parser("run", parents=[common], help="run the daemon")
     run.add_argument("--once", action="store_true", help="one full tick, then exit")
     run.add_argument("--dry-run", action="store_true", help="judge and record, never cancel")
+
+
+def _add_migrate(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     sub.add_parser("migrate", parents=[common], help="bring the database schema to head")
+
+
+def _add_track(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     track = sub.add_parser("track", parents=[common], help="start tracking a batch")
     track.add_argument("batch_id", metavar="ID")
     track.add_argument("--provider", required=True, metavar="NAME")
     track.add_argument("--label", action="append", default=[], metavar="K=V")
+
+
+def _add_untrack(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     untrack = sub.add_parser("untrack", parents=[common], help="stop tracking (history kept)")
     untrack.add_argument("batch_id", metavar="ID")
     untrack.add_argument("--provider", metavar="NAME")
+
+
+def _add_list(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     lister = sub.add_parser("list", parents=[common], help="tracked batches")
     lister.add_argument("--status", metavar="S")
     lister.add_argument("--json", action="store_true")
+
+
+def _add_events(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     events = sub.add_parser("events", parents=[common], help="the audit log, streamed")
     events.add_argument("batch_id", nargs="?", metavar="ID")
     events.add_argument("--provider", metavar="NAME")
     events.add_argument(
-        "--kind", action="append", default=[], choices=KINDS, metavar="KIND", help="repeatable"
+        "--kind",
+        action="append",
+        default=[],
+        choices=EVENT_KINDS,
+        metavar="KIND",
+        help="repeatable",
     )
     events.add_argument("--since", type=_when, metavar="WHEN", help="7d (ago) or an ISO time")
     events.add_argument("--until", type=_when, metavar="WHEN", help="7d (ago) or an ISO time")
     events.add_argument("--limit", type=_positive, metavar="N", help="the newest N")
     events.add_argument("--json", action="store_true", help="a JSON array, written as it comes")
+
+
+def _add_exempt(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     exempt = sub.add_parser("exempt", parents=[common], help="never cancel a batch for a while")
     exempt.add_argument("batch_id", metavar="ID")
     exempt.add_argument("--provider", metavar="NAME")
@@ -79,9 +121,15 @@ def build_parser() -> Parser:
         "--for", dest="duration", required=True, metavar="DURATION", type=_duration, help="e.g. 2h"
     )
     exempt.add_argument("--reason", required=True, metavar="TEXT")
+
+
+def _add_unexempt(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     unexempt = sub.add_parser("unexempt", parents=[common], help="lift a silence")
     unexempt.add_argument("batch_id", metavar="ID")
     unexempt.add_argument("--provider", metavar="NAME")
+
+
+def _add_report(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     report = sub.add_parser("report", parents=[common], help="spend and savings per group and day")
     report.add_argument("--since", type=_when, metavar="WHEN", help="7d (ago, default) or a time")
     groups = "provider, model, policy or metadata.KEY"
@@ -89,29 +137,73 @@ def build_parser() -> Parser:
     shape = report.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true")
     shape.add_argument("--csv", action="store_true")
+
+
+def _add_replay(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     replay = sub.add_parser(
         "replay", parents=[common], help="judge recorded history again with this config"
     )
     replay.add_argument("--since", type=_when, metavar="WHEN", help="7d (ago, default) or a time")
     replay.add_argument("--json", action="store_true")
+
+
+def _add_explain(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     explain = sub.add_parser("explain", parents=[common], help="what the next tick will do")
     explain.add_argument("batch_id", metavar="ID")
     explain.add_argument("--provider", metavar="NAME")
     explain.add_argument("--json", action="store_true")
+
+
+def _add_budgets(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     budgets = sub.add_parser("budgets", parents=[common], help="spend against each budget")
     budgets.add_argument("--json", action="store_true")
+
+
+def _add_resume(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     sub.add_parser("resume", parents=[common], help="end a safety trip (alert-only mode)")
+
+
+def _add_check_config(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     sub.add_parser("check-config", parents=[common], help="validate and show the config")
+
+
+def _add_test_policies(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     tests = sub.add_parser("test-policies", help="check policies against scripted timelines")
     tests.add_argument("files", nargs="+", metavar="FILE", help="YAML policy tests")
+
+
+def _add_simulate(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     sim = sub.add_parser("simulate", parents=[common], help="serve the simulated batch API")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8089)
     sim.add_argument("--scenario", choices=["empty", "demo"], default="demo")
     sim.add_argument("--api", type=_api, default="openai", metavar="KIND", help="dialect to serve")
+
+
+def _add_demo(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     demo = sub.add_parser("demo", parents=[common], help="simulator + daemon, end to end")
     demo.add_argument("--duration", type=float, default=45.0, metavar="SECONDS")
-    return parser
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction[Parser], Parser], None]] = [
+    _add_run,
+    _add_migrate,
+    _add_track,
+    _add_untrack,
+    _add_list,
+    _add_events,
+    _add_exempt,
+    _add_unexempt,
+    _add_report,
+    _add_replay,
+    _add_explain,
+    _add_budgets,
+    _add_resume,
+    _add_check_config,
+    _add_test_policies,
+    _add_simulate,
+    _add_demo,
+]  # in the order --help lists them
 
 
 def _when(text: str) -> datetime:
@@ -151,118 +243,6 @@ def load(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
-
-
-def batch_json(row: dict[str, Any]) -> dict[str, Any]:
-    counts = None
-    if row["request_total"] is not None:
-        counts = {
-            "total": row["request_total"],
-            "completed": row["request_completed"],
-            "failed": row["request_failed"],
-        }
-    usage = None
-    if row["input_tokens"] is not None:
-        usage = {
-            k: row[k]
-            for k in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
-        }
-    return {
-        "id": row["batch_id"],
-        "provider": row["provider"],
-        "status": row["status"],
-        "model": row["model"],
-        "cost_usd": None if row["cost_usd"] is None else float(row["cost_usd"]),
-        "request_counts": counts,
-        "usage": usage,
-        "created_at": iso(row["created_at"]),
-        "expires_at": iso(row["expires_at"]),
-        "metadata": row["metadata"],
-        "labels": row["labels"],
-        "matched_policy": row["matched_policy"],
-        "cancel_policy": row["cancel_policy"],
-        "cancel_outcome": row["cancel_outcome"],
-        "tracked_at": iso(row["tracked_at"]),
-        "last_polled_at": iso(row["last_polled_at"]),
-        "next_poll_at": iso(row["next_poll_at"]),
-        "last_error": row["last_error"],
-        "exempt_until": iso(row["exempt_until"]),
-        "exempt_reason": row["exempt_reason"],
-        "pending": row["pending"],
-    }
-
-
-def event_json(row: dict[str, Any]) -> dict[str, Any]:
-    keys = ("batch_id", "provider", "kind", "from_status", "to_status", "policy", "detail")
-    return {"at": iso(row["at"]), **{k: row[k] for k in keys}}
-
-
-def printable(text: str) -> str:
-    """A cell fit for a terminal: control characters (escape sequences a provider put in a
-    status or an error) shown escaped, never interpreted."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-def table(rows: list[list[str]], header: list[str]) -> str:
-    rows = [[printable(cell) for cell in row] for row in rows]
-    widths = _widths(rows, header)
-    return "\n".join(_line(r, widths) for r in [header, *rows])
-
-
-def batch_table(rows: list[dict[str, Any]]) -> str:
-    out = []
-    for b in map(batch_json, rows):
-        counts = b["request_counts"]
-        done = f"{counts['completed'] + counts['failed']}/{counts['total']}" if counts else "-"
-        cost = "unknown" if b["cost_usd"] is None else f"${b['cost_usd']:.4f}"
-        policy = b["cancel_policy"] or b["matched_policy"] or "-"
-        out.append(
-            [
-                b["id"],
-                b["provider"],
-                b["status"] or "(not polled)",
-                b["model"] or "-",
-                cost,
-                done,
-                b["expires_at"] or "-",
-                policy,
-            ]
-        )
-    header = ["ID", "PROVIDER", "STATUS", "MODEL", "COST", "DONE", "EXPIRES", "POLICY"]
-    return table(out, header) if out else "no batches tracked"
-
-
-def budget_table(found: list[dict[str, Any]]) -> str:
-    from watchdog.core.pricing import dollars
-
-    money = partial(dollars, unknown="-")
-    out = []
-    for b in found:
-        group = ",".join(f"{k}={v}" for k, v in b["group"].items()) or "-"
-        unknown = b["unknown_cost"] + b["unknown_remaining"]
-        state = b["state"] + (f" ({len(b['to_cancel'])} to cancel)" if b["to_cancel"] else "")
-        cells = [b["budget"], group, b["window"], money(b["spend_usd"])]
-        cells += [money(b["committed_usd"]), money(b["limit_usd"]), str(b["batches"])]
-        out.append([printable(c) for c in cells] + [str(unknown), state])
-    header = ["BUDGET", "GROUP", "WINDOW", "SPEND", "COMMITTED", "LIMIT", "BATCHES"]
-    return table(out, [*header, "UNKNOWN", "STATE"]) if out else "no budgets configured"
-
-
-def event_cells(row: dict[str, Any]) -> list[str]:
-    e = event_json(row)
-    change = f"{e['from_status'] or '-'} -> {e['to_status'] or '-'}"
-    detail = json.dumps(e["detail"], separators=(",", ":")) if e["detail"] else ""
-    cells = [e["at"], e["provider"], e["batch_id"], e["kind"], change, e["policy"] or ""]
-    return [printable("-" if c is None else str(c)) for c in cells] + [printable(detail[:120])]
-
-
-EVENT_HEADER = ["AT", "PROVIDER", "BATCH", "KIND", "STATUS", "POLICY", "DETAIL"]
-
-
 async def write_events(rows: AsyncIterator[dict[str, Any]], as_json: bool) -> None:
     """Print events as they come: a JSON array, or a table whose columns are as wide
     as its first rows need (memory does not grow with the number of events)."""
@@ -280,109 +260,13 @@ async def write_events(rows: AsyncIterator[dict[str, Any]], as_json: bool) -> No
             head.append(event_cells(row))
             continue
         if first:
-            widths = _widths(head, EVENT_HEADER)
-            out.write(_line(EVENT_HEADER, widths) + "\n")
-            out.writelines(_line(r, widths) + "\n" for r in head)
+            widths = column_widths(head, EVENT_HEADER)
+            out.write(table_line(EVENT_HEADER, widths) + "\n")
+            out.writelines(table_line(r, widths) + "\n" for r in head)
             first = False
-        out.write(_line(event_cells(row), widths) + "\n")
+        out.write(table_line(event_cells(row), widths) + "\n")
     if first:
         print(table(head, EVENT_HEADER) if head else "no events")
-
-
-def _widths(rows: list[list[str]], header: list[str]) -> list[int]:
-    return [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-
-
-def _line(cells: list[str], widths: list[int]) -> str:
-    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
-
-
-def _speaks(provider: ProviderSettings) -> str:
-    """How the key and version go out, where the config chose them."""
-    chosen = [f"auth: {provider.auth}"] if provider.auth else []
-    chosen += [f"version: {provider.api_version}"] if provider.api_version else []
-    return "".join(f"; {c}" for c in chosen)
-
-
-def _cannot_judge(name: str, api: str, settings: Settings) -> list[str]:
-    """What this provider's policies can never hold on, and why (its kind's limits)."""
-    from watchdog.providers.dialects import KINDS
-
-    cannot = KINDS[api].cannot()
-    found = []
-    for policy in settings.policies:
-        if policy.match.provider not in (None, name):
-            continue
-        for condition, why in cannot.items():
-            if getattr(policy.when, condition) is not None:
-                found.append(f"{policy.name}: {condition} never holds on {name}: {why}")
-    return found
-
-
-def _discovery(discover: Discovery) -> str:
-    """What discovery takes in, in words."""
-    scope = [f"model={discover.match.model}"] if discover.match.model else []
-    scope += [f"metadata.{k}={v}" for k, v in (discover.match.metadata or {}).items()]
-    within = format_duration(discover.created_within)
-    return f"batches created within {within}" + (f" with {', '.join(scope)}" if scope else "")
-
-
-def show_config(settings: Settings, path: str) -> str:
-    from watchdog import app
-
-    lines = [
-        f"config OK: {path}",
-        f"database: {app.redact_url(settings.database_url)}"
-        + _source(settings.origin("database_url")),
-        f"poll_interval: {format_duration(settings.poll_interval)}",
-        f"dry_run: {str(settings.dry_run).lower()}",
-        f"safety: at most {settings.safety.max_cancels_per_tick} cancels a tick, "
-        f"{settings.safety.max_cancels_per_hour} an hour; exempt metadata "
-        f"{settings.safety.exempt_metadata or '(none)'}",
-        "retention: "
-        + (
-            ", ".join(
-                f"{kind} after {format_duration(age)}"
-                for kind, age in settings.retention.events.items()
-                if age is not None
-            )
-            or "every event kept"
-        )
-        + f" (pruned every {format_duration(settings.retention.every)})",
-        f"providers ({len(settings.providers)}):",
-    ]
-    for name, p in settings.providers.items():
-        key = "no key"
-        if p.api_key_env:
-            key = f"key from ${p.api_key_env}"
-        elif p.api_key_file:
-            key = f"key from {p.api_key_file}"
-        lines.append(f"  {name}: {p.base_url} ({key}; api: {p.api}{_speaks(p)})")
-        lines += [f"    {line}" for line in _cannot_judge(name, p.api, settings)]
-        if p.discover is not None:
-            lines.append(f"    discovers: {_discovery(p.discover)}")
-    lines.append(f"pricing ({len(settings.pricing)}, USD per 1M tokens, first match wins):")
-    for price in settings.pricing:
-        scope = f"{price.provider}/" if price.provider else ""
-        lines.append(
-            f"  {scope}{price.model}: input {price.input}, cached {price.cached_rate}, "
-            f"output {price.output}"
-        )
-    lines.append(f"policies ({len(settings.policies)}, first match acts):")
-    from watchdog.core.policies import describe
-
-    lines.extend(f"  {describe(p)}" for p in settings.policies)
-    if settings.budgets:
-        lines.append(f"budgets ({len(settings.budgets)}):")
-        lines.extend(f"  {b.describe()}" for b in settings.budgets)
-    if settings.origins:
-        lines.append("overridden, not from the file:")
-        lines.extend(f"  {k}: from {v}" for k, v in sorted(settings.origins.items()))
-    return "\n".join(lines)
-
-
-def _source(origin: str) -> str:
-    return "" if origin == "file" else f" (from {origin})"
 
 
 def dump(value: Any) -> str:
@@ -534,10 +418,10 @@ def _events(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _api(text: str) -> str:
-    from watchdog.providers.dialects import KINDS
+    from watchdog.providers.dialects import DIALECTS
 
-    if text not in KINDS:
-        raise argparse.ArgumentTypeError(f"unknown api {text!r}; valid: {', '.join(KINDS)}")
+    if text not in DIALECTS:
+        raise argparse.ArgumentTypeError(f"unknown api {text!r}; valid: {', '.join(DIALECTS)}")
     return text
 
 
@@ -573,17 +457,6 @@ def write_csv(found: dict[str, Any]) -> None:
     out.writerows([*found["rows"], found["totals"]])
 
 
-def report_table(found: dict[str, Any]) -> str:
-    def cells(r: dict[str, Any]) -> list[str]:
-        unknown = f" (+{r['unknown_cost']} unknown)" if r["unknown_cost"] else ""
-        spend, saved = f"${r['spend_usd']:,.4f}{unknown}", f"${r['saved_usd']:,.4f}"
-        return [r["day"], printable(r["group"]), str(r["batches"]), spend, str(r["cancels"]), saved]
-
-    header = ["DAY", found["by"].upper(), "BATCHES", "SPEND", "CANCELS", "SAVED"]
-    rows = [cells(r) for r in found["rows"]]
-    return table([*rows, cells(found["totals"])], header) if rows else "no batches in the window"
-
-
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     """Streamed: ``--json`` prints each batch's line as it is judged; the table keeps
     only the batches judged differently (memory does not grow with the window)."""
@@ -617,30 +490,6 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def replay_table(report: dict[str, Any]) -> str:
-    from watchdog.core.pricing import dollars
-
-    money = partial(dollars, places=4, unknown="-")
-    rows = []
-    for line in report["batches"]:
-        if line["change"] == "unchanged":
-            continue
-        old, new = line["recorded"] or {}, line["replayed"] or {}
-        cells = [line["batch_id"], line["provider"], line["change"]]
-        cells += [old.get("policy") or "-", new.get("policy") or "-", new.get("at") or "-"]
-        rows.append([printable(c) for c in cells] + [money(new.get("saves_usd"))])
-    t = report["totals"]
-    header = ["ID", "PROVIDER", "CHANGE", "WAS", "WOULD BE", "CANCELLED AT", "SAVES"]
-    body = table(rows, header) if rows else "no batch would be judged differently"
-    summary = (
-        f"{t['batches']} batches since {report['since']}: {t['newly_cancelled']} newly "
-        f"cancelled, {t['no_longer_cancelled']} no longer cancelled, "
-        f"{t['cancelled_at_another_time']} at another time; saved {money(t['saved_usd'])}, "
-        f"at risk {money(t['at_risk_usd'])}"
-    )
-    return "\n".join([body, summary, *(f"note: {n}" for n in report["limits"])])
-
-
 def _explain(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
     from watchdog.views.explain import render
@@ -664,7 +513,8 @@ def _check_config(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog.settings import config_path
 
     app.check_keys(settings)  # what `run` checks, so that OK here means `run` starts
-    print(show_config(settings, str(config_path(args.config, os.environ))))
+    path = str(config_path(args.config, os.environ))
+    print(show_config(settings, path, app.redact_url(settings.database_url)))
     return EX_OK
 
 

@@ -46,7 +46,14 @@ from watchdog.core.policies import Discovery, Policy
 from watchdog.core.pricing import Price
 from watchdog.core.safety import SafetySettings
 from watchdog.core.schema import Strict
-from watchdog.providers.dialects import ANTHROPIC_VERSION, AZURE_API_VERSION, AZURE_V1, Api, Auth
+from watchdog.providers.dialects import (
+    ANTHROPIC_VERSION,
+    AZURE_API_VERSION,
+    AZURE_V1,
+    DIALECTS,
+    Api,
+    Auth,
+)
 
 DEFAULT_CONFIG = Path("config/watchdog.yaml")
 NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -130,6 +137,10 @@ class ProviderSettings(Strict):
         """The API key, or None when the provider needs none; ConfigError when it is missing."""
         where = f"provider {name!r}"
         return read_secret(where, "api_key_file", self.api_key_env, self.api_key_file, environ)
+
+    def cannot_judge(self) -> dict[str, str]:
+        """The policy conditions this provider's API kind can never satisfy, and why."""
+        return DIALECTS[self.api].cannot()
 
 
 def read_secret(

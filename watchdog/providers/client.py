@@ -15,7 +15,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from watchdog.core.errors import CancelRefused, PermanentError
 from watchdog.core.models import BatchObject, BatchPage, page_of, read_page, validate_batch_id
 from watchdog.providers.breaker import Breaker
-from watchdog.providers.dialects import KINDS, Auth, inward, inward_page
+from watchdog.providers.dialects import DIALECTS, Auth, inward, inward_page
 from watchdog.providers.http import HttpClient
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -40,7 +40,7 @@ class ProviderClient:
         auth: Auth | None = None,
     ) -> None:
         self.name = name
-        self.kind = KINDS[api]
+        self.kind = DIALECTS[api]
         self.base_url = base_url.rstrip("/")
         self.params = self.kind.params(api_version)  # Azure's api-version, on every call
         self._pages: dict[str, int] = {}  # page-numbered lists: last id seen -> next page

@@ -56,7 +56,7 @@ ANTHROPIC = {"in_progress": "in_progress", "canceling": "cancelling", "cancellin
 
 
 @dataclass(frozen=True, slots=True)
-class Kind:
+class Dialect:
     """One Batch API dialect."""
 
     name: str
@@ -113,27 +113,27 @@ class Kind:
         return out
 
 
-# The ``api:`` a provider may name (the config's schema); each is a key of KINDS.
+# The ``api:`` a provider may name (the config's schema); each is a key of DIALECTS.
 Api = Literal["openai", "azure", "groq", "mistral", "together", "anthropic"]
 
-KINDS: Mapping[str, Kind] = {
-    "openai": Kind("openai", "batches", "bearer"),
-    "azure": Kind("azure", "batches", "api-key", version=AZURE_API_VERSION, deadline=False),
+DIALECTS: Mapping[str, Dialect] = {
+    "openai": Dialect("openai", "batches", "bearer"),
+    "azure": Dialect("azure", "batches", "api-key", version=AZURE_API_VERSION, deadline=False),
     # Groq's list takes no limit or cursor and answers every batch at once.
-    "groq": Kind("groq", "batches", "bearer", paging="none", usage=False),
-    "mistral": Kind("mistral", "batch/jobs", "bearer", paging="page", usage=False),
-    "together": Kind(
+    "groq": Dialect("groq", "batches", "bearer", paging="none", usage=False),
+    "mistral": Dialect("mistral", "batch/jobs", "bearer", paging="page", usage=False),
+    "together": Dialect(
         "together", "batches", "bearer", paging="none", usage=False, counts="progress",
         refuses=400,
     ),
-    "anthropic": Kind(
+    "anthropic": Dialect(
         "anthropic", "messages/batches", "bearer", version=ANTHROPIC_VERSION, after="after_id",
         usage=False, counts="at_end",
     ),
 }  # fmt: skip
 
 
-def authorized(kind: Kind, headers: Mapping[str, str], key: str) -> bool:
+def authorized(kind: Dialect, headers: Mapping[str, str], key: str) -> bool:
     """Whether a request carries ``key`` in a way the kind's real API accepts (the
     simulator's check): Bearer everywhere; Azure's api-key; Anthropic's x-api-key, and
     its anthropic-version header, which that API requires."""
@@ -145,7 +145,7 @@ def authorized(kind: Kind, headers: Mapping[str, str], key: str) -> bool:
     return any(given.values())
 
 
-def inward(kind: Kind, raw: Any) -> Any:
+def inward(kind: Dialect, raw: Any) -> Any:
     """A batch object of ``kind`` as the OpenAI-shaped mapping the models validate
     (unknown statuses pass through; what the kind cannot tell is left out)."""
     if not isinstance(raw, dict):
@@ -163,7 +163,7 @@ def inward(kind: Kind, raw: Any) -> Any:
     return raw
 
 
-def inward_page(kind: Kind, raw: Any, page: int = 0, size: int = 100) -> Any:
+def inward_page(kind: Dialect, raw: Any, page: int = 0, size: int = 100) -> Any:
     """A list answer of ``kind`` as an OpenAI-shaped page (``has_more`` from the page
     size for page-numbered lists; a bare array, Together's, is one page, newest first)."""
     if kind.paging == "none":  # every batch at once: Together's bare array, Groq's list
@@ -207,7 +207,7 @@ def _from_mistral(raw: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def outward(kind: Kind, wire: Mapping[str, Any]) -> dict[str, Any]:
+def outward(kind: Dialect, wire: Mapping[str, Any]) -> dict[str, Any]:
     """An OpenAI-shaped batch (the simulator's) as ``kind`` serves it."""
     if kind.name == "together":
         return _to_together(wire)

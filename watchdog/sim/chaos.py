@@ -27,7 +27,7 @@ AFTER = (
     "odd_timestamps",
     "endless_list",
 )
-KINDS = BEFORE + AFTER
+FAULTS = BEFORE + AFTER
 ROUTES = ("get", "cancel", "list", "create")
 
 
@@ -42,7 +42,7 @@ class Chaos:
     """Each request to one of ``routes`` fails with probability ``rate``, in one of ``kinds``."""
 
     rate: float = 0.1
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = FAULTS
     routes: tuple[str, ...] = ROUTES
     seed: int | None = None
     hang_seconds: float = 30.0
@@ -50,9 +50,9 @@ class Chaos:
     _rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
-        unknown = set(self.kinds) - set(KINDS)
+        unknown = set(self.kinds) - set(FAULTS)
         if unknown:
-            raise ValueError(f"unknown fault kinds {sorted(unknown)}; valid: {', '.join(KINDS)}")
+            raise ValueError(f"unknown fault kinds {sorted(unknown)}; valid: {', '.join(FAULTS)}")
         if set(self.routes) - set(ROUTES):
             raise ValueError(f"unknown routes {self.routes}; valid: {', '.join(ROUTES)}")
         self._rng = random.Random(self.seed)

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from watchdog.clock import epoch
-from watchdog.providers.dialects import KINDS, authorized, outward
+from watchdog.providers.dialects import DIALECTS, authorized, outward
 from watchdog.sim.chaos import BEFORE, Chaos
 
 Clock = Callable[[], float]
@@ -168,7 +168,7 @@ class Simulator:
         chaos: Chaos | None = None,
         api: str = "openai",
     ) -> None:
-        self.kind = KINDS[api]  # the dialect served, from the same progression
+        self.kind = DIALECTS[api]  # the dialect served, from the same progression
         self.clock = clock
         self.chaos = chaos
         self.api_key = api_key

@@ -1,0 +1,255 @@
+"""What the commands print: tables sized to their cells, the JSON shapes of a batch
+and an event, the config in words, the report's and replay's tables. Pure: values in,
+text out."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from watchdog.core.durations import format_duration
+
+if TYPE_CHECKING:
+    from watchdog.core.policies import Discovery
+    from watchdog.settings import ProviderSettings, Settings
+
+
+def iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def batch_json(row: dict[str, Any]) -> dict[str, Any]:
+    counts = None
+    if row["request_total"] is not None:
+        counts = {
+            "total": row["request_total"],
+            "completed": row["request_completed"],
+            "failed": row["request_failed"],
+        }
+    usage = None
+    if row["input_tokens"] is not None:
+        usage = {
+            k: row[k]
+            for k in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
+        }
+    return {
+        "id": row["batch_id"],
+        "provider": row["provider"],
+        "status": row["status"],
+        "model": row["model"],
+        "cost_usd": None if row["cost_usd"] is None else float(row["cost_usd"]),
+        "request_counts": counts,
+        "usage": usage,
+        "created_at": iso(row["created_at"]),
+        "expires_at": iso(row["expires_at"]),
+        "metadata": row["metadata"],
+        "labels": row["labels"],
+        "matched_policy": row["matched_policy"],
+        "cancel_policy": row["cancel_policy"],
+        "cancel_outcome": row["cancel_outcome"],
+        "tracked_at": iso(row["tracked_at"]),
+        "last_polled_at": iso(row["last_polled_at"]),
+        "next_poll_at": iso(row["next_poll_at"]),
+        "last_error": row["last_error"],
+        "exempt_until": iso(row["exempt_until"]),
+        "exempt_reason": row["exempt_reason"],
+        "pending": row["pending"],
+    }
+
+
+def event_json(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("batch_id", "provider", "kind", "from_status", "to_status", "policy", "detail")
+    return {"at": iso(row["at"]), **{k: row[k] for k in keys}}
+
+
+def printable(text: str) -> str:
+    """A cell fit for a terminal: control characters (escape sequences a provider put in a
+    status or an error) shown escaped, never interpreted."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
+    widths = column_widths(rows, header)
+    return "\n".join(table_line(r, widths) for r in [header, *rows])
+
+
+def batch_table(rows: list[dict[str, Any]]) -> str:
+    out = []
+    for b in map(batch_json, rows):
+        counts = b["request_counts"]
+        done = f"{counts['completed'] + counts['failed']}/{counts['total']}" if counts else "-"
+        cost = "unknown" if b["cost_usd"] is None else f"${b['cost_usd']:.4f}"
+        policy = b["cancel_policy"] or b["matched_policy"] or "-"
+        out.append(
+            [
+                b["id"],
+                b["provider"],
+                b["status"] or "(not polled)",
+                b["model"] or "-",
+                cost,
+                done,
+                b["expires_at"] or "-",
+                policy,
+            ]
+        )
+    header = ["ID", "PROVIDER", "STATUS", "MODEL", "COST", "DONE", "EXPIRES", "POLICY"]
+    return table(out, header) if out else "no batches tracked"
+
+
+def budget_table(found: list[dict[str, Any]]) -> str:
+    from watchdog.core.pricing import dollars
+
+    money = partial(dollars, unknown="-")
+    out = []
+    for b in found:
+        group = ",".join(f"{k}={v}" for k, v in b["group"].items()) or "-"
+        unknown = b["unknown_cost"] + b["unknown_remaining"]
+        state = b["state"] + (f" ({len(b['to_cancel'])} to cancel)" if b["to_cancel"] else "")
+        cells = [b["budget"], group, b["window"], money(b["spend_usd"])]
+        cells += [money(b["committed_usd"]), money(b["limit_usd"]), str(b["batches"])]
+        out.append([printable(c) for c in cells] + [str(unknown), state])
+    header = ["BUDGET", "GROUP", "WINDOW", "SPEND", "COMMITTED", "LIMIT", "BATCHES"]
+    return table(out, [*header, "UNKNOWN", "STATE"]) if out else "no budgets configured"
+
+
+def event_cells(row: dict[str, Any]) -> list[str]:
+    e = event_json(row)
+    change = f"{e['from_status'] or '-'} -> {e['to_status'] or '-'}"
+    detail = json.dumps(e["detail"], separators=(",", ":")) if e["detail"] else ""
+    cells = [e["at"], e["provider"], e["batch_id"], e["kind"], change, e["policy"] or ""]
+    return [printable("-" if c is None else str(c)) for c in cells] + [printable(detail[:120])]
+
+
+EVENT_HEADER = ["AT", "PROVIDER", "BATCH", "KIND", "STATUS", "POLICY", "DETAIL"]
+
+
+def column_widths(rows: list[list[str]], header: list[str]) -> list[int]:
+    return [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+
+def table_line(cells: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+
+def _speaks(provider: ProviderSettings) -> str:
+    """How the key and version go out, where the config chose them."""
+    chosen = [f"auth: {provider.auth}"] if provider.auth else []
+    chosen += [f"version: {provider.api_version}"] if provider.api_version else []
+    return "".join(f"; {c}" for c in chosen)
+
+
+def _cannot_judge(name: str, settings: Settings) -> list[str]:
+    """What this provider's policies can never hold on, and why (its kind's limits)."""
+    cannot = settings.providers[name].cannot_judge()
+    found = []
+    for policy in settings.policies:
+        if policy.match.provider not in (None, name):
+            continue
+        for condition, why in cannot.items():
+            if getattr(policy.when, condition) is not None:
+                found.append(f"{policy.name}: {condition} never holds on {name}: {why}")
+    return found
+
+
+def _discovery(discover: Discovery) -> str:
+    """What discovery takes in, in words."""
+    scope = [f"model={discover.match.model}"] if discover.match.model else []
+    scope += [f"metadata.{k}={v}" for k, v in (discover.match.metadata or {}).items()]
+    within = format_duration(discover.created_within)
+    return f"batches created within {within}" + (f" with {', '.join(scope)}" if scope else "")
+
+
+def show_config(settings: Settings, path: str, database: str) -> str:
+    """The config in words; ``database`` is its URL with the password masked."""
+    lines = [
+        f"config OK: {path}",
+        f"database: {database}" + _source(settings.origin("database_url")),
+        f"poll_interval: {format_duration(settings.poll_interval)}",
+        f"dry_run: {str(settings.dry_run).lower()}",
+        f"safety: at most {settings.safety.max_cancels_per_tick} cancels a tick, "
+        f"{settings.safety.max_cancels_per_hour} an hour; exempt metadata "
+        f"{settings.safety.exempt_metadata or '(none)'}",
+        "retention: "
+        + (
+            ", ".join(
+                f"{kind} after {format_duration(age)}"
+                for kind, age in settings.retention.events.items()
+                if age is not None
+            )
+            or "every event kept"
+        )
+        + f" (pruned every {format_duration(settings.retention.every)})",
+        f"providers ({len(settings.providers)}):",
+    ]
+    for name, p in settings.providers.items():
+        key = "no key"
+        if p.api_key_env:
+            key = f"key from ${p.api_key_env}"
+        elif p.api_key_file:
+            key = f"key from {p.api_key_file}"
+        lines.append(f"  {name}: {p.base_url} ({key}; api: {p.api}{_speaks(p)})")
+        lines += [f"    {line}" for line in _cannot_judge(name, settings)]
+        if p.discover is not None:
+            lines.append(f"    discovers: {_discovery(p.discover)}")
+    lines.append(f"pricing ({len(settings.pricing)}, USD per 1M tokens, first match wins):")
+    for price in settings.pricing:
+        scope = f"{price.provider}/" if price.provider else ""
+        lines.append(
+            f"  {scope}{price.model}: input {price.input}, cached {price.cached_rate}, "
+            f"output {price.output}"
+        )
+    lines.append(f"policies ({len(settings.policies)}, first match acts):")
+    from watchdog.core.policies import describe
+
+    lines.extend(f"  {describe(p)}" for p in settings.policies)
+    if settings.budgets:
+        lines.append(f"budgets ({len(settings.budgets)}):")
+        lines.extend(f"  {b.describe()}" for b in settings.budgets)
+    if settings.origins:
+        lines.append("overridden, not from the file:")
+        lines.extend(f"  {k}: from {v}" for k, v in sorted(settings.origins.items()))
+    return "\n".join(lines)
+
+
+def _source(origin: str) -> str:
+    return "" if origin == "file" else f" (from {origin})"
+
+
+def report_table(found: dict[str, Any]) -> str:
+    def cells(r: dict[str, Any]) -> list[str]:
+        unknown = f" (+{r['unknown_cost']} unknown)" if r["unknown_cost"] else ""
+        spend, saved = f"${r['spend_usd']:,.4f}{unknown}", f"${r['saved_usd']:,.4f}"
+        return [r["day"], printable(r["group"]), str(r["batches"]), spend, str(r["cancels"]), saved]
+
+    header = ["DAY", found["by"].upper(), "BATCHES", "SPEND", "CANCELS", "SAVED"]
+    rows = [cells(r) for r in found["rows"]]
+    return table([*rows, cells(found["totals"])], header) if rows else "no batches in the window"
+
+
+def replay_table(report: dict[str, Any]) -> str:
+    from watchdog.core.pricing import dollars
+
+    money = partial(dollars, places=4, unknown="-")
+    rows = []
+    for line in report["batches"]:
+        if line["change"] == "unchanged":
+            continue
+        old, new = line["recorded"] or {}, line["replayed"] or {}
+        cells = [line["batch_id"], line["provider"], line["change"]]
+        cells += [old.get("policy") or "-", new.get("policy") or "-", new.get("at") or "-"]
+        rows.append([printable(c) for c in cells] + [money(new.get("saves_usd"))])
+    t = report["totals"]
+    header = ["ID", "PROVIDER", "CHANGE", "WAS", "WOULD BE", "CANCELLED AT", "SAVES"]
+    body = table(rows, header) if rows else "no batch would be judged differently"
+    summary = (
+        f"{t['batches']} batches since {report['since']}: {t['newly_cancelled']} newly "
+        f"cancelled, {t['no_longer_cancelled']} no longer cancelled, "
+        f"{t['cancelled_at_another_time']} at another time; saved {money(t['saved_usd'])}, "
+        f"at risk {money(t['at_risk_usd'])}"
+    )
+    return "\n".join([body, summary, *(f"note: {n}" for n in report["limits"])])
