@@ -72,10 +72,10 @@ async def watchdog_pass(url: str, n: int, concurrency: int) -> dict[str, Any]:
     from sqlalchemy import event, insert
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from watchdog.core.config import SafetySettings
     from watchdog.core.observe import Rules
     from watchdog.core.policies import Policy
     from watchdog.core.pricing import Price
-    from watchdog.core.safety import SafetySettings
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine
     from watchdog.providers.client import ProviderClient

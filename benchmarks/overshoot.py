@@ -21,10 +21,10 @@ from typing import Any
 from aiohttp import web
 
 from watchdog.core.cadence import Cadence
+from watchdog.core.config import SafetySettings
 from watchdog.core.observe import Rules
 from watchdog.core.policies import Policy
 from watchdog.core.pricing import Price
-from watchdog.core.safety import SafetySettings
 from watchdog.daemon import logs
 from watchdog.daemon.engine import Engine
 from watchdog.daemon.scheduler import TickLoop

@@ -73,10 +73,10 @@ async def run(url: str, n: int, passes: int, admin: str | None) -> dict[str, Any
     from sqlalchemy import event, insert
 
     from watchdog.core.cadence import Cadence
+    from watchdog.core.config import SafetySettings
     from watchdog.core.observe import Rules
     from watchdog.core.policies import Policy
     from watchdog.core.pricing import Price
-    from watchdog.core.safety import SafetySettings
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine
     from watchdog.providers.client import ProviderClient

@@ -549,7 +549,7 @@ async def test_a_long_event_table_streams_in_aligned_columns(
     """Past the rows that size its columns, a streamed table keeps their widths."""
     from datetime import UTC, datetime
 
-    from watchdog.cli import HEAD_ROWS, write_events
+    from watchdog.cli.commands import HEAD_ROWS, write_events
 
     async def rows() -> Any:
         for i in range(HEAD_ROWS + 50):

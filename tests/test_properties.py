@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from tests.conftest import payload
 from tests.test_settings import GOOD
-from watchdog.cli import build_parser
+from watchdog.cli.parser import build_parser
 from watchdog.core.errors import PermanentError
 from watchdog.core.models import InvalidBatchId, implausible, validate_batch_id, view_of
 from watchdog.core.policies import Facts, History, Policy, evaluate

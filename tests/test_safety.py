@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import SQLITE_ONLY, Harness
+from watchdog.core.config import Webhook
 from watchdog.daemon.webhooks import WebhookSender
-from watchdog.settings import Webhook
 
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 

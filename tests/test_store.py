@@ -291,9 +291,9 @@ def test_one_daemon_per_sqlite_file_by_any_name(tmp_path: Path, link: str) -> No
 async def test_retention_prunes_old_routine_events_in_bounded_batches(store: Store) -> None:
     """counts_changed older than its age go, a batch at a time within the run's bound;
     newer ones and decision events stay."""
+    from watchdog.core.config import RetentionSettings
     from watchdog.core.events import Event, Kind
     from watchdog.daemon.retention import prune
-    from watchdog.settings import RetentionSettings
 
     old, new = NOW - timedelta(days=8), NOW - timedelta(days=1)
     events = [Event(old, "p", f"b{i}", Kind.COUNTS_CHANGED) for i in range(25)]
@@ -317,8 +317,8 @@ async def test_samples_thin_with_age_and_are_dropped_at_last(store: Store) -> No
     sample per step (and every status change), after drop_after none."""
     from sqlalchemy import select
 
+    from watchdog.core.config import RetentionSettings
     from watchdog.daemon.retention import prune
-    from watchdog.settings import RetentionSettings
     from watchdog.storage.tables import batch_samples
 
     await store.tracking.track("p", "b1", {}, NOW)

@@ -14,13 +14,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     Field,
     PrivateAttr,
     SecretStr,
@@ -39,13 +37,17 @@ from pydantic_settings.sources.utils import parse_env_vars
 
 from watchdog.core.budgets import Budget
 from watchdog.core.cadence import Cadence
+from watchdog.core.config import (
+    NotifySettings,
+    RetentionSettings,
+    SafetySettings,
+    Timeout,
+)
 from watchdog.core.durations import Duration
-from watchdog.core.events import Kind
 from watchdog.core.observe import Rules
 from watchdog.core.policies import Discovery, Policy
 from watchdog.core.pricing import Price
-from watchdog.core.safety import SafetySettings
-from watchdog.core.schema import Strict
+from watchdog.core.schema import Strict, error_text, model_in
 from watchdog.providers.dialects import (
     ANTHROPIC_VERSION,
     AZURE_API_VERSION,
@@ -61,15 +63,6 @@ ENV_PREFIX = "WATCHDOG_"
 # WATCHDOG_* variables that are not settings: the config path, and what systemd sets
 # for its watchdog (WatchdogSec=).
 NOT_SETTINGS = frozenset({"WATCHDOG_CONFIG", "WATCHDOG_USEC", "WATCHDOG_PID"})
-
-
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
-        raise ValueError("must be more than 0s (0 would disable the timeout)")
-    return value
-
-
-Timeout = Annotated[Duration, AfterValidator(_positive)]
 
 
 class ConfigError(Exception):
@@ -185,62 +178,6 @@ class HttpSettings(Strict):
         """The status page's token, or None when none is configured; ConfigError when
         it is configured but missing."""
         return read_secret("http", "token_file", self.token_env, self.token_file, environ)
-
-
-NOTIFY_EVENTS = (  # what a webhook gets unless it names its kinds (any event kind)
-    Kind.POLICY_MATCHED,
-    Kind.CANCEL_SUCCEEDED,
-    Kind.CANCEL_FAILED,
-    Kind.CANCEL_STUCK,
-    Kind.SAFETY_TRIPPED,
-)
-
-
-class Webhook(Strict):
-    """A receiver of JSON messages (Slack-compatible ``text`` plus the event)."""
-
-    url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
-    events: list[Kind] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
-    timeout: Timeout = timedelta(seconds=10)
-
-
-class NotifySettings(Strict):
-    webhooks: list[Webhook] = Field(default_factory=list)
-
-
-ROUTINE: dict[Kind, timedelta | None] = {Kind.COUNTS_CHANGED: timedelta(days=7)}
-
-
-class SampleRetention(Strict):
-    """How the polls' samples (replay's history) thin with age."""
-
-    thin_after: Duration = Field(
-        default=timedelta(days=7), description="older samples keep one per batch and step"
-    )
-    step: Timeout = Field(
-        default=timedelta(hours=1), description="what a thinned sample stands for"
-    )
-    drop_after: Duration = Field(default=timedelta(days=90), description="then deleted")
-
-    @model_validator(mode="after")
-    def _order(self) -> SampleRetention:
-        if self.drop_after < self.thin_after:
-            raise ValueError("drop_after: must not be shorter than thin_after")
-        return self
-
-
-class RetentionSettings(Strict):
-    """How long events of each kind are kept (the rest: for ever)."""
-
-    events: dict[Kind, Duration | None] = Field(
-        default_factory=lambda: dict(ROUTINE),
-        description="kind: age after which its events are deleted (null: kept); "
-        "replaces the default map when given",
-    )
-    samples: SampleRetention = Field(default_factory=lambda: SampleRetention())
-    every: Timeout = Field(default=timedelta(minutes=10), description="how often to prune")
-    batch: int = Field(default=1000, ge=1, le=100_000, description="rows per delete")
-    max_batches: int = Field(default=50, ge=1, description="deletes per run, at most")
 
 
 class Settings(BaseSettings):
@@ -471,12 +408,12 @@ def _names_a_setting(parts: list[str]) -> bool:
         if expect_key:  # a dict's key, such as a provider's name
             expect_key = False
             continue
-        model = _model_in(annotation)
+        model = model_in(annotation)
         field = model.model_fields.get(part) if model is not None else None
         if field is None:
             return False
         annotation = field.annotation
-        expect_key = typing.get_origin(annotation) is dict and _model_in(annotation) is not None
+        expect_key = typing.get_origin(annotation) is dict and model_in(annotation) is not None
     return not expect_key or len(parts) == 1
 
 
@@ -507,76 +444,6 @@ def load_settings(
         with _loading(environ, overrides):
             settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {explain(exc, data)}") from None
+        raise ConfigError(f"{path}: {error_text(exc, data, Settings)}") from None
     settings._origins = origins
     return settings
-
-
-def explain(exc: ValidationError, data: Mapping[str, Any]) -> str:
-    """The first validation error as 'policy NAME: field: problem', plus how many more."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = tuple(first["loc"])
-    message = _message(first, loc)
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return _one_line(f"{_where(loc, data)}{message}{more}")
-
-
-def _one_line(text: str) -> str:
-    """Keys and values come from the file: a newline or escape in one is shown escaped."""
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
-NAMED = {"policies": "policy", "budgets": "budget"}  # lists whose entries have a name
-
-
-def _where(loc: tuple[Any, ...], data: Mapping[str, Any]) -> str:
-    if len(loc) >= 2 and loc[0] in NAMED and isinstance(loc[1], int):
-        entries = data.get(loc[0])
-        name = None
-        if isinstance(entries, list) and loc[1] < len(entries):
-            entry = entries[loc[1]]
-            name = entry.get("name") if isinstance(entry, dict) else None
-        label = f"{NAMED[loc[0]]} {name!r}" if name else f"{loc[0]}[{loc[1]}]"
-        field = ".".join(str(p) for p in loc[2:]) or f"({NAMED[loc[0]]})"
-        return f"{label}: {field}: "
-    field = ".".join(str(p) for p in loc)
-    return f"{field}: " if field else ""
-
-
-def _message(error: Any, loc: tuple[Any, ...]) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        valid = _valid_keys(loc[:-1])
-        return "unknown key" + (f"; valid keys: {', '.join(valid)}" if valid else "")
-    if kind == "literal_error":
-        return str(error["msg"]).replace("Input should be", "must be")
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
-
-
-def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = Settings
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-        field = model.model_fields.get(part)
-        if field is not None:  # else a dict key, such as a provider's name
-            model = _model_in(field.annotation)
-    if isinstance(model, type) and issubclass(model, BaseModel):
-        return sorted(model.model_fields)
-    return []
-
-
-def _model_in(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None

@@ -12,6 +12,7 @@ from typing import Any
 
 from watchdog.core.budgets import Budget
 from watchdog.core.cadence import Cadence, slack
+from watchdog.core.config import SafetySettings
 from watchdog.core.errors import PermanentError, ProviderError
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import (
@@ -36,7 +37,6 @@ from watchdog.core.policies import (
 )
 from watchdog.core.pricing import Price, batch_cost, seconds_to_cross, usd
 from watchdog.core.rows import Change, Tracked
-from watchdog.core.safety import SafetySettings
 
 ADAPTIVE_MARGIN = timedelta(seconds=1)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import structlog
 
+from watchdog.core.config import SafetySettings
 from watchdog.core.decisions import Candidate, Plan, candidate_of, plan
 from watchdog.core.events import Event, Kind
 from watchdog.core.observe import Observation, Rules
-from watchdog.core.safety import SafetySettings
 from watchdog.daemon.metrics import Metrics
 from watchdog.daemon.record import Emitter
 from watchdog.storage.store import Store

@@ -11,7 +11,7 @@ from functools import partial
 
 import structlog
 
-from watchdog.settings import RetentionSettings
+from watchdog.core.config import RetentionSettings
 from watchdog.storage.store import Store
 
 log = structlog.get_logger("watchdog.retention")

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from watchdog.core.config import Webhook
 from watchdog.core.errors import ProviderError
 from watchdog.core.events import Event
 from watchdog.providers.http import HttpClient
-from watchdog.settings import Webhook
 
 log = structlog.get_logger("watchdog.webhooks")
 QUEUE_SIZE = 1000

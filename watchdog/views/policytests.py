@@ -13,8 +13,8 @@ from pydantic import Field, ValidationError, model_validator
 from watchdog.core.durations import Duration, format_duration
 from watchdog.core.models import BatchObject, BatchView
 from watchdog.core.observe import Judging
-from watchdog.core.schema import Strict
-from watchdog.settings import ConfigError, Settings, explain, load_settings, read_yaml
+from watchdog.core.schema import Strict, error_text
+from watchdog.settings import ConfigError, Settings, load_settings, read_yaml
 from watchdog.views.replay import Sample, Step, fresh, judge, usage_wire
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)  # t=0 of every timeline unless the file says
@@ -83,14 +83,14 @@ def load(path: Path) -> tuple[PolicyTest, Settings]:
     try:
         test = PolicyTest.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: {explain(exc, data)}") from None
+        raise ConfigError(f"{path}: {error_text(exc, data, PolicyTest)}") from None
     if isinstance(test.config, str):
         settings = load_settings(path.parent / test.config, environ={})
     else:
         try:
             settings = Settings.model_validate(test.config)
         except ValidationError as exc:
-            raise ConfigError(f"{path}: config: {explain(exc, test.config)}") from None
+            raise ConfigError(f"{path}: config: {error_text(exc, test.config, Settings)}") from None
     _bounded(path, test, settings)
     return test, settings
 

@@ -1,0 +1,105 @@
+"""The pure parts of the config's schema: the safety limits, notifications, retention
+(what reads files or the environment — keys, tokens, the file itself — is in
+watchdog/settings.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, model_validator
+
+from watchdog.core.durations import Duration
+from watchdog.core.events import Kind
+from watchdog.core.schema import Strict
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s (0 would disable the timeout)")
+    return value
+
+
+Timeout = Annotated[Duration, AfterValidator(_positive)]
+
+
+class SafetySettings(Strict):
+    """Limits that hold whatever the policies say."""
+
+    max_cancels_per_tick: int = Field(default=20, ge=0, description="cancels in one tick")
+    max_cancels_per_hour: int = Field(default=100, ge=0, description="cancels in any hour")
+    cool_down: Duration | None = Field(
+        default=timedelta(hours=1),
+        description="after a trip, alert-only this long (null: until `resume`)",
+    )
+    exempt_metadata: dict[str, str] = Field(
+        default_factory=lambda: {"watchdog": "off"},
+        description="batches whose metadata has all these pairs are never cancelled",
+    )
+    cancel_poll_interval: Duration = Field(
+        default=timedelta(seconds=15), description="poll a cancelled batch this often until done"
+    )
+    cancel_stuck_after: Duration = Field(
+        default=timedelta(minutes=15), description="cancelling longer than this: cancel_stuck"
+    )
+    max_clock_skew: Duration | None = Field(
+        default=timedelta(minutes=5),
+        description="hold every cancel to a provider whose Date header is further than this "
+        "from the local clock (null: never check)",
+    )
+
+
+NOTIFY_EVENTS = (  # what a webhook gets unless it names its kinds (any event kind)
+    Kind.POLICY_MATCHED,
+    Kind.CANCEL_SUCCEEDED,
+    Kind.CANCEL_FAILED,
+    Kind.CANCEL_STUCK,
+    Kind.SAFETY_TRIPPED,
+)
+
+
+class Webhook(Strict):
+    """A receiver of JSON messages (Slack-compatible ``text`` plus the event)."""
+
+    url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
+    events: list[Kind] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
+    timeout: Timeout = timedelta(seconds=10)
+
+
+class NotifySettings(Strict):
+    webhooks: list[Webhook] = Field(default_factory=list)
+
+
+ROUTINE: dict[Kind, timedelta | None] = {Kind.COUNTS_CHANGED: timedelta(days=7)}
+
+
+class SampleRetention(Strict):
+    """How the polls' samples (replay's history) thin with age."""
+
+    thin_after: Duration = Field(
+        default=timedelta(days=7), description="older samples keep one per batch and step"
+    )
+    step: Timeout = Field(
+        default=timedelta(hours=1), description="what a thinned sample stands for"
+    )
+    drop_after: Duration = Field(default=timedelta(days=90), description="then deleted")
+
+    @model_validator(mode="after")
+    def _order(self) -> SampleRetention:
+        if self.drop_after < self.thin_after:
+            raise ValueError("drop_after: must not be shorter than thin_after")
+        return self
+
+
+class RetentionSettings(Strict):
+    """How long events of each kind are kept (the rest: for ever)."""
+
+    events: dict[Kind, Duration | None] = Field(
+        default_factory=lambda: dict(ROUTINE),
+        description="kind: age after which its events are deleted (null: kept); "
+        "replaces the default map when given",
+    )
+    samples: SampleRetention = Field(default_factory=lambda: SampleRetention())
+    every: Timeout = Field(default=timedelta(minutes=10), description="how often to prune")
+    batch: int = Field(default=1000, ge=1, le=100_000, description="rows per delete")
+    max_batches: int = Field(default=50, ge=1, description="deletes per run, at most")
