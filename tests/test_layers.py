@@ -139,7 +139,8 @@ def test_the_cli_loads_no_heavy_library_for_help() -> None:
     """`batch-watchdog --help` (and a usage error) must not wait for SQLAlchemy, aiohttp,
     APScheduler, pydantic-settings or the app: they load with the commands that use them."""
     probe = (
-        "import sys; import watchdog.cli; from watchdog.cli.parser import build_parser; build_parser();"
+        "import sys; import watchdog.cli; from watchdog.cli.parser import build_parser;"
+        "build_parser();"
         "print(' '.join(sorted(m for m in sys.modules)))"
     )
     loaded = set(

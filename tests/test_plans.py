@@ -1,6 +1,7 @@
 """Ticks cost what is due, not what is history: every statement a real tick runs (and
 the `events` queries) is EXPLAINed on both databases, full of finished batches and old
-events, and none may scan `batch_events` or the finished batches."""
+events, and none may scan `batch_events` or the finished batches (nor walk them
+through the status index)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,14 @@ async def history(h: Harness) -> None:
         await conn.execute(
             batches.insert(),
             [
-                {"provider": "sim", "batch_id": f"old_{i}", "status": statuses[i % 4]}
+                {
+                    "provider": "sim",
+                    "batch_id": f"old_{i}",
+                    "status": statuses[i % 4],
+                    # Ended over the last two days, as a busy account's have.
+                    "created_at": now - timedelta(minutes=i + 60),
+                    "finished_at": now - timedelta(minutes=i),
+                }
                 for i in range(FINISHED)
             ],
         )
@@ -46,7 +54,10 @@ async def history(h: Harness) -> None:
                 for i in range(EVENTS)
             ],
         )
-        await conn.execute(text("ANALYZE"))
+        # PostgreSQL's autovacuum keeps statistics; the daemon never runs SQLite's
+        # ANALYZE, whose planner then goes by the indexes alone.
+        if h.store.engine.dialect.name != "sqlite":
+            await conn.execute(text("ANALYZE"))
 
 
 def capture(h: Harness) -> list[tuple[str, Any]]:
@@ -81,9 +92,14 @@ async def plans(h: Harness, statements: list[tuple[str, Any]]) -> dict[str, str]
     return found
 
 
+# The status index holds every finished batch under four keys: a search of it is a scan
+# of the history by another name.
+BY_STATUS = re.compile(r"(USING INDEX|using|on) ix_batches_status\b")
+
+
 def full_scans(plan: str) -> list[str]:
     seq = re.findall(r"Seq Scan on (batch_events|batches)", plan)
-    return seq + [m.group(0) for m in SCANS.finditer(plan)]
+    return seq + [m.group(0) for m in (*SCANS.finditer(plan), *BY_STATUS.finditer(plan))]
 
 
 async def test_no_tick_statement_scans_history(harness: Harness) -> None:

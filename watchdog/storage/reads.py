@@ -15,27 +15,24 @@ from sqlalchemy import (
     cast,
     func,
     select,
-    union_all,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from watchdog.core.events import Kind
 from watchdog.core.models import (
-    TERMINAL,
     BatchView,
     metadata_text,
 )
 from watchdog.core.rows import Tracked
 from watchdog.storage.mapping import (
-    CLAIMED,
     FINISHED,
     SPENDING,
     STREAM_ROWS,
     row_spending,
-    row_tracked,
     row_view,
 )
 from watchdog.storage.tables import (
+    ENDED,
     NOT_FINISHED,
     batch_events,
     batches,
@@ -77,7 +74,7 @@ class Reads:
             running = await conn.execute(select(batches).where(NOT_FINISHED).limit(limit))
             rows = [dict(r) for r in running.mappings()]
             if len(rows) < limit:
-                recent = (c.created_at >= since, c.status.in_(sorted(TERMINAL)))
+                recent = (c.created_at >= since, ENDED)
                 finished = select(batches).where(*recent)
                 query = finished.order_by(c.created_at.desc()).limit(limit - len(rows))
                 rows += [dict(r) for r in (await conn.execute(query)).mappings()]
@@ -91,18 +88,6 @@ class Reads:
             query = query.where(batches.c.status == status)
         async with self.engine.connect() as conn:
             return [dict(row) for row in (await conn.execute(query)).mappings()]
-
-    async def spending(self, since: datetime) -> list[Tracked]:
-        """The batches a budget may count: still running, or created since ``since``.
-        One statement (one snapshot: a batch finishing meanwhile is not read twice) of
-        two parts, each through an index (an OR of the two would scan the table): the
-        unfinished ones through the due index, the finished ones by creation."""
-        c = batches.c
-        running = select(*CLAIMED).where(NOT_FINISHED)
-        finished = select(*CLAIMED).where(c.created_at >= since, c.status.in_(sorted(TERMINAL)))
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(union_all(running, finished))).mappings().all()
-        return [row_tracked(row) for row in rows]
 
     async def running(self) -> list[Tracked]:
         """The batches still to be polled (through the due index): what a budget may
@@ -122,7 +107,7 @@ class Reads:
         c = batches.c
         names = ("provider", "batch_id", "status", "model", "metadata", "created_at", "cost_usd")
         query = select(*(c[n] for n in names))
-        query = query.where(c.created_at >= since, c.status.in_(sorted(TERMINAL)))
+        query = query.where(c.created_at >= since, ENDED)
         async with self.engine.connect() as conn:
             stream = await conn.stream(query.execution_options(yield_per=STREAM_ROWS))
             async for part in stream.partitions():
@@ -137,7 +122,7 @@ class Reads:
         index) — what changed for the budgets, never their whole window."""
         c, e = batches.c, batch_events.c
         finished = select(*FINISHED, c.finished_at)
-        finished = finished.where(c.finished_at > ended, c.status.in_(sorted(TERMINAL)))
+        finished = finished.where(c.finished_at > ended)  # set only as a batch ends
         gone = select(e.provider, e.batch_id).where(e.kind == Kind.UNTRACKED, e.at > untracked)
         async with self.engine.connect() as conn:
             running = await self._running(conn)
