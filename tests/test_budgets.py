@@ -424,7 +424,7 @@ def test_the_ledger_keeps_the_same_figures_as_counting_one_by_one() -> None:
     grouped windows alike."""
     import random
 
-    from watchdog.core.budgets import Finished, Ledger
+    from watchdog.core.ledger import Finished, Ledger
 
     rng = random.Random(7)
     budgets = [
@@ -473,7 +473,7 @@ async def test_the_daemons_book_agrees_with_a_fresh_look(harness: Harness) -> No
         await h.tick(advance=120)
         kept = h.engine.budgeting.book.last
         fresh = await assess_budgets(h.store, h.engine.rules, h.clock.now())
-        assert [a.summary() for a in kept] == [a.summary() for a in fresh], step
+        assert [a.figures() for a in kept] == [a.figures() for a in fresh], step
     assert kept[0].finished > 0  # the ended batches came from the ledger
 
 

@@ -269,8 +269,8 @@ def _explain(settings: Settings, args: argparse.Namespace) -> int:
 def _budgets(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
 
-    found = [a.summary() for a in asyncio.run(app.budgets(settings, utcnow()))]
-    print(dump(found) if args.json else budget_table(found))
+    found = [a.figures() for a in asyncio.run(app.budgets(settings, utcnow()))]
+    print(dump([f.as_dict() for f in found]) if args.json else budget_table(found))
     return EX_OK
 
 

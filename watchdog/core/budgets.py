@@ -4,12 +4,11 @@ so that the projection fits. No I/O, no clock: ``now`` is handed in."""
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -22,6 +21,9 @@ from watchdog.core.policies import Match, Verdict
 from watchdog.core.pricing import MAX_USD, projected_cost, usd
 from watchdog.core.rows import Tracked
 from watchdog.core.schema import Strict
+
+if TYPE_CHECKING:
+    from watchdog.core.ledger import Ledger
 
 CALENDAR = ("day", "week", "month")
 GROUP_KEYS = ("provider", "model", "metadata.KEY")
@@ -178,6 +180,38 @@ def spending_of(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datet
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Figures:
+    """One budget group's figures as people read them; ``as_dict`` is the JSON of
+    ``budgets --json`` and of the budget events' details."""
+
+    budget: str
+    group: dict[str, str]
+    window: str
+    window_start: datetime
+    spend_usd: float | None
+    committed_usd: float | None
+    limit_usd: float | None
+    unknown_cost: int
+    unknown_remaining: int
+    batches: int
+    state: str  # ok, warn or over
+    action: str
+    to_cancel: tuple[str, ...]
+
+    @property
+    def unknown(self) -> int:
+        return self.unknown_cost + self.unknown_remaining
+
+    def as_dict(self) -> dict[str, Any]:
+        found = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return found | {
+            "window_start": self.window_start.isoformat(),
+            "to_cancel": list(self.to_cancel),
+            "group": dict(self.group),
+        }
+
+
 @dataclass(slots=True)
 class Assessment:
     """One budget group: what it spent, what it is committed to, what to do."""
@@ -219,23 +253,23 @@ class Assessment:
         """ok, warn (a threshold reached) or over."""
         return "over" if self.over else "warn" if self.crossed() else "ok"
 
-    def summary(self) -> dict[str, Any]:
-        """For ``budgets --json`` and the status views."""
-        return {
-            "budget": self.budget.name,
-            "group": dict(zip(self.budget.group_by, self.group, strict=True)),
-            "window": self.budget.window,
-            "window_start": self.window_start.isoformat(),
-            "spend_usd": usd(self.spend),
-            "committed_usd": usd(self.committed),
-            "limit_usd": usd(self.limit),
-            "unknown_cost": self.unknown_cost,
-            "unknown_remaining": self.unknown_remaining,
-            "batches": self.batches,
-            "state": self.state,
-            "action": self.budget.action,
-            "to_cancel": [m.view.batch_id for m in self.chosen],
-        }
+    def figures(self) -> Figures:
+        """What people read of it (``budgets``, the page, ``explain``, its events)."""
+        return Figures(
+            budget=self.budget.name,
+            group=dict(zip(self.budget.group_by, self.group, strict=True)),
+            window=self.budget.window,
+            window_start=self.window_start,
+            spend_usd=usd(self.spend),
+            committed_usd=usd(self.committed),
+            limit_usd=usd(self.limit),
+            unknown_cost=self.unknown_cost,
+            unknown_remaining=self.unknown_remaining,
+            batches=self.batches,
+            state=self.state,
+            action=self.budget.action,
+            to_cancel=tuple(m.view.batch_id for m in self.chosen),
+        )
 
     def crossed(self) -> list[float]:
         """The warn_at fractions the committed amount has reached."""
@@ -278,122 +312,6 @@ def assess(
         if one.over and one.budget.action == "cancel":
             one.chosen = choose(one)
     return list(found.values())
-
-
-@dataclass(slots=True)
-class Sums:
-    """A budget group's finished batches: their known cost, how many, how many unknown."""
-
-    spend: Decimal = Decimal(0)
-    count: int = 0
-    unknown: int = 0
-
-    def take(self, cost: Decimal | None, sign: int) -> None:
-        self.count += sign
-        if cost is None:
-            self.unknown += sign
-        else:
-            self.spend += sign * cost
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """A batch that ended, as the budgets count it: final, it is never polled again."""
-
-    view: BatchView
-    cost: Decimal | None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.view.provider, self.view.batch_id)
-
-    @property
-    def created(self) -> float:
-        return self.view.created_at.timestamp() if self.view.created_at else float("-inf")
-
-
-class Ledger:
-    """The finished batches each budget counts (those created within its window), summed
-    by group, kept up to date as batches end (``add``), leave (``remove``) and age out of
-    the windows (``advance``): an assessment then costs the number of groups, not the
-    window's history. Windows only move forward; ``advance`` says when one moved back
-    (the clock stepped back) and the ledger must be built again."""
-
-    def __init__(self, budgets: Sequence[Budget], now: datetime) -> None:
-        self.budgets = tuple(budgets)
-        self._starts = {b.name: b.start(now).timestamp() for b in self.budgets}
-        self._sums: dict[str, dict[Group, Sums]] = {b.name: {} for b in self.budgets}
-        # Per budget, what it counts by creation (the oldest leave first): (created, seq).
-        self._ageing: dict[str, list[tuple[float, int]]] = {b.name: [] for b in self.budgets}
-        self._entries: dict[tuple[str, str], int] = {}  # key -> seq
-        self._counted: dict[int, tuple[Finished, int]] = {}  # seq -> item, budgets counting
-        self._seq = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def sums(self, budget: str) -> Mapping[Group, Sums]:
-        return {g: s for g, s in self._sums[budget].items() if s.count}
-
-    def add(self, item: Finished) -> None:
-        """A batch that ended (once: a batch already in is left as it is)."""
-        if item.key in self._entries:
-            return
-        counting = self._counting(item)
-        if not counting:
-            return
-        self._seq += 1
-        for budget in counting:
-            self._take(budget, item, 1)
-            heapq.heappush(self._ageing[budget.name], (item.created, self._seq))
-        self._entries[item.key] = self._seq
-        self._counted[self._seq] = (item, len(counting))
-
-    def remove(self, key: tuple[str, str]) -> None:
-        """A batch no longer tracked (its places in the ageing heaps are left to lapse)."""
-        seq = self._entries.pop(key, None)
-        if seq is None:
-            return
-        item, _ = self._counted.pop(seq)
-        for budget in self._counting(item):
-            self._take(budget, item, -1)
-
-    def advance(self, now: datetime) -> bool:
-        """Move every window to ``now``: what it no longer holds leaves its sums. False
-        when a window moved back (build the ledger again)."""
-        for budget in self.budgets:
-            start = budget.start(now).timestamp()
-            if start < self._starts[budget.name]:
-                return False
-            self._starts[budget.name] = start
-            ageing = self._ageing[budget.name]
-            while ageing and ageing[0][0] < start:
-                _, seq = heapq.heappop(ageing)
-                self._lapse(budget, seq)
-        return True
-
-    def _lapse(self, budget: Budget, seq: int) -> None:
-        found = self._counted.get(seq)
-        if found is None:  # removed meanwhile
-            return
-        item, left = found
-        self._take(budget, item, -1)
-        if left > 1:
-            self._counted[seq] = (item, left - 1)
-        else:  # no window holds it any more
-            del self._counted[seq]
-            del self._entries[item.key]
-
-    def _take(self, budget: Budget, item: Finished, sign: int) -> None:
-        sums = self._sums[budget.name].setdefault(budget.group_of(item.view), Sums())
-        sums.take(item.cost, sign)
-
-    def _counting(self, item: Finished) -> list[Budget]:
-        return [
-            b
-            for b in self.budgets
-            if item.created >= self._starts[b.name] and b.match.matches(item.view)
-        ]
 
 
 def _in_window(item: Spending, start: datetime) -> bool:
@@ -482,7 +400,7 @@ def news(found: Sequence[Assessment], memory: Mapping[str, Any], now: datetime) 
 def _event(one: Assessment, kind: Kind, now: datetime, **detail: Any) -> Event:
     """A budget event: the group's figures as ``budgets --json`` shows them, and what
     is news (a threshold, the batches chosen)."""
-    said = {k: v for k, v in one.summary().items() if k not in ("state", "to_cancel")}
+    said = {k: v for k, v in one.figures().as_dict().items() if k not in ("state", "to_cancel")}
     return Event(now, None, None, kind, policy=one.budget.name, detail=said | detail)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime, timedelta
 
-from watchdog.core.budgets import Assessment, Finished, Ledger, assess, spending_of
+from watchdog.core.budgets import Assessment, assess, spending_of
+from watchdog.core.ledger import Finished, Ledger
 from watchdog.core.observe import Rules
 from watchdog.storage.store import Store
 

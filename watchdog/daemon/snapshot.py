@@ -80,7 +80,7 @@ class Snapshot:
             now=now,
             batches=await store.reads.some_batches(PAGE_BATCHES, now - timedelta(days=SPEND_DAYS)),
             events=[e async for e in store.journal.stream_events(recent)][::-1],
-            budgets=[a.summary() for a in await self._budgets(now)],
+            budgets=[a.figures() for a in await self._budgets(now)],
             providers={n: c.breaker.available for n, c in self.engine.clients.items()},
             safety_tripped=await gate.status(store) is not None,
             dry_run=self.engine.rules.dry_run,

@@ -58,7 +58,7 @@ def explained(
 
 def _budget(one: Assessment, tracked: Tracked) -> dict[str, Any]:
     chosen = any((m.view.provider, m.view.batch_id) == tracked.key for m in one.chosen)
-    return one.summary() | {"this_batch_chosen": chosen}
+    return one.figures().as_dict() | {"this_batch_chosen": chosen}
 
 
 def _next(

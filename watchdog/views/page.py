@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
+from watchdog.core.budgets import Figures
 from watchdog.core.models import TERMINAL, as_text
 from watchdog.core.pricing import dollars
 
@@ -45,7 +46,7 @@ class Status:
     now: datetime
     batches: Sequence[Mapping[str, Any]] = ()
     events: Sequence[Mapping[str, Any]] = ()
-    budgets: Sequence[Mapping[str, Any]] = ()
+    budgets: Sequence[Figures] = ()
     spend_by_day: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     saved_usd: float = 0.0
     tracked: int = 0  # all tracked batches (the table shows a bounded few)
@@ -162,20 +163,20 @@ def _pairs(mapping: Mapping[str, Any] | None) -> str:
     )
 
 
-def _budgets(budgets: Sequence[Mapping[str, Any]]) -> str:
+def _budgets(budgets: Sequence[Figures]) -> str:
     if not budgets:
         return ""
     rows = []
     for b in budgets:
-        limit = b["limit_usd"] or 1
+        share = (b.committed_usd or 0) / (b.limit_usd or 1)
         rows.append(
             [
-                _e(b["budget"]),
-                _pairs(b["group"]) or "all",
-                _e(dollars(b["spend_usd"])),
-                f"{_e(dollars(b['committed_usd']))} of {_e(dollars(b['limit_usd']))}"
-                f"{_bar(b['committed_usd'] / limit, b['state'] == 'over')}",
-                _e(b["state"]),
+                _e(b.budget),
+                _pairs(b.group) or "all",
+                _e(dollars(b.spend_usd)),
+                f"{_e(dollars(b.committed_usd))} of {_e(dollars(b.limit_usd))}"
+                f"{_bar(share, b.state == 'over')}",
+                _e(b.state),
             ]
         )
     columns = (("budget", 3), ("group", 3), ("spend", 2), ("committed", 4), ("state", 1))

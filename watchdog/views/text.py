@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from watchdog.core.durations import format_duration
 
 if TYPE_CHECKING:
+    from watchdog.core.budgets import Figures
     from watchdog.core.policies import Discovery
     from watchdog.settings import ProviderSettings, Settings
 
@@ -101,18 +102,17 @@ def batch_table(rows: list[dict[str, Any]]) -> str:
     return table(out, header) if out else "no batches tracked"
 
 
-def budget_table(found: list[dict[str, Any]]) -> str:
+def budget_table(found: list[Figures]) -> str:
     from watchdog.core.pricing import dollars
 
     money = partial(dollars, unknown="-")
     out = []
     for b in found:
-        group = ",".join(f"{k}={v}" for k, v in b["group"].items()) or "-"
-        unknown = b["unknown_cost"] + b["unknown_remaining"]
-        state = b["state"] + (f" ({len(b['to_cancel'])} to cancel)" if b["to_cancel"] else "")
-        cells = [b["budget"], group, b["window"], money(b["spend_usd"])]
-        cells += [money(b["committed_usd"]), money(b["limit_usd"]), str(b["batches"])]
-        out.append([printable(c) for c in cells] + [str(unknown), state])
+        group = ",".join(f"{k}={v}" for k, v in b.group.items()) or "-"
+        state = b.state + (f" ({len(b.to_cancel)} to cancel)" if b.to_cancel else "")
+        cells = [b.budget, group, b.window, money(b.spend_usd)]
+        cells += [money(b.committed_usd), money(b.limit_usd), str(b.batches)]
+        out.append([printable(c) for c in cells] + [str(b.unknown), state])
     header = ["BUDGET", "GROUP", "WINDOW", "SPEND", "COMMITTED", "LIMIT", "BATCHES"]
     return table(out, [*header, "UNKNOWN", "STATE"]) if out else "no budgets configured"
 
