@@ -17,7 +17,7 @@ from watchdog.settings import Settings, env_overrides, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
-UNIT = ROOT / "deploy" / "systemd" / "batch-watchdog.daemon.service"
+UNIT = ROOT / "deploy" / "systemd" / "batch-watchdog.service"
 BIN = Path(sys.executable).parent
 
 

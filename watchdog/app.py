@@ -43,8 +43,9 @@ from watchdog.storage.database import (
 )
 from watchdog.storage.journal import EventFilter
 from watchdog.storage.store import Store
-from watchdog.views.explain import explained
+from watchdog.views.explain import Explanation, explained
 from watchdog.views.replay import Sample, Tally, compare, fresh, judge, recorded, view_at
+from watchdog.views.report import Report
 
 __all__ = ["AlreadyRunning", "EventFilter", "SchemaError", "UsageError", "redact_url"]
 log = structlog.get_logger("watchdog.app")
@@ -285,7 +286,7 @@ async def budgets(settings: Settings, now: datetime) -> list[Assessment]:
 
 async def explain(
     settings: Settings, batch_id: str, provider: str | None, now: datetime
-) -> dict[str, Any]:
+) -> Explanation:
     """What the daemon knows of one batch and what its next tick will make of it: each
     policy and budget, the exemption, the safety and dry-run switches (read-only)."""
     try:
@@ -303,7 +304,7 @@ async def explain(
         raise UsageError(f"batch {batch_id!r} is tracked at {names}: give --provider")
     ((tracked, next_poll),) = found
     groups = [a for a in await budgets(settings, now) if _member(a, tracked)]
-    return explained(settings, tracked, next_poll, groups, tripped, now)
+    return explained(settings, tracked, next_poll, groups, tripped is not None, now)
 
 
 def _member(one: Assessment, tracked: Tracked) -> bool:
@@ -346,15 +347,13 @@ async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str
             "limits": REPLAY_LIMITS}  # fmt: skip
 
 
-async def report(settings: Settings, since: datetime, by: str) -> dict[str, Any]:
+async def report(settings: Settings, since: datetime, by: str) -> Report:
     """Spend, batches, cancels and savings per day and group (read-only)."""
-    from watchdog.views.report import Report
-
-    built = Report(by)
+    built = Report(by, since)
     async with open_store(settings) as store:
         async for row in store.reads.report_rows(since):
             built.add(row)
-    return {"since": since.isoformat()} | built.as_dict()
+    return built
 
 
 async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:

@@ -33,6 +33,7 @@ from watchdog.views.text import (
 
 if TYPE_CHECKING:
     from watchdog.settings import Settings
+    from watchdog.views.report import Report
 
 # Settings, logging and watchdog.app (with the database, HTTP and scheduler libraries)
 # are imported by the commands that use them: `--help` and argument errors answer at once.
@@ -206,7 +207,7 @@ def _spend_report(settings: Settings, args: argparse.Namespace) -> int:
     since = args.since or utcnow() - timedelta(days=7)
     found = asyncio.run(app.report(settings, since, args.by))
     if args.json:
-        print(dump(found))
+        print(dump(found.as_dict()))
     elif args.csv:
         write_csv(found)
     else:
@@ -214,13 +215,13 @@ def _spend_report(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
-def write_csv(found: dict[str, Any]) -> None:
+def write_csv(found: Report) -> None:
     import csv
 
     fields = ["day", "group", "batches", "spend_usd", "unknown_cost", "cancels", "saved_usd"]
     out = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
     out.writeheader()
-    out.writerows([*found["rows"], found["totals"]])
+    out.writerows([line.as_dict() for line in [*found.rows(), found.totals()]])
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -258,11 +259,12 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def _explain(settings: Settings, args: argparse.Namespace) -> int:
     from watchdog import app
-    from watchdog.views.explain import render
+    from watchdog.views.explain import explanation_text
 
     now = utcnow()
-    report = asyncio.run(app.explain(settings, args.batch_id, args.provider, now))
-    print(dump(report) if args.json else "\n".join(map(printable, render(report).split("\n"))))
+    found = asyncio.run(app.explain(settings, args.batch_id, args.provider, now))
+    text = "\n".join(map(printable, explanation_text(found).split("\n")))
+    print(dump(found.as_dict()) if args.json else text)
     return EX_OK
 
 

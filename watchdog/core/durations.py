@@ -55,3 +55,8 @@ def parse_time(text: str) -> datetime:
     provider means by it), never the host's zone. ValueError when unreadable."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """A moment as the commands print it: ISO 8601 in UTC, written with ``Z``."""
+    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -339,51 +339,96 @@ def describe(policy: Policy) -> str:
     return f"{policy.name}: {policy.action} when " + ", ".join(parts)
 
 
-def explain(
+@dataclass(frozen=True, slots=True)
+class ConditionRow:
+    """One condition of a policy on one batch: its observed value (None: unknown, and
+    why) against its threshold."""
+
+    condition: str
+    threshold: Any
+    observed: Any
+    holds: bool
+    unknown: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True, slots=True)
+class ForClock:
+    """A policy's ``for:`` clock: how long it must hold, since when it has, how long."""
+
+    needed_s: float
+    since: datetime | None
+    held_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRow:
+    """One policy on one batch, as ``explain`` shows it."""
+
+    policy: str
+    action: str
+    applies: str  # "yes", or "no: why"
+    conditions: tuple[ConditionRow, ...]
+    holds: bool
+    clock: ForClock | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"policy": self.policy, "action": self.action}
+        row |= {"applies": self.applies, "conditions": [c.as_dict() for c in self.conditions]}
+        row["holds"] = self.holds
+        if self.clock is not None:
+            since = self.clock.since
+            row["for"] = {
+                "needed_s": self.clock.needed_s,
+                "since": None if since is None else since.isoformat(),
+                "held_s": self.clock.held_s,
+            }
+        return row
+
+
+def policy_rows(
     policies: Sequence[Policy], facts: Facts, pending: Mapping[str, datetime] | None = None
-) -> list[dict[str, Any]]:
+) -> list[PolicyRow]:
     """Each policy in order on one batch, as ``explain`` shows it: whether it applies
     (status, match), each condition's observed value against its threshold (None:
     unknown), whether it holds, and its ``for:`` clock."""
-    view, out = facts.view, []
-    for policy in policies:
-        when = policy.when
-        row: dict[str, Any] = {"policy": policy.name, "action": policy.action}
-        if view.status not in when.statuses:
-            row["applies"] = f"no: status {view.status} is not one of {sorted(when.statuses)}"
-        elif not policy.match.matches(view):
-            row["applies"] = f"no: match {policy.match.model_dump(exclude_none=True)}"
-        else:
-            row["applies"] = "yes"
-        row["conditions"] = [
-            _condition(name, getattr(when, name), condition, when, facts)
-            for name, condition in CONDITIONS.items()
-            if getattr(when, name) is not None
-        ]
-        holds = row["applies"] == "yes" and all(c["holds"] for c in row["conditions"])
-        row["holds"] = holds
-        if policy.for_ is not None:
-            since = (pending or {}).get(policy.name)
-            row["for"] = {
-                "needed_s": policy.for_.total_seconds(),
-                "since": since.isoformat() if holds and since else None,
-                "held_s": (facts.now - since).total_seconds() if holds and since else 0.0,
-            }
-        out.append(row)
-    return out
+    return [_row(policy, facts, pending or {}) for policy in policies]
+
+
+def _row(policy: Policy, facts: Facts, pending: Mapping[str, datetime]) -> PolicyRow:
+    view, when = facts.view, policy.when
+    applies = "yes"
+    if view.status not in when.statuses:
+        applies = f"no: status {view.status} is not one of {sorted(when.statuses)}"
+    elif not policy.match.matches(view):
+        applies = f"no: match {policy.match.model_dump(exclude_none=True)}"
+    conditions = tuple(
+        _condition(name, getattr(when, name), condition, when, facts)
+        for name, condition in CONDITIONS.items()
+        if getattr(when, name) is not None
+    )
+    holds = applies == "yes" and all(c.holds for c in conditions)
+    clock = None
+    if policy.for_ is not None:
+        since = pending.get(policy.name) if holds else None
+        held = (facts.now - since).total_seconds() if since else 0.0
+        clock = ForClock(policy.for_.total_seconds(), since, held)
+    return PolicyRow(policy.name, policy.action, applies, conditions, holds, clock)
 
 
 def _condition(
     name: str, threshold: Any, condition: Condition, when: When, facts: Facts
-) -> dict[str, Any]:
+) -> ConditionRow:
     value = condition.observe(when, facts)
-    return {
-        "condition": name,
-        "threshold": _jsonable(threshold),
-        "observed": None if value is None else _jsonable(value),
-        "holds": value is not None and condition.holds(value, threshold),
-        "unknown": None if value is not None else _unknown(name, facts),
-    }
+    return ConditionRow(
+        condition=name,
+        threshold=_jsonable(threshold),
+        observed=None if value is None else _jsonable(value),
+        holds=value is not None and condition.holds(value, threshold),
+        unknown=None if value is not None else _unknown(name, facts),
+    )
 
 
 def _unknown(name: str, facts: Facts) -> str:

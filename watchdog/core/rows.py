@@ -1,5 +1,6 @@
-"""Typed rows between the tick and the store: ``Tracked`` (a claimed batch as the store
-read it) and ``Change`` (what a step sets on it). No column names outside the store."""
+"""Typed rows between the steps and the store: ``Tracked`` (a claimed batch as the store
+read it), ``Change`` (what a step sets on it), ``Spent`` (a batch as the report reads
+it). No column names outside the store."""
 
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ from enum import Enum
 from typing import Any, Final
 
 from watchdog.core.models import BatchObject, BatchView
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """A tracked batch as the spend report reads it: what it groups on, what it cost,
+    and what its cancel saved."""
+
+    provider: str
+    model: str | None
+    metadata: dict[str, str] | None
+    created_at: datetime | None
+    cost_usd: Decimal | None
+    cancel_policy: str | None
+    matched_policy: str | None
+    cancel_outcome: str | None
+    cancel_projected_usd: Decimal | None
 
 
 @dataclass(slots=True)

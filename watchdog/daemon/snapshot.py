@@ -19,7 +19,7 @@ from watchdog.daemon.engine import Engine
 from watchdog.daemon.metrics import Metrics
 from watchdog.storage.journal import EventFilter
 from watchdog.storage.store import Store
-from watchdog.views.page import AGE, AGE_TEXT, Status, age_of, render
+from watchdog.views.page import AGE, AGE_TEXT, Status, age_of, render_page
 
 log = structlog.get_logger("watchdog.snapshot")
 PAGE_BATCHES, PAGE_EVENTS, SPEND_DAYS = 500, 25, 14  # what the status page shows
@@ -64,7 +64,7 @@ class Snapshot:
         if self.status is None:
             raise LookupError("no snapshot yet")
         if self._page is None or self._page[0] is not self.status:
-            self._page = (self.status, render(self.status, AGE))
+            self._page = (self.status, render_page(self.status, AGE))
         status, page = self._page
         return page.replace(AGE_TEXT, age_of(status, viewed), 1)
 

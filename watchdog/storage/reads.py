@@ -23,7 +23,7 @@ from watchdog.core.models import (
     BatchView,
     metadata_text,
 )
-from watchdog.core.rows import Tracked
+from watchdog.core.rows import Spent, Tracked
 from watchdog.storage.mapping import (
     FINISHED,
     SPENDING,
@@ -54,16 +54,15 @@ class Reads:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def report_rows(self, since: datetime) -> AsyncIterator[dict[str, Any]]:
+    async def report_rows(self, since: datetime) -> AsyncIterator[Spent]:
         """The batches created since ``since``, with what a spend report needs (through
         the created_at index; streamed)."""
         c = batches.c
-        names = "provider model metadata created_at cost_usd cancel_policy matched_policy"
-        names += " cancel_outcome cancel_projected_usd"
-        query = select(*(c[n] for n in names.split())).where(c.created_at >= since)
+        query = select(*(c[n] for n in Spent.__dataclass_fields__)).where(c.created_at >= since)
         async with self.engine.connect() as conn:
-            async for row in await conn.stream(query.execution_options(yield_per=1000)):
-                yield dict(row._mapping)
+            async for row in await conn.stream(query.execution_options(yield_per=STREAM_ROWS)):
+                values = row._asdict()
+                yield Spent(**values | {"metadata": metadata_text(values["metadata"])})
 
     async def some_batches(self, limit: int, since: datetime) -> list[dict[str, Any]]:
         """At most ``limit`` tracked batches for a glance: the running ones (through the

@@ -70,7 +70,7 @@ def age_of(s: Status, viewed: datetime) -> str:
     return escape(text)
 
 
-def render(s: Status, viewed: datetime | None = None) -> str:
+def render_page(s: Status, viewed: datetime | None = None) -> str:
     """The whole page, as of ``s.now``, viewed at ``viewed`` (its age is said; at
     ``AGE``, left as ``AGE_TEXT`` for the viewer's time to fill in)."""
     return "".join(

@@ -4,13 +4,13 @@ as unknown and never as zero. Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from watchdog.core.models import metadata_text
 from watchdog.core.pricing import usd
+from watchdog.core.rows import Spent
 
 GROUPS = ("provider", "model", "policy", "metadata.KEY")
 
@@ -35,17 +35,25 @@ class Line:
     cancels: int = 0
     saved: Decimal = Decimal(0)
 
-    def add(self, row: Mapping[str, Any]) -> None:
+    def add(self, row: Spent) -> None:
         self.batches += 1
-        if row["cost_usd"] is None:
+        if row.cost_usd is None:
             self.unknown_cost += 1
         else:
-            self.spend += row["cost_usd"]
-        if row["cancel_outcome"] == "succeeded":
+            self.spend += row.cost_usd
+        if row.cancel_outcome == "succeeded":
             self.cancels += 1
-            projected, cost = row["cancel_projected_usd"], row["cost_usd"]
+            projected, cost = row.cancel_projected_usd, row.cost_usd
             if projected is not None and cost is not None:
                 self.saved += max(projected - cost, Decimal(0))
+
+    def include(self, other: Line) -> None:
+        """Add another line's figures to this one (the totals)."""
+        self.batches += other.batches
+        self.spend += other.spend
+        self.unknown_cost += other.unknown_cost
+        self.cancels += other.cancels
+        self.saved += other.saved
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,37 +69,36 @@ class Line:
 
 @dataclass
 class Report:
+    """Spend per (day, group) of the batches created since ``since``; ``as_dict`` is
+    what ``report --json`` prints."""
+
     by: str
+    since: datetime
     lines: dict[tuple[str, str], Line] = field(default_factory=dict)
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        created = row["created_at"]
-        day = created.date().isoformat() if created is not None else "unknown"
+    def add(self, row: Spent) -> None:
+        day = row.created_at.date().isoformat() if row.created_at is not None else "unknown"
         key = (day, group_of(row, self.by))
         self.lines.setdefault(key, Line(*key)).add(row)
 
-    def as_dict(self) -> dict[str, Any]:
-        rows = [self.lines[k].as_dict() for k in sorted(self.lines)]
+    def rows(self) -> list[Line]:
+        return [self.lines[k] for k in sorted(self.lines)]
+
+    def totals(self) -> Line:
         total = Line("all", "all")
         for line in self.lines.values():
-            total.batches += line.batches
-            total.spend += line.spend
-            total.unknown_cost += line.unknown_cost
-            total.cancels += line.cancels
-            total.saved += line.saved
-        return {"by": self.by, "rows": rows, "totals": total.as_dict()}
+            total.include(line)
+        return total
+
+    def as_dict(self) -> dict[str, Any]:
+        rows = [line.as_dict() for line in self.rows()]
+        totals = self.totals().as_dict()
+        return {"since": self.since.isoformat(), "by": self.by, "rows": rows, "totals": totals}
 
 
-def group_of(row: Mapping[str, Any], by: str) -> str:
+def group_of(row: Spent, by: str) -> str:
     if by == "policy":
-        return str(row["cancel_policy"] or row["matched_policy"] or "-")
+        return str(row.cancel_policy or row.matched_policy or "-")
     if by.startswith("metadata."):
-        return (metadata_text(row["metadata"]) or {}).get(by.removeprefix("metadata."), "-")
-    return str(row[by] or "-")
-
-
-def build(rows: Iterable[Mapping[str, Any]], by: str) -> dict[str, Any]:
-    report = Report(by)
-    for row in rows:
-        report.add(row)
-    return report.as_dict()
+        return (row.metadata or {}).get(by.removeprefix("metadata."), "-")
+    return str(getattr(row, by) or "-")

@@ -5,20 +5,16 @@ text out."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from watchdog.core.durations import format_duration
+from watchdog.core.durations import format_duration, iso
 
 if TYPE_CHECKING:
     from watchdog.core.budgets import Figures
     from watchdog.core.policies import Discovery
     from watchdog.settings import ProviderSettings, Settings
-
-
-def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+    from watchdog.views.report import Line, Report
 
 
 def batch_json(row: dict[str, Any]) -> dict[str, Any]:
@@ -220,15 +216,17 @@ def _source(origin: str) -> str:
     return "" if origin == "file" else f" (from {origin})"
 
 
-def report_table(found: dict[str, Any]) -> str:
-    def cells(r: dict[str, Any]) -> list[str]:
-        unknown = f" (+{r['unknown_cost']} unknown)" if r["unknown_cost"] else ""
-        spend, saved = f"${r['spend_usd']:,.4f}{unknown}", f"${r['saved_usd']:,.4f}"
-        return [r["day"], printable(r["group"]), str(r["batches"]), spend, str(r["cancels"]), saved]
+def report_table(found: Report) -> str:
+    from watchdog.core.pricing import usd
 
-    header = ["DAY", found["by"].upper(), "BATCHES", "SPEND", "CANCELS", "SAVED"]
-    rows = [cells(r) for r in found["rows"]]
-    return table([*rows, cells(found["totals"])], header) if rows else "no batches in the window"
+    def cells(r: Line) -> list[str]:
+        unknown = f" (+{r.unknown_cost} unknown)" if r.unknown_cost else ""
+        spend, saved = f"${usd(r.spend) or 0:,.4f}{unknown}", f"${usd(r.saved) or 0:,.4f}"
+        return [r.day, printable(r.group), str(r.batches), spend, str(r.cancels), saved]
+
+    header = ["DAY", found.by.upper(), "BATCHES", "SPEND", "CANCELS", "SAVED"]
+    rows = [cells(r) for r in found.rows()]
+    return table([*rows, cells(found.totals())], header) if rows else "no batches in the window"
 
 
 def replay_table(report: dict[str, Any]) -> str:
