@@ -7,29 +7,21 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).parent.parent / "watchdog"
-# What each folder (or top-level module) may import of ours; README's Development
-# section says the same in words. A folder always may import itself.
-MAY_IMPORT: dict[str, set[str]] = {
-    "core": set(),
-    "providers": {"core", "clock"},
-    "storage": {"core"},
-    "settings": {"core", "providers"},
-    "views": {"core", "settings"},
-    "daemon": {"core", "providers", "storage", "settings", "views", "clock"},
-    "app": {"core", "providers", "storage", "settings", "views", "daemon", "clock"},
-    "sim": {"core", "providers", "settings", "daemon", "app", "clock"},
-    "cli": {"core", "providers", "storage", "settings", "views", "daemon", "app", "sim", "clock"},
-    "clock": set(),
-    "__init__": set(),
-    "__main__": {"cli"},
-}
-# Pure: no clock, no network, no database, no logging; judged from tables of values.
-PURE = {"core", "views"}
+from tests.layers import (
+    MAX_FUNCTION_LINES,
+    MAX_MODULE_LINES,
+    MAY_IMPORT,
+    PACKAGE,
+    PURE,
+    against_the_rules,
+    functions,
+    modules,
+    room,
+)
+
 IO_LIBRARIES = {
     "aiohttp",
     "sqlalchemy",
@@ -48,52 +40,34 @@ SQL = {"sqlalchemy", "alembic", "asyncpg", "aiosqlite"}
 CLOCK_READS = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}
 
 
-def imports(module: Path) -> set[str]:
-    """Every module name an import statement in this file names (relative ones resolved)."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(module.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return found
-
-
-def room(path: Path) -> str:
-    """The folder a module lives in, or the top-level module's own name."""
-    parts = path.relative_to(PACKAGE).parts
-    return parts[0] if len(parts) > 1 else path.stem
-
-
-def modules() -> dict[str, set[str]]:
-    """Every module as folder/name (or name at the top) with what it imports."""
-    return {
-        str(path.relative_to(PACKAGE).with_suffix("")): imports(path)
-        for path in PACKAGE.rglob("*.py")
-    }
-
-
-def ours(name: str) -> str | None:
-    """The folder (or top-level module) an import of ours lands in."""
-    parts = name.split(".")
-    if parts[0] != "watchdog" or len(parts) < 2:
-        return None
-    return parts[1]
-
-
 def test_every_room_is_placed() -> None:
     """A new folder or top-level module must be given its rules here first."""
     rooms = {room(path) for path in PACKAGE.rglob("*.py")}
     assert rooms <= set(MAY_IMPORT), f"unplaced: {rooms - set(MAY_IMPORT)}"
 
 
-@pytest.mark.parametrize("name", sorted(modules()))
-def test_imports_follow_the_folder_rules(name: str) -> None:
-    here = name.split("/")[0]
-    allowed = MAY_IMPORT[here] | {here}
-    found = {ours(n) for n in modules()[name]} - {None}
-    # `from watchdog import x` names the top-level module x.
-    assert found <= allowed, f"watchdog/{name}.py imports {found - allowed}"
+def test_imports_follow_the_folder_rules() -> None:
+    assert against_the_rules() == []
+
+
+def test_the_rules_can_be_broken() -> None:
+    """The rules' reader sees an import that runs against them (core importing up)."""
+    here = PACKAGE / "core" / "_probe_upward.py"
+    here.write_text("from watchdog.daemon import engine\n")
+    try:
+        assert against_the_rules() == ["watchdog/core/_probe_upward.py imports watchdog.daemon"]
+    finally:
+        here.unlink()
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=str)
+def test_modules_and_functions_stay_short(path: object) -> None:
+    """No module over 500 lines, no function over 50: a longer one is split by what it
+    does (the argument parser is built a command at a time)."""
+    assert isinstance(path, type(PACKAGE))
+    assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES, path
+    long = [(name, n) for name, n in functions(path) if n > MAX_FUNCTION_LINES]
+    assert not long, f"{path}: {long}"
 
 
 @pytest.mark.parametrize("name", sorted(n for n in modules() if n.split("/")[0] in PURE))
@@ -151,3 +125,15 @@ def test_the_cli_loads_no_heavy_library_for_help() -> None:
     heavy = {"sqlalchemy", "aiohttp", "apscheduler", "alembic", "pydantic_settings", "structlog"}
     assert not {m.split(".")[0] for m in loaded} & heavy
     assert "watchdog.app" not in loaded and "watchdog.daemon.engine" not in loaded
+
+
+def test_the_drawing_the_readme_names_runs() -> None:
+    """`python -m tests.layers` (README, Development) prints every folder and passes."""
+    root = PACKAGE.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.layers"], cwd=root, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    for folder in ("core/", "providers/", "storage/", "views/", "daemon/", "sim/", "cli/"):
+        assert f"\n{folder} " in "\n" + done.stdout, folder
+    assert "against the folder rules: none" in done.stdout

@@ -18,7 +18,13 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        r = self.registry
+        self._work(self.registry)
+        self._cancels(self.registry)
+        self._state(self.registry)
+        self._budgets(self.registry)
+
+    def _work(self, r: CollectorRegistry) -> None:
+        """The ticks and the polls."""
         self.ticks = Counter(
             "watchdog_ticks", "Ticks run (failed ones included).", ["outcome"], registry=r
         )
@@ -31,6 +37,20 @@ class Metrics:
         self.polls = Counter(
             "watchdog_polls", "Batch polls by outcome.", ["provider", "outcome"], registry=r
         )
+        self.last_tick = Gauge(
+            "watchdog_last_tick_timestamp_seconds",
+            "When the last tick finished (Unix time).",
+            registry=r,
+        )
+        self.discovery_incomplete = Counter(
+            "watchdog_discovery_incomplete",
+            "Discovery passes stopped before their end by a list that cycles or repeats.",
+            ["provider", "reason"],
+            registry=r,
+        )
+
+    def _cancels(self, r: CollectorRegistry) -> None:
+        """What the cancels did, and what they saved."""
         self.cancels = Counter(
             "watchdog_cancels",
             "Cancel requests by outcome.",
@@ -55,6 +75,9 @@ class Metrics:
             ["provider", "policy"],
             registry=r,
         )
+
+    def _state(self, r: CollectorRegistry) -> None:
+        """The tracked batches, the safety, the providers and the backlog as they stand."""
         self.tracked = Gauge(
             "watchdog_tracked_batches",
             "Tracked batches by status.",
@@ -86,6 +109,9 @@ class Metrics:
             "How overdue the oldest due batch was when the last tick ended.",
             registry=r,
         )
+
+    def _budgets(self, r: CollectorRegistry) -> None:
+        """Each budget group's figures."""
         self.budget_spend = Gauge(
             "watchdog_budget_spend_usd",
             "Known cost of a budget group's batches in its window.",
@@ -100,17 +126,6 @@ class Metrics:
         )
         self.budget_limit = Gauge(
             "watchdog_budget_limit_usd", "A budget group's limit.", ["budget", "group"], registry=r
-        )
-        self.discovery_incomplete = Counter(
-            "watchdog_discovery_incomplete",
-            "Discovery passes stopped before their end by a list that cycles or repeats.",
-            ["provider", "reason"],
-            registry=r,
-        )
-        self.last_tick = Gauge(
-            "watchdog_last_tick_timestamp_seconds",
-            "When the last tick finished (Unix time).",
-            registry=r,
         )
 
     def count(self, event: Event) -> None:

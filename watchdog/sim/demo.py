@@ -26,64 +26,46 @@ log = structlog.get_logger("watchdog.demo")
 LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct"
 
 
+# The demo's batches, each showing one behaviour: (id, the simulator's parameters).
+DEMO_BATCHES: tuple[tuple[str, dict[str, Any]], ...] = (
+    # Expensive: an alert on its projected cost first, then cancelled by cost-cap at $5.
+    ("batch_research_eval", {"model": LLAMA, "metadata": {"team": "research"},
+                             "total": 200_000, "rate": 3000, "input_tokens": 2000,
+                             "output_tokens": 1000}),
+    # Healthy and cheap: runs to completion, never touched.
+    ("batch_nightly_summaries", {"model": "gpt-4o-mini-2024-07-18", "total": 3000,
+                                 "rate": 150, "input_tokens": 800, "cached_tokens": 400,
+                                 "output_tokens": 200}),
+    # 35 % of requests fail: cancelled by the failure-ratio policy.
+    ("batch_flaky_extraction", {"model": LLAMA, "total": 5000, "rate": 40,
+                                "failure_rate": 0.35}),
+    # 40 minutes from expiry at 30 %: cancelled by expiring-slow.
+    ("batch_late_backfill", {"model": LLAMA, "age": 84_000, "total": 10_000,
+                             "rate": 3000 / 84_000}),
+    # An older server: no usage and no model, so cost is unknown (never zero).
+    ("batch_legacy_no_usage", {"model": None, "with_usage": False, "total": 600, "rate": 20}),
+    # A model with no price: pricing_missing is logged once.
+    ("batch_mystery_model", {"model": "acme/unpriced-7b", "total": 1000, "rate": 50}),
+    # Over the cost cap too, but its owner opted out (metadata watchdog=off): judged,
+    # recorded, never cancelled.
+    ("batch_exempt_vip", {"model": LLAMA, "metadata": {"watchdog": "off"}, "total": 30_000,
+                          "rate": 3000, "input_tokens": 5000, "output_tokens": 2000}),
+    # Finished yesterday: tracked, seen as completed, never polled again.
+    ("batch_finished_yesterday", {"model": LLAMA, "age": 90_000, "total": 100, "rate": 10}),
+)  # fmt: skip
+# Submitted from a notebook and never registered: discovery finds it on the first
+# tick's list pass, and it runs to completion like any healthy batch.
+UNREGISTERED = ("batch_notebook_sweep", {"model": LLAMA, "metadata": {"team": "research"},
+                                         "total": 4000, "rate": 200, "input_tokens": 1500,
+                                         "output_tokens": 500})  # fmt: skip
+
+
 def demo_scenario(sim: Simulator) -> list[str]:
-    """A handful of batches, each showing one behaviour; returns the ids to track (one
-    more is left for discovery to find)."""
-    batches = [
-        # Expensive: an alert on its projected cost first, then cancelled by cost-cap at $5.
-        sim.add(
-            "batch_research_eval",
-            model=LLAMA,
-            metadata={"team": "research"},
-            total=200_000,
-            rate=3000,
-            input_tokens=2000,
-            output_tokens=1000,
-        ),
-        # Healthy and cheap: runs to completion, never touched.
-        sim.add(
-            "batch_nightly_summaries",
-            model="gpt-4o-mini-2024-07-18",
-            total=3000,
-            rate=150,
-            input_tokens=800,
-            cached_tokens=400,
-            output_tokens=200,
-        ),
-        # 35 % of requests fail: cancelled by the failure-ratio policy.
-        sim.add("batch_flaky_extraction", model=LLAMA, total=5000, rate=40, failure_rate=0.35),
-        # 40 minutes from expiry at 30 %: cancelled by expiring-slow.
-        sim.add("batch_late_backfill", model=LLAMA, age=84_000, total=10_000, rate=3000 / 84_000),
-        # An older server: no usage and no model, so cost is unknown (never zero).
-        sim.add("batch_legacy_no_usage", model=None, with_usage=False, total=600, rate=20),
-        # A model with no price: pricing_missing is logged once.
-        sim.add("batch_mystery_model", model="acme/unpriced-7b", total=1000, rate=50),
-        # Over the cost cap too, but its owner opted out (metadata watchdog=off): judged,
-        # recorded, never cancelled.
-        sim.add(
-            "batch_exempt_vip",
-            model=LLAMA,
-            metadata={"watchdog": "off"},
-            total=30_000,
-            rate=3000,
-            input_tokens=5000,
-            output_tokens=2000,
-        ),
-        # Finished yesterday: tracked, seen as completed, never polled again.
-        sim.add("batch_finished_yesterday", model=LLAMA, age=90_000, total=100, rate=10),
-    ]
-    # Submitted from a notebook and never registered: discovery finds it on the first
-    # tick's list pass, and it runs to completion like any healthy batch.
-    sim.add(
-        "batch_notebook_sweep",
-        model=LLAMA,
-        metadata={"team": "research"},
-        total=4000,
-        rate=200,
-        input_tokens=1500,
-        output_tokens=500,
-    )
-    return [b.id for b in batches]
+    """The demo's batches on the simulator; returns the ids to track (one more is left
+    for discovery to find)."""
+    for batch_id, params in (*DEMO_BATCHES, UNREGISTERED):
+        sim.add(batch_id, **params)
+    return [batch_id for batch_id, _ in DEMO_BATCHES]
 
 
 async def _start(sim: Simulator, host: str, port: int) -> tuple[web.AppRunner, str]:
