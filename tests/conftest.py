@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import select
 
 from tests.databases import fresh_postgres
 from watchdog.core.cadence import Cadence
@@ -26,6 +27,7 @@ from watchdog.settings import Settings
 from watchdog.sim.simulator import Simulator
 from watchdog.storage.database import create_engine, upgrade
 from watchdog.storage.store import Store
+from watchdog.storage.tables import batches
 
 # A fresh fake key per run: tests grep every output channel for it.
 API_KEY = "sk-test-" + secrets.token_hex(16)
@@ -186,7 +188,7 @@ class Harness:
         return summary
 
     async def row(self, batch_id: str) -> dict[str, Any]:
-        rows = [r for r in await self.store.reads.list_batches() if r["batch_id"] == batch_id]
+        rows = [r for r in await table_rows(self.store) if r["batch_id"] == batch_id]
         assert rows, f"{batch_id} not tracked"
         return rows[0]
 
@@ -209,3 +211,12 @@ async def harness(sim: Sim, store: Store, clock: Clock) -> AsyncIterator[Harness
 
 def hours(n: float) -> timedelta:
     return timedelta(hours=n)
+
+
+async def table_rows(store: Store) -> list[dict[str, Any]]:
+    """Every row of ``batches`` as the database holds it, every column (what a test
+    checks; the daemon's reads return typed rows)."""
+    c = batches.c
+    query = select(batches).order_by(c.tracked_at, c.provider, c.batch_id)
+    async with store.engine.connect() as conn:
+        return [dict(row) for row in (await conn.execute(query)).mappings()]

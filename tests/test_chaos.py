@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from tests.conftest import table_rows
 from tests.daemons import Daemon, write_config
 from tests.databases import fresh_postgres
 from watchdog.core.models import KNOWN
@@ -191,7 +192,7 @@ async def sampled(store: Store) -> dict[str, list[str]]:
 async def all_settled(store: Store, sim: Simulator, violators: list[str]) -> bool:
     if any(sim.calls.get(b, {}).get("cancel", 0) < 1 for b in violators):
         return False
-    rows = await store.reads.list_batches()
+    rows = await table_rows(store)
     return not any(r["cancel_requested_at"] and r["cancel_outcome"] is None for r in rows)
 
 

@@ -470,31 +470,16 @@ def test_absurd_exempt_duration_is_a_usage_error(capsys: pytest.CaptureFixture[s
 
 def test_list_shows_control_characters_escaped() -> None:
     """A provider's escape sequence in a status or model never reaches the terminal raw."""
+    from watchdog.core.models import BatchView
+    from watchdog.core.rows import Listed, Tracked
     from watchdog.views.text import batch_table
 
-    row: dict[str, object] = {
-        k: None
-        for k in (
-            "request_total",
-            "input_tokens",
-            "created_at",
-            "expires_at",
-            "metadata",
-            "labels",
-            "matched_policy",
-            "cancel_policy",
-            "cancel_outcome",
-            "tracked_at",
-            "last_polled_at",
-            "next_poll_at",
-            "last_error",
-            "exempt_until",
-            "exempt_reason",
-            "pending",
-            "cost_usd",
-        )
-    }
-    row |= {"batch_id": "b1", "provider": "p", "status": "\x1b[2J\x1b]0;pwn\x07", "model": "m\r"}
+    view = BatchView("p", "b1", "\x1b[2J\x1b]0;pwn\x07", "m\r")
+    nothing = dict.fromkeys(
+        ("cost_usd", "matched_policy", "last_error", "cancel_policy", "cancel_requested_at",
+         "cancel_outcome", "pricing_missing_at", "tracked_at", "exempt_until", "exempt_reason")
+    )  # fmt: skip
+    row = Listed(Tracked(view, poll_failures=0, cancel_attempts=0, **nothing), None, None, None)
     out = batch_table([row])
     assert "\x1b" not in out and "\x07" not in out and "\r" not in out
     assert "\\x1b[2J" in out

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from tests.conftest import API_KEY, LLAMA, SPENDER, Clock, Harness, Sim
+from tests.conftest import API_KEY, LLAMA, SPENDER, Clock, Harness, Sim, table_rows
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from watchdog.providers.client import ProviderClient
 from watchdog.sim.simulator import SimBatch, Simulator
@@ -38,7 +38,7 @@ def account(h: Harness, healthy: int = 11) -> None:
 
 async def tracked_via(h: Harness) -> dict[str, str | None]:
     """Every tracked batch, with how it came to be tracked."""
-    rows = await h.store.reads.list_batches()
+    rows = await table_rows(h.store)
     via = {}
     for row in rows:
         events = await h.store.journal.list_events(row["batch_id"])
@@ -213,7 +213,7 @@ async def test_a_list_that_cycles_or_repeats_stops_the_pass_and_says_so(
     ]
     assert event["provider"] == "sim" and event["detail"]["reason"] == reason
     assert event["detail"]["pages"] == requests
-    assert len(await h.store.reads.list_batches()) == (300 if quirk == "cycle" else 100)
+    assert len(await table_rows(h.store)) == (300 if quirk == "cycle" else 100)
     assert h.engine is not None
     metrics = h.engine.metrics.render().decode()
     assert f'watchdog_discovery_incomplete_total{{provider="sim",reason="{reason}"}} 1.0' in metrics

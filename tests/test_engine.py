@@ -8,7 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from tests.conftest import SQLITE_ONLY, Harness
+from tests.conftest import SQLITE_ONLY, Harness, table_rows
 from watchdog.core.cadence import Cadence
 from watchdog.daemon.engine import Engine
 from watchdog.sim.simulator import Fault
@@ -389,7 +389,7 @@ async def test_bad_id_or_provider_in_the_table_never_reaches_the_network(harness
         )
     summary = await h.tick()
     assert summary.poll_failed == 2 and h.sim.simulator.calls == {}
-    errors = {r["batch_id"]: r["last_error"] for r in await h.store.reads.list_batches()}
+    errors = {r["batch_id"]: r["last_error"] for r in await table_rows(h.store)}
     assert "invalid batch id" in errors["../files/x"]
     assert "provider 'nope' is not configured" in errors["batch_1"]
 

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from tests.conftest import table_rows
 from tests.daemons import Daemon, write_config
 from tests.databases import fresh_postgres, terminate_backends
 from watchdog.sim.simulator import Simulator
@@ -143,7 +144,7 @@ async def test_killed_replica_batches_are_taken_over(
 
 async def leased_to(store: Store, pid: int | None) -> dict[str, float]:
     """The batches leased to this process, each with when its lease ends (one read)."""
-    rows = await store.reads.list_batches()
+    rows = await table_rows(store)
     mine = [r for r in rows if (r["lease_owner"] or "").endswith(f":{pid}")]
     return {r["batch_id"]: r["lease_expires_at"].timestamp() for r in mine}
 

@@ -18,7 +18,7 @@ from watchdog.clock import monotonic, utcnow
 from watchdog.core.budgets import Assessment
 from watchdog.core.models import validate_batch_id
 from watchdog.core.observe import Judging
-from watchdog.core.rows import Tracked
+from watchdog.core.rows import Listed, Tracked
 from watchdog.daemon import gate, logs
 from watchdog.daemon.budgeting import assess_budgets
 from watchdog.daemon.engine import Engine
@@ -356,7 +356,7 @@ async def report(settings: Settings, since: datetime, by: str) -> Report:
     return built
 
 
-async def list_batches(settings: Settings, status: str | None) -> list[dict[str, Any]]:
+async def list_batches(settings: Settings, status: str | None) -> list[Listed]:
     async with open_store(settings) as store:
         return await store.reads.list_batches(status)
 

@@ -142,3 +142,14 @@ class Change:
 
 
 _COLUMNS = tuple(f.name for f in fields(Change))[3:]  # after provider, batch_id, wire
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """A tracked batch as ``list`` and the status page show it: what a claim reads, the
+    metadata as the provider sent it (any JSON), its labels and its next poll."""
+
+    tracked: Tracked
+    metadata: Any
+    labels: dict[str, str] | None
+    next_poll_at: datetime | None

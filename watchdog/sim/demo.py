@@ -17,6 +17,7 @@ from aiohttp import web
 from watchdog import app
 from watchdog.clock import utcnow
 from watchdog.core.models import TERMINAL
+from watchdog.core.rows import Listed
 from watchdog.daemon import logs
 from watchdog.daemon.scheduler import TickLoop, stopped
 from watchdog.settings import ConfigError, load_settings
@@ -98,12 +99,12 @@ def demo_config() -> Path:
     return Path(str(files("watchdog.config").joinpath("demo.yaml")))
 
 
-def run_demo(config: str | None, duration: float) -> list[dict[str, Any]]:
+def run_demo(config: str | None, duration: float) -> list[Listed]:
     """Run the demo; the final state of the batches, for the CLI to print."""
     return asyncio.run(_demo(Path(config) if config else demo_config(), duration))
 
 
-async def _demo(config: Path, duration: float) -> list[dict[str, Any]]:
+async def _demo(config: Path, duration: float) -> list[Listed]:
     if not config.is_file():
         raise ConfigError(f"{config}: demo config not found")
     sim = Simulator()
@@ -124,7 +125,7 @@ async def _demo(config: Path, duration: float) -> list[dict[str, Any]]:
 
 async def _demo_daemon(
     settings: Any, sim: Simulator, duration: float, redact: logs.Redactor
-) -> list[dict[str, Any]]:
+) -> list[Listed]:
     async with app.open_daemon(settings, redact=redact) as daemon:
         for batch_id in demo_scenario(sim):
             await daemon.store.tracking.track("sim", batch_id, {"source": "demo"}, utcnow())
@@ -150,6 +151,6 @@ async def _until_settled(store: Any, stop: asyncio.Event, duration: float) -> No
     while loop.time() < deadline:
         await asyncio.sleep(1)
         rows = await store.reads.list_batches()
-        if rows and all(r["status"] in TERMINAL for r in rows):
+        if rows and all(r.tracked.view.status in TERMINAL for r in rows):
             break
     stop.set()

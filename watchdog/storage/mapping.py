@@ -29,7 +29,7 @@ from watchdog.core.models import (
     from_unix,
     metadata_text,
 )
-from watchdog.core.rows import Change, Tracked
+from watchdog.core.rows import Change, Listed, Tracked
 from watchdog.storage.tables import (
     COUNTS_AND_TOKENS,
     NOT_FINISHED,
@@ -137,6 +137,14 @@ CLAIMED = tuple(
         "cancel_retries",
     )
 )
+
+
+# What ``list`` and the page show: a claim's columns, the labels and the next poll.
+LISTED = (*CLAIMED, batches.c.labels, batches.c.next_poll_at)
+
+
+def row_listed(row: Mapping[Any, Any]) -> Listed:
+    return Listed(row_tracked(row), row["metadata"], row["labels"], row["next_poll_at"])
 
 
 def row_view(row: Mapping[Any, Any]) -> BatchView:

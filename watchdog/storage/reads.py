@@ -23,11 +23,13 @@ from watchdog.core.models import (
     BatchView,
     metadata_text,
 )
-from watchdog.core.rows import Spent, Tracked
+from watchdog.core.rows import Listed, Spent, Tracked
 from watchdog.storage.mapping import (
     FINISHED,
+    LISTED,
     SPENDING,
     STREAM_ROWS,
+    row_listed,
     row_spending,
     row_view,
 )
@@ -64,29 +66,28 @@ class Reads:
                 values = row._asdict()
                 yield Spent(**values | {"metadata": metadata_text(values["metadata"])})
 
-    async def some_batches(self, limit: int, since: datetime) -> list[dict[str, Any]]:
+    async def some_batches(self, limit: int, since: datetime) -> list[Listed]:
         """At most ``limit`` tracked batches for a glance: the running ones (through the
         due index), then the newest finished since ``since`` (a range of the creation
         index) — never the whole history."""
         c = batches.c
         async with self.engine.connect() as conn:
-            running = await conn.execute(select(batches).where(NOT_FINISHED).limit(limit))
-            rows = [dict(r) for r in running.mappings()]
+            running = await conn.execute(select(*LISTED).where(NOT_FINISHED).limit(limit))
+            rows = list(running.mappings())
             if len(rows) < limit:
-                recent = (c.created_at >= since, ENDED)
-                finished = select(batches).where(*recent)
+                finished = select(*LISTED).where(c.created_at >= since, ENDED)
                 query = finished.order_by(c.created_at.desc()).limit(limit - len(rows))
-                rows += [dict(r) for r in (await conn.execute(query)).mappings()]
-        return rows
+                rows += (await conn.execute(query)).mappings()
+        return [row_listed(row) for row in rows]
 
-    async def list_batches(self, status: str | None = None) -> list[dict[str, Any]]:
-        query = select(batches).order_by(
-            batches.c.tracked_at, batches.c.provider, batches.c.batch_id
-        )
+    async def list_batches(self, status: str | None = None) -> list[Listed]:
+        """Every tracked batch (``list``), oldest tracked first."""
+        c = batches.c
+        query = select(*LISTED).order_by(c.tracked_at, c.provider, c.batch_id)
         if status is not None:
-            query = query.where(batches.c.status == status)
+            query = query.where(c.status == status)
         async with self.engine.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
+            return [row_listed(row) for row in (await conn.execute(query)).mappings()]
 
     async def running(self) -> list[Tracked]:
         """The batches still to be polled (through the due index): what a budget may

@@ -13,6 +13,7 @@ from typing import Any
 from watchdog.core.budgets import Figures
 from watchdog.core.models import TERMINAL, as_text
 from watchdog.core.pricing import dollars
+from watchdog.core.rows import Listed
 
 REFRESH_S = 15
 CSS = """
@@ -44,7 +45,7 @@ class Status:
     """Everything the page shows, gathered by the service."""
 
     now: datetime
-    batches: Sequence[Mapping[str, Any]] = ()
+    batches: Sequence[Listed] = ()
     events: Sequence[Mapping[str, Any]] = ()
     budgets: Sequence[Figures] = ()
     spend_by_day: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -216,25 +217,27 @@ def _chart(by_day: Mapping[str, Mapping[str, float]]) -> str:
     return f"<section><h2>Spend per day</h2>{''.join(parts)}<div>{legend}</div></section>"
 
 
-def _batches(batches: Sequence[Mapping[str, Any]], now: datetime) -> str:
+def _batches(batches: Sequence[Listed], now: datetime) -> str:
     rows = []
     for b in batches:
-        total = b.get("request_total") or 0
-        done = (b.get("request_completed") or 0) + (b.get("request_failed") or 0)
+        t, view = b.tracked, b.tracked.view
+        counts = view.counts
+        total = counts.total if counts else 0
+        done = counts.completed + counts.failed if counts else 0
         progress = f"{_bar(done / total)} {done}/{total}" if total else "-"
-        cost = "unknown" if b.get("cost_usd") is None else dollars(float(b["cost_usd"]))
+        cost = "unknown" if t.cost_usd is None else dollars(float(t.cost_usd))
         rows.append(
             [
-                _e(b["batch_id"]),
-                _e(b["provider"]),
-                _e(b.get("status") or "not polled"),
-                _e(b.get("model")),
+                _e(view.batch_id),
+                _e(view.provider),
+                _e(view.status or "not polled"),
+                _e(view.model),
                 _e(cost),
                 progress,
-                _e(_until(b.get("expires_at"), now, b.get("status"))),
-                _e(b.get("cancel_policy") or b.get("matched_policy")),
-                _e(b.get("exempt_reason") or ""),
-                _pairs(b.get("metadata")),
+                _e(_until(view.expires_at, now, view.status)),
+                _e(t.cancel_policy or t.matched_policy),
+                _e(t.exempt_reason or ""),
+                _pairs(b.metadata),
             ]
         )
     columns = (("batch", 16), ("provider", 8), ("status", 9), ("model", 15), ("cost", 7),

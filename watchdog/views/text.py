@@ -13,46 +13,41 @@ from watchdog.core.durations import format_duration, iso
 if TYPE_CHECKING:
     from watchdog.core.budgets import Figures
     from watchdog.core.policies import Discovery
+    from watchdog.core.rows import Listed
     from watchdog.settings import ProviderSettings, Settings
     from watchdog.views.report import Line, Report
 
 
-def batch_json(row: dict[str, Any]) -> dict[str, Any]:
-    counts = None
-    if row["request_total"] is not None:
-        counts = {
-            "total": row["request_total"],
-            "completed": row["request_completed"],
-            "failed": row["request_failed"],
-        }
+def batch_json(listed: Listed) -> dict[str, Any]:
+    """A tracked batch as ``list --json`` prints it."""
+    t, view = listed.tracked, listed.tracked.view
+    tokens = view.tokens
     usage = None
-    if row["input_tokens"] is not None:
-        usage = {
-            k: row[k]
-            for k in ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
-        }
+    if tokens is not None:
+        usage = {"input_tokens": tokens.input, "cached_tokens": tokens.cached,
+                 "output_tokens": tokens.output, "reasoning_tokens": tokens.reasoning}  # fmt: skip
     return {
-        "id": row["batch_id"],
-        "provider": row["provider"],
-        "status": row["status"],
-        "model": row["model"],
-        "cost_usd": None if row["cost_usd"] is None else float(row["cost_usd"]),
-        "request_counts": counts,
+        "id": view.batch_id,
+        "provider": view.provider,
+        "status": view.status,
+        "model": view.model,
+        "cost_usd": None if t.cost_usd is None else float(t.cost_usd),
+        "request_counts": None if view.counts is None else view.counts.as_dict(),
         "usage": usage,
-        "created_at": iso(row["created_at"]),
-        "expires_at": iso(row["expires_at"]),
-        "metadata": row["metadata"],
-        "labels": row["labels"],
-        "matched_policy": row["matched_policy"],
-        "cancel_policy": row["cancel_policy"],
-        "cancel_outcome": row["cancel_outcome"],
-        "tracked_at": iso(row["tracked_at"]),
-        "last_polled_at": iso(row["last_polled_at"]),
-        "next_poll_at": iso(row["next_poll_at"]),
-        "last_error": row["last_error"],
-        "exempt_until": iso(row["exempt_until"]),
-        "exempt_reason": row["exempt_reason"],
-        "pending": row["pending"],
+        "created_at": iso(view.created_at),
+        "expires_at": iso(view.expires_at),
+        "metadata": listed.metadata,
+        "labels": listed.labels,
+        "matched_policy": t.matched_policy,
+        "cancel_policy": t.cancel_policy,
+        "cancel_outcome": t.cancel_outcome,
+        "tracked_at": iso(t.tracked_at),
+        "last_polled_at": iso(t.last_polled_at),
+        "next_poll_at": iso(listed.next_poll_at),
+        "last_error": t.last_error,
+        "exempt_until": iso(t.exempt_until),
+        "exempt_reason": t.exempt_reason,
+        "pending": {k: v.isoformat() for k, v in t.pending.items()} or None,
     }
 
 
@@ -75,25 +70,17 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(table_line(r, widths) for r in [header, *rows])
 
 
-def batch_table(rows: list[dict[str, Any]]) -> str:
+def batch_table(rows: list[Listed]) -> str:
     out = []
-    for b in map(batch_json, rows):
-        counts = b["request_counts"]
-        done = f"{counts['completed'] + counts['failed']}/{counts['total']}" if counts else "-"
-        cost = "unknown" if b["cost_usd"] is None else f"${b['cost_usd']:.4f}"
-        policy = b["cancel_policy"] or b["matched_policy"] or "-"
-        out.append(
-            [
-                b["id"],
-                b["provider"],
-                b["status"] or "(not polled)",
-                b["model"] or "-",
-                cost,
-                done,
-                b["expires_at"] or "-",
-                policy,
-            ]
-        )
+    for listed in rows:
+        t, view = listed.tracked, listed.tracked.view
+        counts = view.counts
+        done = f"{counts.completed + counts.failed}/{counts.total}" if counts else "-"
+        cost = "unknown" if t.cost_usd is None else f"${float(t.cost_usd):.4f}"
+        policy = t.cancel_policy or t.matched_policy or "-"
+        expires = iso(view.expires_at) or "-"
+        out.append([view.batch_id, view.provider, view.status or "(not polled)",
+                    view.model or "-", cost, done, expires, policy])  # fmt: skip
     header = ["ID", "PROVIDER", "STATUS", "MODEL", "COST", "DONE", "EXPIRES", "POLICY"]
     return table(out, header) if out else "no batches tracked"
 
