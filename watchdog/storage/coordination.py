@@ -13,7 +13,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from watchdog.core.events import Event
 from watchdog.storage.database import dialect_insert
@@ -99,31 +99,31 @@ class Coordination:
         were granted. The ledger keeps the last hour's grants by time (one entry per
         tick that sent any), so no event scan is needed."""
         key = state.c.key == CANCEL_LEDGER
-        seed = {"key": CANCEL_LEDGER, "value": {}, "updated_at": now}
         async with self.engine.begin() as conn:
-            await conn.execute(
-                dialect_insert(self.engine)(state).values(seed).on_conflict_do_nothing()
-            )
-            found = await conn.execute(select(state.c.value).where(key).with_for_update())
-            ledger = _recent(found.scalar() or {}, now)
+            ledger = _recent(await self._locked(conn, CANCEL_LEDGER, now), now)
             granted = max(0, min(want, per_hour - sum(ledger.values())))
             if granted:
                 ledger[now.isoformat()] = ledger.get(now.isoformat(), 0) + granted
             await conn.execute(update(state).where(key).values(value=ledger, updated_at=now))
         return granted
 
+    async def _locked(self, conn: AsyncConnection, key: str, now: datetime) -> dict[str, Any]:
+        """The entry ``key`` (created empty if missing), locked until the transaction
+        ends: what a replica reads here no other changes before it writes."""
+        seed = {"key": key, "value": {}, "updated_at": now}
+        await conn.execute(dialect_insert(self.engine)(state).values(seed).on_conflict_do_nothing())
+        found = await conn.execute(
+            select(state.c.value).where(state.c.key == key).with_for_update()
+        )
+        return dict(found.scalar() or {})
+
     async def take_turn(self, key: str, owner: str, now: datetime, until: datetime) -> bool:
         """Hold the daemon-wide turn ``key`` (a provider's list pass, the budgets)
         until ``until``, or renew it: False when another replica holds it, so that one
         replica at a time does that work."""
         where = state.c.key == key
-        seed = {"key": key, "value": {}, "updated_at": now}
         async with self.engine.begin() as conn:
-            await conn.execute(
-                dialect_insert(self.engine)(state).values(seed).on_conflict_do_nothing()
-            )
-            found = await conn.execute(select(state.c.value).where(where).with_for_update())
-            entry = dict(found.scalar() or {})
+            entry = await self._locked(conn, key, now)
             if _held_by_other(entry, owner, now):
                 return False
             entry |= {"owner": owner, "until": until.isoformat()}
