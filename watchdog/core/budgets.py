@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, field_validator, model_validator
@@ -21,9 +21,6 @@ from watchdog.core.policies import Match, Verdict
 from watchdog.core.pricing import MAX_USD, projected_cost, usd
 from watchdog.core.rows import Tracked
 from watchdog.core.schema import Strict
-
-if TYPE_CHECKING:
-    from watchdog.core.ledger import Ledger
 
 CALENDAR = ("day", "week", "month")
 GROUP_KEYS = ("provider", "model", "metadata.KEY")
@@ -276,11 +273,33 @@ class Assessment:
         return [f for f in self.budget.warn_at if self.committed >= self.limit * Decimal(str(f))]
 
 
+@dataclass(slots=True)
+class Sums:
+    """A budget group's finished batches: their known cost, how many, how many unknown."""
+
+    spend: Decimal = Decimal(0)
+    count: int = 0
+    unknown: int = 0
+
+    def take(self, cost: Decimal | None, sign: int) -> None:
+        self.count += sign
+        if cost is None:
+            self.unknown += sign
+        else:
+            self.spend += sign * cost
+
+
+class Summed(Protocol):
+    """What keeps the finished batches' sums per budget group (core.ledger.Ledger)."""
+
+    def sums(self, budget: str) -> Mapping[Group, Sums]: ...
+
+
 def assess(
     budgets: Sequence[Budget],
     batches: Iterable[Spending],
     now: datetime,
-    ledger: Ledger | None = None,
+    ledger: Summed | None = None,
 ) -> list[Assessment]:
     """Every budget group's spend and commitment, and the batches to cancel in it.
 

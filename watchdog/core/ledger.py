@@ -9,28 +9,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
+from watchdog.core.budgets import Budget, Group, Sums
 from watchdog.core.models import BatchView
-
-if TYPE_CHECKING:
-    from watchdog.core.budgets import Budget, Group
-
-
-@dataclass(slots=True)
-class Sums:
-    """A budget group's finished batches: their known cost, how many, how many unknown."""
-
-    spend: Decimal = Decimal(0)
-    count: int = 0
-    unknown: int = 0
-
-    def take(self, cost: Decimal | None, sign: int) -> None:
-        self.count += sign
-        if cost is None:
-            self.unknown += sign
-        else:
-            self.spend += sign * cost
 
 
 @dataclass(frozen=True, slots=True)
