@@ -1,7 +1,6 @@
-"""The budgets' running book: the ledger of finished batches kept up to date from what
-ended after the newest end it has seen (or was untracked since the last look), and the
-running batches read afresh — an assessment costs what changed and the number of
-groups, not the window."""
+"""The budgets' running book: the ledger kept up to date from what ended (or was
+untracked) since the last look, the running batches read afresh — an assessment costs
+what changed and the number of groups, not the window."""
 
 from __future__ import annotations
 
