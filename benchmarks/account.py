@@ -111,6 +111,7 @@ async def idle_ticks(url: str, budgets: bool, n: int = 9) -> dict[str, Any]:
     """Idle ticks (nothing due) with no budget or one grouped budget; the first tick
     with a budget builds the daemon's book (reported apart)."""
     from benchmarks.contenders import NullStream
+    from watchdog.core.cadence import Cadence
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine
     from watchdog.settings import Settings
@@ -121,7 +122,7 @@ async def idle_ticks(url: str, budgets: bool, n: int = 9) -> dict[str, Any]:
     settings = Settings(budgets=[BUDGET] if budgets else [])
     db = create_engine(url)
     engine = Engine(store=Store(db), clients={}, rules=settings.rules(),
-                    poll_interval=timedelta(minutes=1), owner="x")  # fmt: skip
+                    cadence=Cadence(timedelta(minutes=1)), owner="x")  # fmt: skip
     times = []
     for _ in range(n):
         t0 = time.perf_counter()
@@ -276,7 +277,7 @@ async def _discovery_case(case: str, finished: int) -> dict[str, Any]:
     client = ProviderClient("sim", base_url=str(server.make_url("/v1")), api_key=SecretStr(""))
     async with client:
         engine = Engine(store=Store(db), clients={"sim": client}, rules=settings.rules(),
-                        poll_interval=timedelta(seconds=30), owner="b",
+                        cadence=settings.cadence, owner="b",
                         clock=lambda: datetime.fromtimestamp(clock[0], UTC))  # fmt: skip
         per_interval = []
         for tick in range(5):

@@ -33,7 +33,7 @@ POLICIES = [
 PRICE = {"model": "meta-llama/*", "input": 0.03, "output": 0.05}
 
 
-class NullStream(io.TextIOBase):
+class NullStream(io.StringIO):
     """Where the watchdog's log lines go during a benchmark: rendered, then dropped."""
 
     def write(self, text: str) -> int:
@@ -72,6 +72,7 @@ async def watchdog_pass(url: str, n: int, concurrency: int) -> dict[str, Any]:
     from sqlalchemy import event, insert
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from watchdog.core.cadence import Cadence
     from watchdog.core.config import SafetySettings
     from watchdog.core.observe import Rules
     from watchdog.core.policies import Policy
@@ -114,7 +115,7 @@ async def watchdog_pass(url: str, n: int, concurrency: int) -> dict[str, Any]:
             store=Store(db),
             clients={"sim": client},
             rules=rules,
-            poll_interval=timedelta(minutes=10),
+            cadence=Cadence(timedelta(minutes=10)),
             owner="bench",
         )
 
@@ -229,6 +230,7 @@ async def idle_tick(n: int) -> dict[str, Any]:
     """The duration of a tick that finds nothing due, with n tracked batches."""
     from sqlalchemy import insert
 
+    from watchdog.core.cadence import Cadence
     from watchdog.core.observe import Rules
     from watchdog.daemon import logs
     from watchdog.daemon.engine import Engine
@@ -259,7 +261,7 @@ async def idle_tick(n: int) -> dict[str, Any]:
         store=Store(db),
         clients={},
         rules=Rules((), ()),
-        poll_interval=timedelta(minutes=1),
+        cadence=Cadence(timedelta(minutes=1)),
         owner="bench",
     )
     times = []

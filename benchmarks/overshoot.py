@@ -82,7 +82,7 @@ def engine_for(store: Store, client: ProviderClient, clock: FastClock, adaptive:
     )
     rules = Rules(
         (policy,),
-        (Price(model="meta-llama/*", input=0.03, output=0.05),),  # type: ignore[arg-type]
+        (Price.model_validate({"model": "meta-llama/*", "input": 0.03, "output": 0.05}),),
         False,
         SafetySettings(max_cancels_per_tick=10**6, max_cancels_per_hour=10**6),
     )
@@ -146,7 +146,7 @@ def overshoot(batch: Any) -> float:
     """The true spend when requests stopped (not the lagging reported usage), over the cap."""
     completed = batch.completed(batch.cancel_at + batch.cancel_latency)
     cost = completed * (batch.input_tokens * 0.03 + batch.output_tokens * 0.05) / 1_000_000
-    return (cost - CAP) / CAP * 100
+    return float((cost - CAP) / CAP * 100)
 
 
 def summary(values: list[float], batches: int) -> dict[str, float]:

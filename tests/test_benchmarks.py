@@ -80,3 +80,14 @@ def test_steady_and_history_benchmarks_smoke_run(tmp_path: Path) -> None:
     figures = json.loads(bench("history", "--finished", "500", "--events", "500"))
     assert figures["finished"] == 500 and figures["idle_tick_ms"]["median"] > 0
     assert figures["events_json"]["peak_rss_mb"] > 0
+
+
+def test_account_benchmark_smoke_run() -> None:
+    """The account-level benchmark's cheap parts run and print their figures (the page
+    part runs a daemon for a minute: left to the real runs)."""
+    out = bench("account", "--batches", "200", "--parts", "budget,discovery,replay")
+    (figures,) = [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert figures["batches"] == 200
+    assert figures["budget"]["idle_tick_ms"] > 0 and figures["budget"]["with_budget_ms"] > 0
+    assert figures["discovery"]["newest"]["per_interval"]["list"] > 0
+    assert figures["replay"]["replay"]["wall_s"] > 0
