@@ -41,7 +41,12 @@ def batch_rows(n: int, now: datetime) -> list[dict[str, Any]]:
             "model": "meta-llama/Meta-Llama-3.1-8B-Instruct",
             "metadata": {"team": TEAMS[i % len(TEAMS)]},
             "created_at": now - timedelta(seconds=72_000 * i / max(n, 1)),
-            "finished_at": now - timedelta(seconds=72_000 * i / max(n, 1) - 600),
+            # Ended ten minutes after creation, and none in the last ten minutes: an idle
+            # account (the newest would otherwise end in the future, read at every tick).
+            "finished_at": min(
+                now - timedelta(seconds=72_000 * i / max(n, 1) - 600),
+                now - timedelta(minutes=10),
+            ),
             "cost_usd": Decimal("0.25"),
             "tracked_at": now - timedelta(days=1),
             "poll_failures": 0,
