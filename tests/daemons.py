@@ -110,7 +110,15 @@ class Daemon:
     async def stop(self, timeout: float = 30.0) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            await self._reader
+            raise AssertionError(
+                f"still running {timeout}s after SIGTERM; last lines:\n" + "".join(self.raw[-30:])
+            ) from None
         await self._reader
         return code
 
