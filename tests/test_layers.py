@@ -137,3 +137,14 @@ def test_the_drawing_the_readme_names_runs() -> None:
     for folder in ("core/", "providers/", "storage/", "views/", "daemon/", "sim/", "cli/"):
         assert f"\n{folder} " in "\n" + done.stdout, folder
     assert "against the folder rules: none" in done.stdout
+
+
+def test_every_folder_ships() -> None:
+    """pyproject lists the packages by name: a folder missing there would be left out of
+    the wheel (and the Docker image), though the tests, run from the checkout, pass."""
+    import tomllib
+
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    listed = set(pyproject["tool"]["setuptools"]["packages"])
+    folders = {f"watchdog.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert folders <= listed, folders - listed
