@@ -364,3 +364,46 @@ async def test_a_glance_at_the_batches_is_bounded(store: Store) -> None:
     ids = [r.tracked.view.batch_id for r in rows]
     assert set(ids[:3]) == {"run0", "run1", "run2"}  # in no order
     assert ids[3:] == ["done4", "done3"]
+
+
+async def test_a_batch_ending_between_the_budget_reads_counts_once() -> None:
+    """A replica ends a batch while another reads what changed for the budgets (after
+    its read of the running batches, before its read of the ended ones): the batch is
+    counted once — as running, or as ended — never both, or a budget under its limit
+    would look over it and cancel a healthy batch. PostgreSQL only: SQLite's read takes
+    the write lock (BEGIN IMMEDIATE), so no write lands between the reads."""
+    import psycopg
+    from sqlalchemy import event
+    from sqlalchemy.engine import make_url
+
+    from tests.databases import fresh_postgres
+
+    async with fresh_postgres() as url:
+        engine = create_engine(url)
+        await upgrade(engine)
+        store = Store(engine)
+        await store.tracking.track("p", "b1", {}, NOW)
+        await store.claims.apply([Change("p", "b1", wire=wire("b1", "in_progress"))], [])
+        plain = make_url(url).set(drivername="postgresql").render_as_string(False)
+        ended = []
+
+        def end_it(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            if not ended and "NOT IN" in statement and "finished_at >" not in statement:
+                with psycopg.connect(plain, autocommit=True) as other:
+                    other.execute(
+                        "UPDATE batches SET status = 'cancelled', finished_at = %s"
+                        " WHERE batch_id = 'b1'",
+                        (NOW,),
+                    )
+                ended.append(True)
+
+        event.listen(engine.sync_engine, "after_cursor_execute", end_it)
+        try:
+            changed = await store.reads.budget_changes(NOW - timedelta(days=1), NOW)
+        finally:
+            event.remove(engine.sync_engine, "after_cursor_execute", end_it)
+            await engine.dispose()
+        assert ended, "the running batches' read was not seen"
+        running = [t.key for t in changed.running]
+        finished = [(v.provider, v.batch_id) for v, _, _ in changed.finished]
+        assert running + finished == [("p", "b1")], (running, finished)

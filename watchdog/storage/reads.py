@@ -125,10 +125,17 @@ class Reads:
         finished = finished.where(c.finished_at > ended)  # set only as a batch ends
         gone = select(e.provider, e.batch_id).where(e.kind == Kind.UNTRACKED, e.at > untracked)
         async with self.engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                # One snapshot for the three reads: under READ COMMITTED a batch that a
+                # replica ended between them was read as running and as ended, and its
+                # cost counted twice (a budget over its limit that is not).
+                await conn.execution_options(isolation_level="REPEATABLE READ")
             running = await self._running(conn)
             rows = (await conn.execute(finished)).mappings()
             ends = [(row_view(r), r["cost_usd"], r["finished_at"]) for r in rows]
             left = {(p, b) for p, b in await conn.execute(gone) if p and b}
+        ended_keys = {(view.provider, view.batch_id) for view, _, _ in ends}
+        running = [t for t in running if t.key not in ended_keys]  # never counted twice
         return BudgetChanges(running, ends, left)
 
     async def running_created(self) -> dict[str, list[float]]:
