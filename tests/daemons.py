@@ -107,7 +107,7 @@ class Daemon:
         except TimeoutError:
             raise AssertionError(f"not {want!r} within {timeout}s: last {got!r}") from None
 
-    async def stop(self, timeout: float = 30.0) -> int:
+    async def stop(self, timeout: float = 90.0) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)
         try:
