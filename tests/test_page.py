@@ -15,6 +15,7 @@ from tests.conftest import LLAMA, Sim
 from tests.daemons import Daemon, write_config
 from tests.test_cli import Cli, cli  # noqa: F401  (the fixture)
 from tests.tools import command
+from watchdog.daemon.access import Access
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
 
@@ -79,8 +80,9 @@ def server(token: str | None, guarded: bool) -> HealthServer:
     async def page() -> str:
         return "<!doctype html><p>status</p>"
 
+    access = Access([] if token is None else [("page", "viewer", token)], guarded=guarded)
     return HealthServer(alive=lambda now: True, ready=ready, metrics=Metrics(),
-                        refresh=nothing, page=page, token=token, guarded=guarded)  # fmt: skip
+                        refresh=nothing, page=page, access=access)  # fmt: skip
 
 
 @pytest.mark.parametrize(

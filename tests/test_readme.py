@@ -93,3 +93,50 @@ async def test_using_it_steps_work_verbatim(tmp_path: Path, aiohttp_server: Any)
     assert overridden == {"providers.deepinfra.base_url", "http.port"}
     # Discovery is on in the example: the batch is read from the list pass, not a GET.
     assert sim.calls["(list)"]["list"] >= 1 and sim.calls["batch_abc123"]["cancel"] == 0
+
+
+def api_examples() -> list[str]:
+    """The curl lines of the README's HTTP API examples."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("<!-- api-examples -->") :]
+    block = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert block is not None, "no ```sh block after <!-- api-examples -->"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+async def test_the_api_examples_work_verbatim(tmp_path: Path, aiohttp_server: Any) -> None:
+    """Each curl line of the README against a running daemon (the example's provider
+    name, its batch tracked, its token in the variable it names), the port the only
+    thing changed: each answers 200 with the JSON the README describes."""
+    from tests.daemons import Daemon
+
+    sim = Simulator()
+    sim.add("batch_abc123", total=1000, rate=1.0, age=100, metadata={"team": "research"})
+    server = await aiohttp_server(sim.app())
+    config = tmp_path / "w.yaml"
+    config.write_text(
+        f"database_url: sqlite+aiosqlite:///{tmp_path}/w.db\nlog_format: json\n"
+        "http:\n  port: 0\n  tokens:\n    - {name: grafana, role: viewer, env: VIEWER_TOKEN}\n"
+        f"providers:\n  deepinfra: {{base_url: '{server.make_url('/v1')}'}}\n"
+    )
+    env = {"VIEWER_TOKEN": "viewer-0123456789abcdef"}
+    tracking = await Daemon.start(
+        config, command="track", args=["batch_abc123", "--provider", "deepinfra"], env=env
+    )
+    assert await tracking.finish() == 0
+    daemon = await Daemon.start(config, env=env)
+    try:
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= 1)
+        port = next(e["port"] for e in daemon.events if e.get("event") == "http_listening")
+        for line in api_examples():
+            proc = await asyncio.create_subprocess_exec(
+                "bash", "-c", line.replace("127.0.0.1:9464", f"127.0.0.1:{port}"),
+                env=os.environ | env, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await proc.communicate()
+            assert proc.returncode == 0, line
+            body = json.loads(out)
+            assert isinstance(body, dict) and "error" not in body, (line, body)
+    finally:
+        await daemon.stop()
+    assert "viewer-0123456789abcdef" not in "".join(daemon.raw)

@@ -190,6 +190,19 @@ BAD = [
         "policy 'x': when: needs at least one",
     ),
     ("poll_interval: 0s\n", "poll_interval: must be at least 1s"),
+    (
+        "http:\n  tokens:\n    - {name: a, role: viewer}\n",
+        "http.tokens.0: give exactly one of env and file",
+    ),
+    (
+        "http:\n  tokens:\n    - {name: a, role: admin, env: X}\n",
+        "http.tokens.0.role: must be 'viewer' or 'operator'",
+    ),
+    (
+        "http:\n  tokens:\n    - {name: a, role: viewer, env: X}\n"
+        "    - {name: a, role: operator, env: Y}\n",
+        "http.tokens: token names must be unique: a",
+    ),
 ]
 
 
@@ -277,3 +290,26 @@ def test_api_version_written_bare_as_a_date_is_the_version(tmp_path: Path) -> No
     text = f"providers:\n  az: {provider}\n"
     settings = load_settings(write(tmp_path, text))
     assert settings.providers["az"].api_version == "2024-10-21"
+
+
+def test_tokens_are_read_by_name_and_role(tmp_path: Path) -> None:
+    """The page's token is a viewer named ``page``; each named token is read from its
+    variable or file; a missing one, or two with one value, is a config error."""
+    secret = tmp_path / "operator"
+    secret.write_text("op-0123456789\n")
+    text = (
+        "http:\n  token_env: PAGE\n  tokens:\n"
+        "    - {name: grafana, role: viewer, env: VIEWER}\n"
+        f"    - {{name: oncall, role: operator, file: {secret}}}\n"
+    )
+    http = load_settings(write(tmp_path, text), environ={}).http
+    found = http.read_tokens({"PAGE": "page-0123456789", "VIEWER": "view-0123456789"})
+    assert [(n, r, v.get_secret_value()) for n, r, v in found] == [
+        ("page", "viewer", "page-0123456789"),
+        ("grafana", "viewer", "view-0123456789"),
+        ("oncall", "operator", "op-0123456789"),
+    ]
+    with pytest.raises(ConfigError, match="environment variable VIEWER is not set"):
+        http.read_tokens({"PAGE": "page-0123456789"})
+    with pytest.raises(ConfigError, match="two tokens hold the same value"):
+        http.read_tokens({"PAGE": "op-0123456789", "VIEWER": "view-0123456789"})

@@ -189,9 +189,11 @@ async def run(
 ) -> TickSummary | None:
     """The daemon: one tick with ``once``, else a service until SIGTERM or SIGINT."""
     metrics = Metrics()
-    token = settings.http.read_token(os.environ)  # read before anything starts: 78 if missing
-    if token is not None and redact is not None:
-        redact.add(token.get_secret_value())
+    # Read before anything starts (78 if one is missing), and masked in every log line.
+    tokens = [(n, r, v.get_secret_value()) for n, r, v in settings.http.read_tokens(os.environ)]
+    for _, _, value in tokens:
+        if redact is not None:
+            redact.add(value)
     async with open_daemon(settings, dry_run=dry_run, metrics=metrics, redact=redact) as daemon:
         _announce(daemon, config)
         if once:
@@ -203,7 +205,7 @@ async def run(
             metrics=metrics,
             config=config,
             make_rules=lambda fresh: fresh.rules(dry_run=dry_run),
-            page_token=None if token is None else token.get_secret_value(),
+            tokens=tokens,
         )
         await service.run()
         log.info("daemon_stopped")
@@ -216,7 +218,7 @@ def check_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     environ = os.environ if environ is None else environ
     for name, provider in settings.providers.items():
         provider.read_key(name, environ)
-    settings.http.read_token(environ)
+    settings.http.read_tokens(environ)
 
 
 async def migrate(settings: Settings) -> tuple[str | None, str | None]:

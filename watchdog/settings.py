@@ -159,8 +159,27 @@ def read_secret(
     return None
 
 
+Role = Literal["viewer", "operator"]
+
+
+class ApiToken(Strict):
+    """A named token for the API and the page, and what it may do: ``viewer`` reads,
+    ``operator`` reads and writes. Its value lives in ``env`` or ``file``."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="said in the audit log as the actor")
+    role: Role
+    env: str | None = Field(default=None, description="environment variable with the token")
+    file: Path | None = Field(default=None, description="or a file holding it")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiToken:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env and file")
+        return self
+
+
 class HttpSettings(Strict):
-    """The /healthz, /readyz and /metrics server."""
+    """The /healthz, /readyz and /metrics server, the status page and the API."""
 
     enabled: bool = True
     host: str = Field(default="127.0.0.1", description="loopback unless you mean otherwise")
@@ -169,10 +188,38 @@ class HttpSettings(Strict):
         default=None, description="environment variable with the status page's token"
     )
     token_file: Path | None = Field(default=None, description="or a file holding it")
+    tokens: list[ApiToken] = Field(
+        default_factory=list, description="named tokens by role for the API and the page"
+    )
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_names(cls, tokens: list[ApiToken]) -> list[ApiToken]:
+        names = [t.name for t in tokens]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"token names must be unique: {', '.join(dupes)}")
+        return tokens
 
     @property
     def loopback(self) -> bool:
         return _loopback(self.host)
+
+    def read_tokens(self, environ: Mapping[str, str]) -> list[tuple[str, Role, SecretStr]]:
+        """Every token (name, role, value): the page's ``token_env``/``token_file`` as a
+        viewer named ``page``, then ``tokens``; ConfigError when one is missing or two
+        hold the same value (a token must say who it is)."""
+        found: list[tuple[str, Role, SecretStr]] = []
+        if (page := self.read_token(environ)) is not None:
+            found.append(("page", "viewer", page))
+        for token in self.tokens:
+            where = f"http.tokens[{token.name!r}]"
+            value = read_secret(where, "file", token.env, token.file, environ)
+            assert value is not None  # one source is set
+            found.append((token.name, token.role, value))
+        values = [v.get_secret_value() for _, _, v in found]
+        if len(set(values)) < len(values):
+            raise ConfigError("http.tokens: two tokens hold the same value")
+        return found
 
     def read_token(self, environ: Mapping[str, str]) -> SecretStr | None:
         """The status page's token, or None when none is configured; ConfigError when

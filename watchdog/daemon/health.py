@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from watchdog.clock import utcnow
+from watchdog.daemon.access import Access
 from watchdog.daemon.metrics import Metrics
+
+if TYPE_CHECKING:
+    from watchdog.daemon.api import Api
 
 log = structlog.get_logger("watchdog.health")
 READY_TIMEOUT = 5.0
@@ -66,12 +69,12 @@ class HealthServer:
         metrics: Metrics,
         refresh: Callable[[], Awaitable[None]],
         page: Callable[[], Awaitable[str]] | None = None,
-        token: str | None = None,
-        guarded: bool = False,
+        access: Access | None = None,
+        api: Api | None = None,
     ) -> None:
         self._page = None if page is None else Bounded(page)
-        self._token = token
-        self._guarded = guarded  # not on loopback: the page asks for the token
+        self._access = access or Access([], guarded=False)
+        self._api = api
         self._alive = alive
         self._ready = Bounded(ready)
         self._metrics = metrics
@@ -86,6 +89,8 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics_text)
         if self._page is not None:
             app.router.add_get("/", self._status_page)
+        if self._api is not None:
+            self._api.add_routes(app)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -129,21 +134,24 @@ class HealthServer:
         return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
     def _refused(self, request: web.Request) -> web.Response | None:
-        """Off loopback, the page needs the token (Bearer, or ?token=), compared in
-        constant time; with no token configured it is not served there at all."""
-        if not self._guarded:
+        """Off loopback, the page needs a token (Bearer, or ?token=: a browser has no
+        header to send), any role's; with none configured it is not served there."""
+        if not self._access.guarded:
             return None
-        if self._token is None:
+        if not self._access.configured:
             return web.Response(
-                status=403, text="set http.token_env or http.token_file to serve / off loopback\n"
+                status=403, text="set http.tokens (or http.token_env) to serve / off loopback\n"
             )
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        given = given or request.query.get("token", "")
-        if given and self._token and hmac.compare_digest(given.encode(), self._token.encode()):
+        given = request.query.get("token", "")
+        if given and self._access.named(given) is not None:
             return None
-        return web.Response(
-            status=401, text="token required\n", headers={"WWW-Authenticate": "Bearer"}
-        )
+        try:
+            self._access.caller(request, write=False)
+        except web.HTTPException:
+            return web.Response(
+                status=401, text="token required\n", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return None
 
     async def _metrics_text(self, request: web.Request) -> web.Response:
         try:

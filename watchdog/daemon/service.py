@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -13,6 +13,8 @@ import structlog
 from watchdog.clock import utcnow
 from watchdog.core.observe import Rules
 from watchdog.daemon import gate
+from watchdog.daemon.access import Access, Role
+from watchdog.daemon.api import Api
 from watchdog.daemon.engine import Engine
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
@@ -50,7 +52,7 @@ class Service:
         config: Path | None,
         make_rules: Callable[[Settings], Rules],
         notifier: Notifier | None = None,
-        page_token: str | None = None,
+        tokens: Sequence[tuple[str, Role, str]] = (),
     ) -> None:
         self.settings = settings
         self.store = store
@@ -70,14 +72,15 @@ class Service:
         )
         engine.on_progress = self.ticks.beat
         self.snapshot = Snapshot(store, engine, metrics)
+        access = Access(tokens, guarded=not settings.http.loopback)
         self.health = HealthServer(
             alive=self.ticks.alive,
             ready=self._ready,
             metrics=metrics,
             refresh=self._refresh,
             page=self._page,
-            token=page_token,
-            guarded=not settings.http.loopback,
+            access=access,
+            api=Api(store, engine, settings, access),
         )
 
     async def run(self) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy import (
     cast,
     func,
     select,
+    tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -79,6 +80,29 @@ class Reads:
                 query = finished.order_by(c.created_at.desc()).limit(limit - len(rows))
                 rows += (await conn.execute(query)).mappings()
         return [row_listed(row) for row in rows]
+
+    async def batches_after(
+        self, after: tuple[str, str] | None, limit: int, provider: str | None = None
+    ) -> list[Listed]:
+        """Up to ``limit`` tracked batches in key order (provider, batch id) after
+        ``after``, of one provider or all: a range of the primary key, whatever the
+        history (the API pages through them)."""
+        c = batches.c
+        query = select(*LISTED).order_by(c.provider, c.batch_id).limit(limit)
+        if after is not None:
+            query = query.where(tuple_(c.provider, c.batch_id) > after)
+        if provider is not None:
+            query = query.where(c.provider == provider)
+        async with self.engine.connect() as conn:
+            return [row_listed(row) for row in (await conn.execute(query)).mappings()]
+
+    async def one(self, provider: str, batch_id: str) -> Listed | None:
+        """One tracked batch by its key, or None."""
+        c = batches.c
+        query = select(*LISTED).where(c.provider == provider, c.batch_id == batch_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else row_listed(row)
 
     async def list_batches(self, status: str | None = None) -> list[Listed]:
         """Every tracked batch (``list``), oldest tracked first."""

@@ -167,6 +167,7 @@ def show_config(settings: Settings, path: str, database: str) -> str:
             or "every event kept"
         )
         + f" (pruned every {format_duration(settings.retention.every)})",
+        f"http: {settings.http.host}:{settings.http.port}; {_tokens(settings)}",
         f"providers ({len(settings.providers)}):",
     ]
     for name, p in settings.providers.items():
@@ -197,6 +198,15 @@ def show_config(settings: Settings, path: str, database: str) -> str:
         lines.append("overridden, not from the file:")
         lines.extend(f"  {k}: from {v}" for k, v in sorted(settings.origins.items()))
     return "\n".join(lines)
+
+
+def _tokens(settings: Settings) -> str:
+    """The API's and the page's tokens by name and role (never a value)."""
+    http = settings.http
+    found = [f"{t.name} ({t.role})" for t in http.tokens]
+    if http.token_env or http.token_file:
+        found.insert(0, "page (viewer)")
+    return "tokens: " + (", ".join(found) or "none (reads open on loopback only)")
 
 
 def _source(origin: str) -> str:
