@@ -192,6 +192,10 @@ class Harness:
         assert rows, f"{batch_id} not tracked"
         return rows[0]
 
+    async def row_or_none(self, batch_id: str) -> dict[str, Any] | None:
+        rows = [r for r in await table_rows(self.store) if r["batch_id"] == batch_id]
+        return rows[0] if rows else None
+
     async def kinds(self, batch_id: str) -> list[str]:
         return [e["kind"] for e in await self.store.journal.list_events(batch_id)]
 

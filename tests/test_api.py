@@ -147,8 +147,122 @@ async def test_the_openapi_document_is_valid_and_names_every_route(
     assert served == document()
     validate(served)  # raises on an invalid OpenAPI 3.1 document
     routes = {
-        r.resource.canonical.removeprefix(PREFIX)
+        (r.method.lower(), r.resource.canonical.removeprefix(PREFIX))
         for r in app.router.routes()
-        if r.resource is not None and r.resource.canonical.startswith(PREFIX)
+        if r.resource is not None and r.resource.canonical.startswith(PREFIX) and r.method != "HEAD"
     }
-    assert routes == set(served["paths"])
+    described = {(m, p) for p, ops in served["paths"].items() for m in ops}
+    assert routes == described
+
+
+def as_operator(reason: str | None = "on-call: runaway spend") -> dict[str, Any]:
+    body = {} if reason is None else {"reason": reason}
+    return {"headers": {"Authorization": f"Bearer {OPERATOR}"}, "json": body}
+
+
+async def test_writes_need_an_operators_token_and_a_reason(
+    harness: Harness, aiohttp_client: Any
+) -> None:
+    h = harness
+    await polled(h, 1)
+    client = await aiohttp_client(server(h, guarded=False).app())
+    url = f"{PREFIX}/batches/sim/batch_0/unexempt"
+    assert (await client.post(url, json={"reason": "x"})).status == 401  # even on loopback
+    viewer = {"Authorization": f"Bearer {VIEWER}"}
+    forbidden = await client.post(url, json={"reason": "x"}, headers=viewer)
+    assert forbidden.status == 403 and "viewer" in (await forbidden.json())["error"]
+    for body in ({}, {"reason": "  "}, {"reason": "x" * 501}):
+        answer = await client.post(url, headers=as_operator()["headers"], json=body)
+        assert answer.status == 400 and "reason" in (await answer.json())["error"], body
+    not_json = await client.post(url, headers=as_operator()["headers"], data=b"[1")
+    assert not_json.status == 400
+    assert (await client.post(url, **as_operator())).status == 200
+
+
+async def test_track_untrack_exempt_unexempt_say_who_and_why(
+    harness: Harness, aiohttp_client: Any
+) -> None:
+    h = harness
+    h.configure(policies=COST_CAP)
+    h.sim.simulator.add("batch_new", total=100, rate=1)
+    client = await aiohttp_client(server(h, guarded=True).app())
+    body = {"provider": "sim", "batch_id": "batch_new", "labels": {"team": "ops"}}
+    track = as_operator("pipeline submitted it")
+    track["json"] |= body
+    assert (await client.post(f"{PREFIX}/batches", **track)).status == 201
+    assert (await client.post(f"{PREFIX}/batches", **track)).status == 200  # tracked already
+    for bad in ({"provider": "nope"}, {"batch_id": "bad id"}, {"labels": ["x"]}):
+        wrong = as_operator()
+        wrong["json"] |= body | bad
+        assert (await client.post(f"{PREFIX}/batches", **wrong)).status == 400, bad
+    exempt = as_operator("customer demo")
+    exempt["json"]["for"] = "2h"
+    url = f"{PREFIX}/batches/sim/batch_new"
+    assert (await client.post(f"{url}/exempt", **exempt)).status == 200
+    assert (await client.post(f"{url}/unexempt", **as_operator("demo over"))).status == 200
+    assert (await client.post(f"{url}/untrack", **as_operator("not ours"))).status == 200
+    gone = await client.post(f"{url}/untrack", **as_operator("again"))
+    assert gone.status == 404
+    said = [(e["kind"], (e["detail"] or {}).get("actor"), (e["detail"] or {}).get("reason"))
+            for e in await h.store.journal.list_events("batch_new")]  # fmt: skip
+    assert said == [
+        ("tracked", "oncall", "pipeline submitted it"),
+        ("exempted", "oncall", "customer demo"),
+        ("unexempted", "oncall", "demo over"),
+        ("untracked", "oncall", "not ours"),
+    ]
+    assert (await h.row_or_none("batch_new")) is None
+
+
+@pytest.mark.parametrize("case", ["live", "dry_run", "exempt"])
+async def test_cancel_now_goes_through_the_plan_once(
+    harness: Harness, aiohttp_client: Any, case: str
+) -> None:
+    """The ask is recorded (cancel_asked: who, why) and the next tick plans it as a
+    policy's cancel: sent once when live (a second ask sends nothing more); held in a
+    dry run and for an exempt batch."""
+    h = harness
+    h.configure(policies=[], dry_run=case == "dry_run")
+    meta = {"watchdog": "off"} if case == "exempt" else {}
+    h.sim.simulator.add("batch_big", total=100, rate=1, metadata=meta)
+    await h.track("batch_big")
+    await h.tick()
+    client = await aiohttp_client(server(h, guarded=False).app())
+    url = f"{PREFIX}/batches/sim/batch_big/cancel"
+    answer = await client.post(url, **as_operator("spend runaway"))
+    assert answer.status == 202 and (await answer.json())["queued"] is True
+    await h.tick(advance=1)
+    await client.post(url, **as_operator("again"))
+    await h.tick(advance=60)
+    sent = h.sim.calls("batch_big", "cancel")
+    kinds = await h.kinds("batch_big")
+    asked = [
+        e for e in await h.store.journal.list_events("batch_big") if e["kind"] == "cancel_asked"
+    ]
+    assert [e["detail"]["actor"] for e in asked] == ["oncall", "oncall"]
+    assert asked[0]["detail"]["reason"] == "spend runaway"
+    if case == "live":
+        assert sent == 1 and kinds.count("cancel_requested") == 1
+        (requested,) = [e for e in await h.store.journal.list_events("batch_big")
+                        if e["kind"] == "cancel_requested"]  # fmt: skip
+        assert requested["policy"] == "manual"
+    else:
+        assert sent == 0 and "cancel_requested" not in kinds
+    assert await h.store.coord.cancel_asks() == {}  # planned, whatever the plan said
+    missing = await client.post(f"{PREFIX}/batches/sim/batch_nope/cancel", **as_operator())
+    assert missing.status == 404
+
+
+async def test_resume_through_the_api(harness: Harness, aiohttp_client: Any) -> None:
+    from watchdog.daemon import gate
+
+    h = harness
+    h.configure(policies=[])
+    client = await aiohttp_client(server(h, guarded=False).app())
+    body = await (await client.post(f"{PREFIX}/resume", **as_operator("checked"))).json()
+    assert body == {"resumed": False}
+    await gate.trip(h.store, h.clock.now(), held=3)
+    body = await (await client.post(f"{PREFIX}/resume", **as_operator("checked"))).json()
+    assert body == {"resumed": True}
+    (event,) = [e for e in await h.store.journal.list_events() if e["kind"] == "safety_resumed"]
+    assert event["detail"] | {} == {"by": "operator", "actor": "oncall", "reason": "checked"}

@@ -117,9 +117,10 @@ async def test_the_api_examples_work_verbatim(tmp_path: Path, aiohttp_server: An
     config.write_text(
         f"database_url: sqlite+aiosqlite:///{tmp_path}/w.db\nlog_format: json\n"
         "http:\n  port: 0\n  tokens:\n    - {name: grafana, role: viewer, env: VIEWER_TOKEN}\n"
+        "    - {name: oncall, role: operator, env: OPERATOR_TOKEN}\n"
         f"providers:\n  deepinfra: {{base_url: '{server.make_url('/v1')}'}}\n"
     )
-    env = {"VIEWER_TOKEN": "viewer-0123456789abcdef"}
+    env = {"VIEWER_TOKEN": "viewer-0123456789abcdef", "OPERATOR_TOKEN": "op-0123456789abcdef"}
     tracking = await Daemon.start(
         config, command="track", args=["batch_abc123", "--provider", "deepinfra"], env=env
     )
@@ -139,4 +140,7 @@ async def test_the_api_examples_work_verbatim(tmp_path: Path, aiohttp_server: An
             assert isinstance(body, dict) and "error" not in body, (line, body)
     finally:
         await daemon.stop()
-    assert "viewer-0123456789abcdef" not in "".join(daemon.raw)
+    logged = "".join(daemon.raw)
+    assert "viewer-0123456789abcdef" not in logged and "op-0123456789abcdef" not in logged
+    said = [e for e in daemon.events if e.get("event") == "api_write"]
+    assert {e["actor"] for e in said} == {"oncall"} and len(said) == 5

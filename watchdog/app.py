@@ -49,6 +49,7 @@ from watchdog.views.report import Report
 
 __all__ = ["AlreadyRunning", "EventFilter", "SchemaError", "UsageError", "redact_url"]
 log = structlog.get_logger("watchdog.app")
+CLI = {"actor": "cli"}  # who the audit log says wrote what the command line wrote
 
 
 class UsageError(Exception):
@@ -249,12 +250,12 @@ async def track(settings: Settings, batch_id: str, provider: str, labels: list[s
         raise UsageError(f"unknown provider {provider!r}; known: {settings.provider_list()}")
     parsed = parse_labels(labels)
     async with open_store(settings) as store:
-        return await store.tracking.track(provider, batch_id, parsed, utcnow())
+        return await store.tracking.track(provider, batch_id, parsed, utcnow(), CLI)
 
 
 async def untrack(settings: Settings, batch_id: str, provider: str | None) -> list[str]:
     async with open_store(settings) as store:
-        return await store.tracking.untrack(batch_id, provider, utcnow())
+        return await store.tracking.untrack(batch_id, provider, utcnow(), CLI)
 
 
 async def exempt(
@@ -268,13 +269,13 @@ async def exempt(
     now = utcnow()
     async with open_store(settings) as store:
         end = None if until is None else now + until
-        return await store.tracking.exempt(batch_id, provider, end, reason, now)
+        return await store.tracking.exempt(batch_id, provider, end, reason, now, CLI)
 
 
 async def resume(settings: Settings) -> bool:
     """End a safety trip; False when none was in force."""
     async with open_store(settings) as store:
-        resumed = await gate.resume(store, utcnow(), by="operator")
+        resumed = await gate.resume(store, utcnow(), by="operator", said=CLI)
     if resumed is not None:
         log_event(resumed)
     return resumed is not None

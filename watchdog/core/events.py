@@ -38,6 +38,7 @@ class Kind(StrEnum):
     BUDGET_THRESHOLD = "budget_threshold"
     BUDGET_EXCEEDED = "budget_exceeded"
     DISCOVERY_INCOMPLETE = "discovery_incomplete"
+    CANCEL_ASKED = "cancel_asked"  # an operator asked (API): the next tick plans it
 
 
 # How loudly a kind is logged once it is committed (info unless listed here).

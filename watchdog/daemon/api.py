@@ -29,6 +29,10 @@ PREFIX = "/api/v1"
 log = structlog.get_logger("watchdog.api")
 EXAMINE = 1000  # batches one page request reads at most, whatever its filters
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Answer = tuple[int, dict[str, Any]]
+Body = dict[str, Any]  # a write's JSON body
+Said = dict[str, str]  # who asked and why: the write's actor and reason
+Write = Callable[[web.Request, Body, Said], Awaitable[Answer]]
 
 
 class BadRequest(web.HTTPBadRequest):
@@ -53,6 +57,33 @@ class Api:
         }
         for path, handler in reads.items():
             app.router.add_get(PREFIX + path, self._reading(handler))
+        writes: dict[str, Write] = {
+            "/batches": self._track,
+            "/batches/{provider}/{batch_id}/untrack": self._untrack,
+            "/batches/{provider}/{batch_id}/exempt": self._exempt,
+            "/batches/{provider}/{batch_id}/unexempt": self._unexempt,
+            "/batches/{provider}/{batch_id}/cancel": self._cancel,
+            "/resume": self._resume,
+        }
+        for path, write in writes.items():
+            app.router.add_post(PREFIX + path, self._writing(write))
+
+    def _writing(self, write: Write) -> Handler:
+        """An operator's write: the caller, a JSON body with a ``reason``; the actor and
+        the reason go into the write's event, and a log line says who did what."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            caller = self.access.caller(request, write=True)
+            body = await _body(request)
+            reason = body.get("reason")
+            if not isinstance(reason, str) or not reason.strip() or len(reason) > 500:
+                raise BadRequest("reason: say why, in at most 500 characters")
+            said = {"actor": caller.name, "reason": reason.strip()}
+            status, answer = await write(request, body, said)
+            log.info("api_write", path=request.path, status=status, **said)
+            return web.json_response(answer, status=status, dumps=_dumps)
+
+        return self._reading(guarded)
 
     def _reading(self, handler: Handler) -> Handler:
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -131,6 +162,98 @@ class Api:
         found = [a.figures().as_dict() for a in self.engine.budgeting.book.last]
         return _json({"budgets": found})
 
+    async def _track(
+        self, request: web.Request, body: dict[str, Any], said: dict[str, str]
+    ) -> Answer:
+        provider, batch_id = self._provider(body.get("provider")), _checked_id(body.get("batch_id"))
+        labels = body.get("labels") or {}
+        if not isinstance(labels, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+        ):
+            raise BadRequest("labels: an object of text values")
+        now = self.engine.clock()
+        added = await self.store.tracking.track(provider, batch_id, labels, now, said)
+        return (201 if added else 200), {
+            "tracked": added,
+            "provider": provider,
+            "batch_id": batch_id,
+        }
+
+    async def _untrack(
+        self, request: web.Request, body: dict[str, Any], said: dict[str, str]
+    ) -> Answer:
+        provider, batch_id = self._batch_key(request)
+        done = await self.store.tracking.untrack(batch_id, provider, self.engine.clock(), said)
+        return self._applied(done, provider, batch_id, "untracked")
+
+    async def _exempt(
+        self, request: web.Request, body: dict[str, Any], said: dict[str, str]
+    ) -> Answer:
+        provider, batch_id = self._batch_key(request)
+        try:
+            span = parse_duration(body.get("for"))
+        except ValueError as exc:
+            raise BadRequest(f"for: {exc}") from None
+        now = self.engine.clock()
+        until = now + span
+        done = await self.store.tracking.exempt(
+            batch_id, provider, until, said["reason"], now, {"actor": said["actor"]}
+        )
+        return self._applied(done, provider, batch_id, "exempted")
+
+    async def _unexempt(
+        self, request: web.Request, body: dict[str, Any], said: dict[str, str]
+    ) -> Answer:
+        provider, batch_id = self._batch_key(request)
+        done = await self.store.tracking.exempt(
+            batch_id, provider, None, None, self.engine.clock(), said
+        )
+        return self._applied(done, provider, batch_id, "unexempted")
+
+    async def _cancel(
+        self, request: web.Request, body: dict[str, Any], said: dict[str, str]
+    ) -> Answer:
+        """Queued for the next tick, which plans it as a policy's cancel (dry run,
+        exemptions, the limits, once only): 202, and its events say what came of it."""
+        provider, batch_id = self._batch_key(request)
+        if await self.store.reads.one(provider, batch_id) is None:
+            return 404, {"error": f"{provider}/{batch_id} is not tracked"}
+        await self.store.coord.ask_cancel((provider, batch_id), said, self.engine.clock())
+        note = "planned at the next tick as a policy's cancel (dry run, exemptions, limits)"
+        return 202, {"queued": True, "provider": provider, "batch_id": batch_id, "note": note}
+
+    async def _resume(
+        self, request: web.Request, body: dict[str, Any], said: dict[str, str]
+    ) -> Answer:
+        resumed = await gate.resume(self.store, self.engine.clock(), by="operator", said=said)
+        return 200, {"resumed": resumed is not None}
+
+    def _batch_key(self, request: web.Request) -> tuple[str, str]:
+        provider = self._provider(request.match_info["provider"])
+        return provider, _checked_id(request.match_info["batch_id"])
+
+    def _provider(self, name: Any) -> str:
+        if not isinstance(name, str) or name not in self.settings.providers:
+            known = ", ".join(sorted(self.settings.providers))
+            raise BadRequest(f"provider: one of the configured ones ({known})")
+        return name
+
+    @staticmethod
+    def _applied(done: list[str], provider: str, batch_id: str, what: str) -> Answer:
+        if not done:
+            return 404, {"error": f"{provider}/{batch_id} is not tracked"}
+        return 200, {what: True, "provider": provider, "batch_id": batch_id}
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise BadRequest("the body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
 
 def _wanted(listed: Listed, status: str | None, label: tuple[str, str] | None) -> bool:
     if status is not None and listed.tracked.view.status != status:
@@ -142,7 +265,9 @@ def _member(one: Any, key: tuple[str, str]) -> bool:
     return any((m.view.provider, m.view.batch_id) == key for m in one.members)
 
 
-def _checked_id(batch_id: str) -> str:
+def _checked_id(batch_id: Any) -> str:
+    if not isinstance(batch_id, str):
+        raise BadRequest("batch_id: text")
     try:
         return validate_batch_id(batch_id)
     except ValueError as exc:

@@ -16,7 +16,9 @@ import structlog
 from watchdog.clock import utcnow
 from watchdog.core import cancels
 from watchdog.core.cadence import Cadence
+from watchdog.core.durations import parse_time
 from watchdog.core.errors import PermanentError
+from watchdog.core.models import TERMINAL
 from watchdog.core.observe import Judging, Observation, Rules, failed, observe
 from watchdog.core.policies import Verdict
 from watchdog.core.rows import Tracked
@@ -34,7 +36,9 @@ from watchdog.storage.store import Store
 
 __all__ = ["Engine"]
 NOTHING_LISTED = Prefetched({})
-FOREVER = timedelta(days=3650)  # a budget's chosen batch is claimed whenever it is due
+FOREVER = timedelta(days=3650)  # a forced batch is claimed whenever it is due
+MANUAL = "manual"  # the policy an operator's cancel is planned under
+ASK_LIFE = timedelta(hours=1)
 log = structlog.get_logger("watchdog.engine")
 
 
@@ -113,6 +117,8 @@ class Engine:
         await self.watch.clock_step(cutoff, self.cadence)
         gate = await self.guard.open(self.rules.safety, cutoff)
         try:
+            # First: a batch the regular pass claimed would be judged without the ask.
+            gate = await self._asked(gate, summary, cutoff)
             # The next chunk is claimed and fetched while this one is judged and written;
             # closed before the claims are given back, should this one fail.
             async with aclosing(read_ahead(self._fetched(cutoff, summary))) as chunks:
@@ -197,12 +203,42 @@ class Engine:
         return gate
 
     async def _budgets(self, gate: Gate, summary: TickSummary, cutoff: datetime) -> None:
-        """Claim the batches a budget chose (whenever they are due; one another replica
-        holds is left to a later tick), look at them afresh, and cancel them through the
-        same decisions as a policy's cancels (dry run, exemptions, the limits, once)."""
+        """The batches the budgets chose, cancelled through the same decisions as a
+        policy's cancels (dry run, exemptions, the limits, once only)."""
         verdicts = await self.budgeting.assess(self.rules, self._retry_due)
+        await self._force(verdicts, gate, summary, cutoff)
+
+    async def _asked(self, gate: Gate, summary: TickSummary, cutoff: datetime) -> Gate:
+        """The cancels operators asked for (the API), planned as a policy's. An ask whose
+        batch another replica holds waits for a later tick; one for a batch that ended
+        or is no longer tracked is dropped, as is any ask an hour old."""
+        asks = await self.store.coord.cancel_asks()
+        if not asks:
+            return gate
+        said = {k: Verdict(MANUAL, "cancel", dict(v)) for k, v in asks.items()}
+        gate, done = await self._force(said, gate, summary, cutoff)
+        now = self.clock()
+        for key, ask in asks.items():
+            listed = None if key in done else await self.store.reads.one(*key)
+            ended = listed is None or listed.tracked.view.status in TERMINAL
+            if key not in done and (ended or now - parse_time(str(ask["at"])) > ASK_LIFE):
+                done.add(key)
+        await self.store.coord.drop_cancel_asks(done, now)
+        return gate
+
+    async def _force(
+        self,
+        verdicts: Mapping[tuple[str, str], Verdict],
+        gate: Gate,
+        summary: TickSummary,
+        cutoff: datetime,
+    ) -> tuple[Gate, set[tuple[str, str]]]:
+        """Claim these batches whenever they are due (one another replica holds is left
+        to a later tick), look at them afresh, and judge them with these verdicts where
+        no policy wants a cancel already: what the rest of the tick may still cancel,
+        and the batches claimed."""
         if not verdicts:
-            return
+            return gate, set()
         now, keys = self.clock(), list(verdicts)
         claimed = await self.store.claims.claim_due(
             now, self.owner, self.lease, len(keys), due_by=now + FOREVER, only=keys
@@ -210,7 +246,8 @@ class Engine:
         if claimed:
             summary.claimed += len(claimed)
             results = await self.refresher.fetch_all(claimed, NOTHING_LISTED)
-            await self._chunk(claimed, results, gate, summary, cutoff, verdicts)
+            gate = await self._chunk(claimed, results, gate, summary, cutoff, verdicts)
+        return gate, {t.key for t in claimed}
 
     async def _claim(
         self,

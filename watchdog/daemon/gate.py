@@ -4,6 +4,7 @@ state lives in the database, so every replica honours one trip."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -65,11 +66,14 @@ async def trip(store: Store, now: datetime, **numbers: Any) -> Event:
     return event
 
 
-async def resume(store: Store, now: datetime, *, by: str) -> Event | None:
-    """End a trip: the committed ``safety_resumed`` event; None when there was none."""
+async def resume(
+    store: Store, now: datetime, *, by: str, said: Mapping[str, Any] | None = None
+) -> Event | None:
+    """End a trip: the committed ``safety_resumed`` event (``said``: who asked and why);
+    None when there was none."""
     if await store.coord.get_state(KEY) is None:
         return None
-    event = Event(now, None, None, Kind.SAFETY_RESUMED, detail={"by": by})
+    event = Event(now, None, None, Kind.SAFETY_RESUMED, detail={"by": by} | dict(said or {}))
     await store.coord.set_state(KEY, None, now, [event])
     return event
 

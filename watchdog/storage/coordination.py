@@ -15,7 +15,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from watchdog.core.events import Event
+from watchdog.core.events import Event, Kind
 from watchdog.storage.database import dialect_insert
 from watchdog.storage.mapping import insert_events
 from watchdog.storage.tables import (
@@ -35,6 +35,7 @@ BUDGETS = "budgets"  # what the budgets last said, per group (budgets.news)
 
 
 SAMPLES_THINNED = "samples_thinned"  # the last sample id retention has thinned
+CANCEL_ASKS = "cancel_asks"  # "provider/batch_id" -> who asked, why, when (the API)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +117,37 @@ class Coordination:
             select(state.c.value).where(state.c.key == key).with_for_update()
         )
         return dict(found.scalar() or {})
+
+    async def ask_cancel(
+        self, key: tuple[str, str], said: Mapping[str, Any], now: datetime
+    ) -> Event:
+        """Queue an operator's cancel of a batch for the next tick, which plans it as a
+        policy's (dry run, exemptions, the limits, once only); the ``cancel_asked``
+        event, committed with the ask."""
+        event = Event(now, key[0], key[1], Kind.CANCEL_ASKED, detail=dict(said))
+        async with self.engine.begin() as conn:
+            asks = await self._locked(conn, CANCEL_ASKS, now)
+            asks["/".join(key)] = dict(said) | {"at": now.isoformat()}
+            where = state.c.key == CANCEL_ASKS
+            await conn.execute(update(state).where(where).values(value=asks, updated_at=now))
+            await insert_events(conn, [event])
+        return event
+
+    async def cancel_asks(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The operators' cancels still to be planned, by batch."""
+        asks = await self.get_state(CANCEL_ASKS) or {}
+        return {(p, b): v for k, v in asks.items() for p, _, b in [k.partition("/")]}
+
+    async def drop_cancel_asks(self, keys: Iterable[tuple[str, str]], now: datetime) -> None:
+        """Forget the asks a tick has planned (whatever the plan decided)."""
+        gone = {"/".join(k) for k in keys}
+        if not gone:
+            return
+        async with self.engine.begin() as conn:
+            asks = await self._locked(conn, CANCEL_ASKS, now)
+            kept = {k: v for k, v in asks.items() if k not in gone}
+            where = state.c.key == CANCEL_ASKS
+            await conn.execute(update(state).where(where).values(value=kept, updated_at=now))
 
     async def take_turn(self, key: str, owner: str, now: datetime, until: datetime) -> bool:
         """Hold the daemon-wide turn ``key`` (a provider's list pass, the budgets)

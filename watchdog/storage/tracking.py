@@ -30,9 +30,15 @@ class Tracking:
         self.engine = engine
 
     async def track(
-        self, provider: str, batch_id: str, labels: Mapping[str, str], now: datetime
+        self,
+        provider: str,
+        batch_id: str,
+        labels: Mapping[str, str],
+        now: datetime,
+        said: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Start tracking; False (and nothing written) when it is tracked already."""
+        """Start tracking; False (and nothing written) when it is tracked already.
+        ``said`` (who asked and why: actor, reason) goes into the event."""
         row = {"provider": provider, "batch_id": batch_id, "tracked_at": now}
         # One statement that tolerates a concurrent tracker of the same id.
         query = dialect_insert(self.engine)(batches).values(**row, labels=dict(labels) or None)
@@ -40,10 +46,17 @@ class Tracking:
             added = await conn.execute(query.on_conflict_do_nothing().returning(batches.c.batch_id))
             if added.first() is None:
                 return False
-            await insert_events(conn, [Event(now, provider, batch_id, Kind.TRACKED)])
+            detail = dict(said) if said else None
+            await insert_events(conn, [Event(now, provider, batch_id, Kind.TRACKED, detail=detail)])
         return True
 
-    async def untrack(self, batch_id: str, provider: str | None, now: datetime) -> list[str]:
+    async def untrack(
+        self,
+        batch_id: str,
+        provider: str | None,
+        now: datetime,
+        said: Mapping[str, Any] | None = None,
+    ) -> list[str]:
         """Stop tracking (events stay); the providers it was removed from."""
         where = batches.c.batch_id == batch_id
         if provider is not None:
@@ -53,7 +66,9 @@ class Tracking:
                 await conn.execute(select(batches.c.provider, batches.c.status).where(where))
             ).all()
             await conn.execute(batches.delete().where(where))
-            events = [Event(now, p, batch_id, Kind.UNTRACKED, from_status=s) for p, s in rows]
+            detail = dict(said) if said else None
+            events = [Event(now, p, batch_id, Kind.UNTRACKED, from_status=s, detail=detail)
+                      for p, s in rows]  # fmt: skip
             await insert_events(conn, events)
         return [p for p, _ in rows]
 
@@ -64,6 +79,7 @@ class Tracking:
         until: datetime | None,
         reason: str | None,
         now: datetime,
+        said: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """Silence (``until`` set) or unsilence (None) a batch; the providers it applied to."""
         where = batches.c.batch_id == batch_id
@@ -77,6 +93,8 @@ class Tracking:
                 values["next_poll_at"] = None
             await conn.execute(update(batches).where(where).values(**values))
             detail = {"until": until.isoformat(), "reason": reason} if until else None
+            if said:
+                detail = (detail or {}) | dict(said)
             await insert_events(
                 conn, [Event(now, p, batch_id, kind, detail=detail) for (p,) in rows]
             )

@@ -94,6 +94,51 @@ def _paths() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _write(
+    summary: str, extra: dict[str, Any] | None = None, *, keyed: bool = True, answer: str = "done"
+) -> dict[str, Any]:
+    """An operator's write: a JSON body with a reason (and ``extra`` fields)."""
+    body = {"type": "object", "required": ["reason", *(extra or {})],
+            "properties": {"reason": {"type": "string", "minLength": 1, "maxLength": 500}}
+            | (extra or {})}  # fmt: skip
+    found: dict[str, Any] = {
+        "summary": summary,
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": _answers({"type": "object"}, answer) | {
+            "403": {"description": "a viewer's token: writes need an operator's",
+                    "content": {"application/json": {"schema": ERROR}}}},
+    }  # fmt: skip
+    if keyed:
+        found["parameters"] = [_path("provider", "the provider's name in the config"),
+                               _path("batch_id", "the provider's batch id")]  # fmt: skip
+        found["responses"]["404"] = {
+            "description": "not tracked",
+            "content": {"application/json": {"schema": ERROR}},
+        }
+    return {"post": found}
+
+
+def _writes() -> dict[str, Any]:
+    track = _write("Track a batch (201; 200 when it is tracked already)",
+                   {"provider": {"type": "string"}, "batch_id": {"type": "string"}},
+                   keyed=False, answer="tracked")  # fmt: skip
+    track["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "labels"
+    ] = {"type": "object", "additionalProperties": {"type": "string"}}
+    prefix = "/batches/{provider}/{batch_id}"
+    return {
+        "/batches": track,
+        f"{prefix}/untrack": _write("Stop tracking a batch (its events stay)"),
+        f"{prefix}/exempt": _write("Never cancel a batch for a while",
+                                   {"for": {"type": "string", "description": "e.g. 2h"}}),
+        f"{prefix}/unexempt": _write("Lift a silence"),
+        f"{prefix}/cancel": _write(
+            "Cancel a batch: queued (202) for the next tick, which plans it as a policy's "
+            "cancel (dry run, exemptions, the limits, once only)", answer="queued"),
+        "/resume": _write("End a safety trip", keyed=False, answer="whether one was in force"),
+    }  # fmt: skip
+
+
 def _schemas() -> dict[str, Any]:
     text, number, count = (
         {"type": ["string", "null"]},
@@ -118,6 +163,10 @@ def _schemas() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _merged(reads: dict[str, Any], writes: dict[str, Any]) -> dict[str, Any]:
+    return {p: reads.get(p, {}) | writes.get(p, {}) for p in {**reads, **writes}}
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -125,7 +174,7 @@ def document() -> dict[str, Any]:
                  "description": "The daemon's JSON API. Off loopback every route needs a "
                                 "token (Authorization: Bearer); on loopback reads are open."},
         "servers": [{"url": "/api/v1"}],
-        "paths": _paths(),
+        "paths": _merged(_paths(), _writes()),
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}, {}],
