@@ -66,6 +66,12 @@ def _paths() -> dict[str, Any]:
                                                           "content": {"application/json": {
                                                               "schema": ERROR}}}},
         }},
+    }  # fmt: skip
+
+
+def _log_paths() -> dict[str, Any]:
+    limit = _query("limit", "at most this many (default 100)", type="integer", minimum=1)
+    return {
         "/events": {"get": {
             "summary": "The audit log, oldest first",
             "parameters": [
@@ -174,7 +180,7 @@ def document() -> dict[str, Any]:
                  "description": "The daemon's JSON API. Off loopback every route needs a "
                                 "token (Authorization: Bearer); on loopback reads are open."},
         "servers": [{"url": "/api/v1"}],
-        "paths": _merged(_paths(), _writes()),
+        "paths": _merged(_paths() | _log_paths(), _writes()),
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
         "security": [{"bearer": []}, {}],

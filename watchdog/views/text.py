@@ -170,16 +170,7 @@ def show_config(settings: Settings, path: str, database: str) -> str:
         f"http: {settings.http.host}:{settings.http.port}; {_tokens(settings)}",
         f"providers ({len(settings.providers)}):",
     ]
-    for name, p in settings.providers.items():
-        key = "no key"
-        if p.api_key_env:
-            key = f"key from ${p.api_key_env}"
-        elif p.api_key_file:
-            key = f"key from {p.api_key_file}"
-        lines.append(f"  {name}: {p.base_url} ({key}; api: {p.api}{_speaks(p)})")
-        lines += [f"    {line}" for line in _cannot_judge(name, settings)]
-        if p.discover is not None:
-            lines.append(f"    discovers: {_discovery(p.discover)}")
+    lines += _providers(settings)
     lines.append(f"pricing ({len(settings.pricing)}, USD per 1M tokens, first match wins):")
     for price in settings.pricing:
         scope = f"{price.provider}/" if price.provider else ""
@@ -198,6 +189,22 @@ def show_config(settings: Settings, path: str, database: str) -> str:
         lines.append("overridden, not from the file:")
         lines.extend(f"  {k}: from {v}" for k, v in sorted(settings.origins.items()))
     return "\n".join(lines)
+
+
+def _providers(settings: Settings) -> list[str]:
+    """Each provider: where, how its key and version go out, what it cannot judge."""
+    lines = []
+    for name, p in settings.providers.items():
+        key = "no key"
+        if p.api_key_env:
+            key = f"key from ${p.api_key_env}"
+        elif p.api_key_file:
+            key = f"key from {p.api_key_file}"
+        lines.append(f"  {name}: {p.base_url} ({key}; api: {p.api}{_speaks(p)})")
+        lines += [f"    {line}" for line in _cannot_judge(name, settings)]
+        if p.discover is not None:
+            lines.append(f"    discovers: {_discovery(p.discover)}")
+    return lines
 
 
 def _tokens(settings: Settings) -> str:
