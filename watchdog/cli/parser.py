@@ -114,7 +114,7 @@ def _add_unexempt(sub: argparse._SubParsersAction[Parser], common: Parser) -> No
 def _add_report(sub: argparse._SubParsersAction[Parser], common: Parser) -> None:
     report = sub.add_parser("report", parents=[common], help="spend and savings per group and day")
     report.add_argument("--since", type=_when, metavar="WHEN", help="7d (ago, default) or a time")
-    groups = "provider, model, policy or metadata.KEY"
+    groups = "provider, model, policy, metadata.KEY or labels.KEY"
     report.add_argument("--by", type=_by, default="provider", metavar="GROUP", help=groups)
     shape = report.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true")

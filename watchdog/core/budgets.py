@@ -23,7 +23,8 @@ from watchdog.core.rows import Tracked
 from watchdog.core.schema import Strict
 
 CALENDAR = ("day", "week", "month")
-GROUP_KEYS = ("provider", "model", "metadata.KEY")
+GROUP_KEYS = ("provider", "model", "metadata.KEY", "labels.KEY")
+PATHS = ("metadata.", "labels.")  # a key under the batch's metadata, or under our labels
 Group = tuple[str, ...]
 
 
@@ -47,9 +48,8 @@ class Budget(Strict):
     @classmethod
     def _known_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
         for path in paths:
-            if path not in ("provider", "model") and not (
-                path.startswith("metadata.") and len(path) > len("metadata.")
-            ):
+            keyed = any(path.startswith(p) and len(path) > len(p) for p in PATHS)
+            if path not in ("provider", "model") and not keyed:
                 raise ValueError(f"unknown path {path!r}; valid: {', '.join(GROUP_KEYS)}")
         return paths
 
@@ -131,6 +131,8 @@ def _value(view: BatchView, path: str) -> str:
         return view.provider
     if path == "model":
         return view.model or ""
+    if path.startswith("labels."):
+        return (view.labels or {}).get(path.removeprefix("labels."), "")
     return (view.metadata or {}).get(path.removeprefix("metadata."), "")
 
 

@@ -349,6 +349,7 @@ class BatchView:
     expires_at: datetime | None = None
     counts: Counts | None = None
     tokens: Tokens | None = None
+    labels: Mapping[str, str] | None = None  # ours (track --label, the API), not the wire's
 
 
 EARLIEST = 1_577_836_800  # 2020-01-01: no Batch API existed before
@@ -382,8 +383,10 @@ def counts_of(counts: RequestCounts | None) -> Counts | None:
     return None if counts is None else Counts(counts.total, counts.completed, counts.failed)
 
 
-def view_of(provider: str, batch: BatchObject) -> BatchView:
-    """The normalised view of a wire object."""
+def view_of(
+    provider: str, batch: BatchObject, labels: Mapping[str, str] | None = None
+) -> BatchView:
+    """The normalised view of a wire object (with the labels we gave the batch)."""
     return BatchView(
         provider=provider,
         batch_id=batch.id,
@@ -394,4 +397,5 @@ def view_of(provider: str, batch: BatchObject) -> BatchView:
         expires_at=from_unix(batch.expires_at),
         counts=counts_of(batch.request_counts),
         tokens=tokens_of(batch.usage),
+        labels=labels,
     )

@@ -159,7 +159,8 @@ def absorb(
 ) -> Observation:
     """Take in a batch object (a poll's, or a cancel's answer): its wire fields, its cost,
     its status and count changes, and when to look at it next."""
-    old, new = tracked.view, view_of(tracked.view.provider, batch)
+    old = tracked.view
+    new = view_of(old.provider, batch, old.labels)
     # An unchanged batch costs only its bookkeeping columns.
     change = Change(*tracked.key, wire=batch if new != old else None)
     cost = batch_cost(judging.rules.pricing, new.provider, new.model, new.tokens)

@@ -27,6 +27,9 @@ class Match(Strict):
     provider: str | None = None
     model: str | None = Field(default=None, description="model name or glob")
     metadata: dict[str, str] | None = Field(default=None, description="all pairs must be present")
+    labels: dict[str, str] | None = Field(
+        default=None, description="all pairs must be among the labels we gave the batch"
+    )
 
     _glob = field_validator("model")(lambda v: v if v is None else check_glob(v))
 
@@ -37,7 +40,9 @@ class Match(Strict):
             view.model is None or not fnmatchcase(view.model, self.model)
         ):
             return False
-        meta = view.metadata or {}
+        meta, labels = view.metadata or {}, view.labels or {}
+        if not all(labels.get(k) == v for k, v in (self.labels or {}).items()):
+            return False
         return all(meta.get(k) == v for k, v in (self.metadata or {}).items())
 
 

@@ -27,6 +27,7 @@ class Spent:
     matched_policy: str | None
     cancel_outcome: str | None
     cancel_projected_usd: Decimal | None
+    labels: dict[str, str] | None = None
 
 
 @dataclass(slots=True)

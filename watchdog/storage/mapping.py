@@ -104,7 +104,7 @@ def columns(change: Change) -> dict[str, Any]:
 
 # The columns of the view the policies judge, and the batch's cost.
 VIEWED = ("provider", "batch_id", "status", "model", "metadata", "created_at", "expires_at",
-          *COUNTS_AND_TOKENS, "cost_usd")  # fmt: skip
+          *COUNTS_AND_TOKENS, "cost_usd", "labels")  # fmt: skip
 
 
 # What a finished batch is to a budget: what it matches and groups on, and its cost.
@@ -140,7 +140,7 @@ CLAIMED = tuple(
 
 
 # What ``list`` and the page show: a claim's columns, the labels and the next poll.
-LISTED = (*CLAIMED, batches.c.labels, batches.c.next_poll_at)
+LISTED = (*CLAIMED, batches.c.next_poll_at)  # the labels are among the claim's
 
 
 def row_listed(row: Mapping[Any, Any]) -> Listed:
@@ -165,6 +165,7 @@ def row_view(row: Mapping[Any, Any]) -> BatchView:
         expires_at=row["expires_at"],
         counts=counts,
         tokens=tokens,
+        labels=row["labels"] or None,
     )
 
 

@@ -129,15 +129,16 @@ class Reads:
         streamed a chunk at a time with what a budget reads of them (what it matches and
         groups on, its cost): a budget's window of the past, read once."""
         c = batches.c
-        names = ("provider", "batch_id", "status", "model", "metadata", "created_at", "cost_usd")
+        names = ("provider", "batch_id", "status", "model", "metadata", "created_at", "cost_usd",
+                 "labels")  # fmt: skip
         query = select(*(c[n] for n in names))
         query = query.where(c.created_at >= since, ENDED)
         async with self.engine.connect() as conn:
             stream = await conn.stream(query.execution_options(yield_per=STREAM_ROWS))
             async for part in stream.partitions():
-                for provider, batch_id, status, model, meta, created, cost in part:
+                for provider, batch_id, status, model, meta, created, cost, labels in part:
                     view = BatchView(provider, batch_id, status, model, metadata_text(meta),
-                                     created)  # fmt: skip
+                                     created, labels=labels or None)  # fmt: skip
                     yield view, cost
 
     async def budget_changes(self, ended: datetime, untracked: datetime) -> BudgetChanges:

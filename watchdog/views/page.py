@@ -237,7 +237,7 @@ def _batches(batches: Sequence[Listed], now: datetime) -> str:
                 _e(_until(view.expires_at, now, view.status)),
                 _e(t.cancel_policy or t.matched_policy),
                 _e(t.exempt_reason or ""),
-                _pairs(b.metadata),
+                _pairs(b.metadata) + _pairs({f"label.{k}": v for k, v in (b.labels or {}).items()}),
             ]
         )
     columns = (("batch", 16), ("provider", 8), ("status", 9), ("model", 15), ("cost", 7),

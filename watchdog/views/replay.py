@@ -171,7 +171,7 @@ def view_at(view: BatchView, sampled: Mapping[str, Any]) -> BatchView:
                         sampled["output_tokens"], sampled.get("reasoning_tokens") or 0)  # fmt: skip
     status = sampled.get("status") or "validating"
     return BatchView(view.provider, view.batch_id, status, view.model, view.metadata,
-                     view.created_at, view.expires_at, counts, tokens)  # fmt: skip
+                     view.created_at, view.expires_at, counts, tokens, view.labels)  # fmt: skip
 
 
 def usage_wire(inputs: int, outputs: int, *, cached: int, reasoning: int) -> dict[str, Any]:

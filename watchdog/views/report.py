@@ -12,12 +12,15 @@ from typing import Any
 from watchdog.core.pricing import usd
 from watchdog.core.rows import Spent
 
-GROUPS = ("provider", "model", "policy", "metadata.KEY")
+GROUPS = ("provider", "model", "policy", "metadata.KEY", "labels.KEY")
+KEYED = ("metadata.", "labels.")
 
 
 def check_by(by: str) -> str:
     """A --by value, or ValueError listing the valid ones."""
-    if by in ("provider", "model", "policy") or (by.startswith("metadata.") and len(by) > 9):
+    if by in ("provider", "model", "policy"):
+        return by
+    if any(by.startswith(prefix) and len(by) > len(prefix) for prefix in KEYED):
         return by
     raise ValueError(f"--by {by!r}: use one of {', '.join(GROUPS)}")
 
@@ -101,4 +104,6 @@ def group_of(row: Spent, by: str) -> str:
         return str(row.cancel_policy or row.matched_policy or "-")
     if by.startswith("metadata."):
         return (row.metadata or {}).get(by.removeprefix("metadata."), "-")
+    if by.startswith("labels."):
+        return (row.labels or {}).get(by.removeprefix("labels."), "-")
     return str(getattr(row, by) or "-")
