@@ -16,6 +16,7 @@ import structlog
 
 from watchdog.clock import monotonic, utcnow
 from watchdog.core.budgets import Assessment
+from watchdog.core.config import Webhook
 from watchdog.core.models import validate_batch_id
 from watchdog.core.observe import Judging
 from watchdog.core.rows import Listed, Tracked
@@ -28,7 +29,7 @@ from watchdog.daemon.service import Service
 from watchdog.daemon.summary import TickSummary
 from watchdog.daemon.webhooks import WebhookSender
 from watchdog.providers.client import ProviderClient
-from watchdog.settings import Settings
+from watchdog.settings import Settings, read_secret
 from watchdog.storage.database import (
     AlreadyRunning,
     SchemaError,
@@ -139,7 +140,9 @@ async def open_daemon(
                     batches=unsettled,
                     note="cancel_requested without an outcome: settled from provider state",
                 )
-            async with WebhookSender(settings.notify.webhooks) as webhooks:
+            hooks, notify = settings.notify.webhooks, settings.notify
+            secrets = [hook_secret(i, hook, environ, redact) for i, hook in enumerate(hooks)]
+            async with WebhookSender(hooks, secrets=secrets, base_url=notify.base_url) as webhooks:
                 engine = Engine(
                     store=store,
                     clients=clients,
@@ -213,6 +216,18 @@ async def run(
     return None
 
 
+def hook_secret(
+    index: int, hook: Webhook, environ: Mapping[str, str], redact: logs.Redactor
+) -> str | None:
+    """A webhook's signing key or routing key, read (and masked in the logs) at start."""
+    where = f"notify.webhooks[{index}]"
+    found = read_secret(where, "secret_file", hook.secret_env, hook.secret_file, environ)
+    if found is None:
+        return None
+    redact.add(found.get_secret_value())
+    return found.get_secret_value()
+
+
 def check_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> None:
     """What ``run`` checks of the providers' keys before it starts (each is readable and
     not empty), without keeping or showing them; ConfigError otherwise."""
@@ -220,6 +235,9 @@ def check_keys(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     for name, provider in settings.providers.items():
         provider.read_key(name, environ)
     settings.http.read_tokens(environ)
+    for index, hook in enumerate(settings.notify.webhooks):
+        where = f"notify.webhooks[{index}]"
+        read_secret(where, "secret_file", hook.secret_env, hook.secret_file, environ)
 
 
 async def migrate(settings: Settings) -> tuple[str | None, str | None]:

@@ -5,7 +5,8 @@ watchdog/settings.py)."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -59,15 +60,36 @@ NOTIFY_EVENTS = (  # what a webhook gets unless it names its kinds (any event ki
 
 
 class Webhook(Strict):
-    """A receiver of JSON messages (Slack-compatible ``text`` plus the event)."""
+    """A receiver of a JSON POST per event: ``generic`` (the event, and a ``text``;
+    signed when it has a secret), ``slack`` (Block Kit) or ``pagerduty`` (Events API
+    v2; the secret is the routing key)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
     events: list[Kind] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
     timeout: Timeout = timedelta(seconds=10)
+    format: Literal["generic", "slack", "pagerduty"] = "generic"
+    secret_env: str | None = Field(
+        default=None,
+        description="generic: the HMAC-SHA256 signing key; pagerduty: the routing key",
+    )
+    secret_file: Path | None = Field(default=None, description="or a file holding it")
+
+    @model_validator(mode="after")
+    def _pagerduty_needs_its_key(self) -> Webhook:
+        if self.format == "pagerduty" and self.secret_env is None and self.secret_file is None:
+            raise ValueError("format pagerduty: give the routing key in secret_env or secret_file")
+        if self.secret_env is not None and self.secret_file is not None:
+            raise ValueError("give one of secret_env and secret_file")
+        return self
 
 
 class NotifySettings(Strict):
     webhooks: list[Webhook] = Field(default_factory=list)
+    base_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+",
+        description="the daemon as people reach it (its HTTP server): links in notifications",
+    )
 
 
 ROUTINE: dict[Kind, timedelta | None] = {Kind.COUNTS_CHANGED: timedelta(days=7)}

@@ -1,12 +1,12 @@
-"""Webhook notifications: a JSON POST per event of the kinds a hook asks for (a
-Slack-compatible ``text`` plus the structured event), sent by background workers with
-retries (the HTTP base's, Retry-After included), so a slow or dead receiver never slows
-a tick. URLs, which often carry a token, are logged by scheme and host only."""
+"""Webhook notifications: a JSON POST per event of the kinds a hook asks for, in the
+hook's format (views/notices.py), sent by background workers with retries, so a slow or
+dead receiver never slows a tick. URLs and secrets are never logged."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -14,10 +14,12 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from watchdog.clock import epoch
 from watchdog.core.config import Webhook
 from watchdog.core.errors import ProviderError
 from watchdog.core.events import Event
 from watchdog.providers.http import HttpClient
+from watchdog.views import notices
 
 log = structlog.get_logger("watchdog.webhooks")
 QUEUE_SIZE = 1000
@@ -32,28 +34,6 @@ def shown(url: str) -> str:
     return f"{parts.scheme}://{parts.hostname}/…"
 
 
-def message(event: Event) -> dict[str, Any]:
-    """The JSON body: Slack's ``text`` and the event as the audit log has it."""
-    where = f"{event.provider}/{event.batch_id}" if event.batch_id else "the daemon"
-    change = ""
-    if event.from_status or event.to_status:
-        change = f" ({event.from_status or '-'} → {event.to_status or '-'})"
-    policy = f" by policy {event.policy}" if event.policy else ""
-    return {
-        "text": f"batch-watchdog: {event.kind} on {where}{policy}{change}",
-        "event": {
-            "at": event.at.isoformat(),
-            "kind": event.kind,
-            "provider": event.provider,
-            "batch_id": event.batch_id,
-            "from_status": event.from_status,
-            "to_status": event.to_status,
-            "policy": event.policy,
-            "detail": dict(event.detail) if event.detail else None,
-        },
-    }
-
-
 class WebhookSender:
     """Queues messages for the configured hooks and delivers them in the background."""
 
@@ -61,17 +41,21 @@ class WebhookSender:
         self,
         hooks: Sequence[Webhook],
         *,
+        secrets: Sequence[str | None] = (),
+        base_url: str | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.hooks = list(hooks)
+        self._secrets = list(secrets) or [None] * len(self.hooks)  # each hook's, in order
+        self.base_url = base_url
         self.http = HttpClient(
             "webhooks",
-            secrets=[hook.url for hook in self.hooks],
+            secrets=[hook.url for hook in self.hooks] + [s for s in self._secrets if s],
             max_retries=ATTEMPTS - 1,
             concurrency=WORKERS,
             sleep=sleep,
         )
-        self._queue: asyncio.Queue[tuple[Webhook, dict[str, Any]]] = asyncio.Queue(QUEUE_SIZE)
+        self._queue: asyncio.Queue[tuple[int, Event]] = asyncio.Queue(QUEUE_SIZE)
         self._workers: list[asyncio.Task[None]] = []
         self._unsent: Counter[str] = Counter()  # by event kind, until delivered or given up
 
@@ -99,11 +83,11 @@ class WebhookSender:
     def submit(self, events: Sequence[Event]) -> None:
         """Queue a message per event and hook that wants it; never waits."""
         for event in events:
-            for hook in self.hooks:
+            for index, hook in enumerate(self.hooks):
                 if event.kind not in hook.events:
                     continue
                 try:
-                    self._queue.put_nowait((hook, message(event)))
+                    self._queue.put_nowait((index, event))
                     self._unsent[event.kind] += 1
                 except asyncio.QueueFull:
                     log.warning(
@@ -112,21 +96,42 @@ class WebhookSender:
 
     async def _work(self) -> None:
         while True:
-            hook, body = await self._queue.get()
+            index, event = await self._queue.get()
             try:
-                await self._deliver(hook, body)
+                await self._deliver(index, event)
             finally:
-                self._unsent[body["event"]["kind"]] -= 1
+                self._unsent[event.kind] -= 1
                 self._queue.task_done()
 
-    async def _deliver(self, hook: Webhook, body: dict[str, Any]) -> None:
+    def _body(self, index: int, event: Event) -> tuple[bytes, dict[str, str]]:
+        """The hook's message as the bytes sent, and its headers (a generic hook with a
+        secret signs them: the timestamp and the HMAC over both)."""
+        hook, secret = self.hooks[index], self._secrets[index]
+        if hook.format == "slack":
+            return _bytes(notices.slack(event, self.base_url)), {}
+        if hook.format == "pagerduty":
+            assert secret is not None  # the config requires the routing key
+            return _bytes(notices.pagerduty(event, secret, self.base_url)), {}
+        body = _bytes(notices.generic(event, self.base_url))
+        if secret is None:
+            return body, {}
+        stamp = str(int(epoch()))
+        signed = notices.signature(secret, stamp, body)
+        return body, {notices.TIMESTAMP_HEADER: stamp, notices.SIGNATURE_HEADER: signed}
+
+    async def _deliver(self, index: int, event: Event) -> None:
         # At least once: a POST whose answer was lost is sent again (receivers see the
-        # event's time and kind and can drop a duplicate).
+        # event's time and kind, or PagerDuty its dedup key, and can drop a duplicate).
+        hook = self.hooks[index]
+        body, headers = self._body(index, event)
         try:
             await self.http.request(
-                "POST", hook.url, json_body=body, timeout=hook.timeout.total_seconds()
-            )
+                "POST", hook.url, data=body, headers=headers,
+                timeout=hook.timeout.total_seconds(),
+            )  # fmt: skip
         except ProviderError as exc:
-            log.warning(
-                "webhook_failed", url=shown(hook.url), kind=body["event"]["kind"], error=str(exc)
-            )
+            log.warning("webhook_failed", url=shown(hook.url), kind=event.kind, error=str(exc))
+
+
+def _bytes(body: Any) -> bytes:
+    return json.dumps(body, separators=(",", ":"), default=str).encode()

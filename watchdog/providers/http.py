@@ -10,6 +10,7 @@ import asyncio
 import json
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -85,6 +86,16 @@ def _their_clock(date: str | None) -> float | None:
     return (theirs - utcnow()).total_seconds()
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What a request carries: query, a JSON body or bytes as given, extra headers."""
+
+    params: Mapping[str, str] | None = None
+    json_body: Any = None
+    data: bytes | None = None
+    headers: Mapping[str, str] | None = None
+
+
 class HttpClient:
     """One long-lived session to one service. ``secrets`` (an API key, a webhook URL's
     token) are scrubbed from every error it raises."""
@@ -140,6 +151,8 @@ class HttpClient:
         json_body: Any = None,
         idempotent: bool = True,
         timeout: float | None = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> bytes:
         """The body of a 2xx answer. Temporary failures are retried (with the server's
         Retry-After, else a backoff) unless the request is not idempotent and may have
@@ -149,7 +162,8 @@ class HttpClient:
         attempt = 0
         while True:
             try:
-                body = await self._once(method, url, params, json_body, timeout)
+                sent = Sent(params, json_body, data, headers)
+                body = await self._once(method, url, sent, timeout)
             except TemporaryError as exc:
                 delay = exc.retry_after
                 if delay is None:
@@ -171,14 +185,7 @@ class HttpClient:
         if self.breaker is not None:
             (self.breaker.success if ok else self.breaker.failure)()
 
-    async def _once(
-        self,
-        method: str,
-        url: str,
-        params: Mapping[str, str] | None,
-        json_body: Any,
-        timeout: float | None,
-    ) -> bytes:
+    async def _once(self, method: str, url: str, sent: Sent, timeout: float | None) -> bytes:
         if self._session is None or self._slots is None:
             raise RuntimeError(f"HTTP client {self.name!r} used outside 'async with'")
         # Only a given timeout is passed: aiohttp reads timeout=None as "none at all".
@@ -186,8 +193,14 @@ class HttpClient:
         if timeout is not None:
             extra["timeout"] = aiohttp.ClientTimeout(total=timeout)
         try:
+            if sent.data is not None:  # bytes as given (a signature covers them exactly)
+                extra |= {"data": sent.data, "headers": {"Content-Type": "application/json"}}
+            else:
+                extra["json"] = sent.json_body
+            if sent.headers:
+                extra["headers"] = {**extra.get("headers", {}), **sent.headers}
             request = self._session.request(
-                method, url, params=params, json=json_body, allow_redirects=False, **extra
+                method, url, params=sent.params, allow_redirects=False, **extra
             )
             async with self._slots, request as resp:
                 body = await _read_capped(resp)
