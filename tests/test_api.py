@@ -266,3 +266,31 @@ async def test_resume_through_the_api(harness: Harness, aiohttp_client: Any) -> 
     assert body == {"resumed": True}
     (event,) = [e for e in await h.store.journal.list_events() if e["kind"] == "safety_resumed"]
     assert event["detail"] | {} == {"by": "operator", "actor": "oncall", "reason": "checked"}
+
+
+async def test_a_batch_has_a_page_of_its_own(harness: Harness, aiohttp_client: Any) -> None:
+    """Its timeline from the samples (cost and progress, the cost cap drawn on it), its
+    explanation and its events; guarded off loopback as the status page is."""
+    h = harness
+    h.configure(policies=COST_CAP)
+    llama = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+    h.sim.simulator.add("batch_0", total=1000, rate=2, model=llama, input_tokens=2000,
+                        output_tokens=1000)  # fmt: skip
+    await h.track("batch_0")
+    for _ in range(4):
+        await h.tick(advance=60)
+    client = await aiohttp_client(server(h, guarded=False).app())
+    answer = await client.get("/batches/sim/batch_0")
+    html = await answer.text()
+    assert (
+        answer.status == 200 and "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    )
+    assert "<svg" in html and "<polyline" in html  # the timeline, from four samples
+    assert "cost-cap" in html and "$5" in html  # the applying threshold, labelled
+    assert "What the next tick will do" in html and "status_changed" in html
+    assert (await client.get("/batches/sim/batch_nope")).status == 404
+    assert (await client.get("/batches/sim/bad%20id")).status == 400
+    guarded = await aiohttp_client(server(h, guarded=True).app())
+    assert (await guarded.get("/batches/sim/batch_0")).status == 401
+    viewer = {"Authorization": f"Bearer {VIEWER}"}
+    assert (await guarded.get("/batches/sim/batch_0", headers=viewer)).status == 200

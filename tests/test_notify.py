@@ -32,7 +32,7 @@ def test_generic_is_the_event_and_a_link() -> None:
     body = notices.generic(MATCHED, BASE)
     assert body["text"] == "batch-watchdog: policy_matched on sim/batch_1 by policy cost-cap"
     assert body["event"]["kind"] == "policy_matched" and body["event"]["batch_id"] == "batch_1"
-    assert body["link"] == f"{BASE}/api/v1/batches/sim/batch_1"
+    assert body["link"] == f"{BASE}/batches/sim/batch_1"
     assert "link" not in notices.generic(MATCHED, None)
     assert "link" not in notices.generic(TRIPPED, BASE)  # daemon-wide: no batch to open
 
@@ -44,7 +44,7 @@ def test_slack_blocks_carry_the_figures_escaped() -> None:
     fields = {f["text"].split("\n")[0]: f["text"].split("\n")[1] for f in section["fields"]}
     assert fields["*Batch*"] == "batch_1" and fields["*Policy*"] == "cost-cap"
     assert fields["*cost usd*"] == "6.25" and fields["*note*"] == "&lt;b&gt;"
-    assert actions["elements"][0]["url"] == f"{BASE}/api/v1/batches/sim/batch_1"
+    assert actions["elements"][0]["url"] == f"{BASE}/batches/sim/batch_1"
     assert len(notices.slack(MATCHED, None)["blocks"]) == 2  # no address known: no button
 
 

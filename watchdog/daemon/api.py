@@ -21,6 +21,7 @@ from watchdog.daemon.engine import Engine
 from watchdog.settings import Settings
 from watchdog.storage.journal import EventFilter
 from watchdog.storage.store import Store
+from watchdog.views.batchpage import render_batch
 from watchdog.views.explain import explained
 from watchdog.views.openapi import document
 from watchdog.views.text import batch_json, event_json
@@ -136,6 +137,21 @@ class Api:
         tripped = await gate.status(self.store) is not None
         why = explained(self.settings, tracked, next_poll, groups, tripped, now)
         return _json({"batch": batch_json(listed), "events": events, "explanation": why.as_dict()})
+
+    async def batch_html(self, provider: str, batch_id: str) -> str | None:
+        """The batch's own page, or None when it is not tracked."""
+        _checked_id(batch_id)
+        listed = await self.store.reads.one(provider, batch_id)
+        if listed is None:
+            return None
+        tracked, now = listed.tracked, self.engine.clock()
+        wanted = EventFilter(batch_id=batch_id, provider=provider, limit=100)
+        events = [e async for e in self.store.journal.stream_events(wanted)]
+        groups = [a for a in self.engine.budgeting.book.last if _member(a, tracked.key)]
+        tripped = await gate.status(self.store) is not None
+        why = explained(self.settings, tracked, listed.next_poll_at, groups, tripped, now)
+        samples = await self.store.journal.samples_of(provider, batch_id)
+        return render_batch(listed, why, events, samples, self.settings.pricing)
 
     async def _events(self, request: web.Request) -> web.Response:
         """The audit log, oldest first, filtered as ``events`` filters it; ``limit`` the

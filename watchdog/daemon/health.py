@@ -91,6 +91,7 @@ class HealthServer:
             app.router.add_get("/", self._status_page)
         if self._api is not None:
             self._api.add_routes(app)
+            app.router.add_get("/batches/{provider}/{batch_id}", self._batch_page)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -131,6 +132,23 @@ class HealthServer:
         except Exception as exc:  # no snapshot yet, or a bug: say so, do not crash
             log.warning("status_page_failed", error=type(exc).__name__)
             return web.Response(status=503, text="status unavailable: no snapshot yet\n")
+        return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
+
+    async def _batch_page(self, request: web.Request) -> web.Response:
+        """A batch's own page, guarded as the status page is."""
+        if (refused := self._refused(request)) is not None:
+            return refused
+        assert self._api is not None
+        info = request.match_info
+        try:
+            html = await self._api.batch_html(info["provider"], info["batch_id"])
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # the database away, or a bug: say so, do not crash
+            log.warning("batch_page_failed", error=type(exc).__name__)
+            return web.Response(status=503, text="batch page unavailable\n")
+        if html is None:
+            return web.Response(status=404, text="not tracked\n")
         return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
     def _refused(self, request: web.Request) -> web.Response | None:

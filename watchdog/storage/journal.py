@@ -83,6 +83,22 @@ class Journal:
             async for row in rows.mappings():
                 yield dict(row)
 
+    async def samples_of(
+        self, provider: str, batch_id: str, limit: int = 2000
+    ) -> list[dict[str, Any]]:
+        """One batch's samples (what each poll that saw something new observed), oldest
+        first, the newest ``limit`` of them (through the (provider, batch_id, at) index)."""
+        s = batch_samples.c
+        query = (
+            select(s.at, *(s[name] for name in SAMPLED))
+            .where(s.provider == provider, s.batch_id == batch_id)
+            .order_by(s.at.desc(), s.id.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            rows = [dict(r) for r in (await conn.execute(query)).mappings()]
+        return rows[::-1]
+
     async def history(self, since: datetime) -> AsyncIterator[tuple[Tracked, list[dict[str, Any]]]]:
         """What ``replay`` judges again, one batch at a time (memory holds one batch's
         samples, not the window's): each batch sampled since ``since`` with its samples

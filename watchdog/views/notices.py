@@ -8,6 +8,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import TERMINAL
@@ -37,11 +38,11 @@ def text(event: Event) -> str:
 
 
 def link(event: Event, base_url: str | None) -> str | None:
-    """Where a person sees the batch (the API's view of it), when the daemon's address
-    is known (``notify.base_url``)."""
+    """Where a person sees the batch (its own page), when the daemon's address is known
+    (``notify.base_url``)."""
     if base_url is None or event.batch_id is None or event.provider is None:
         return None
-    return f"{base_url.rstrip('/')}/api/v1/batches/{event.provider}/{event.batch_id}"
+    return f"{base_url.rstrip('/')}/batches/{quote(event.provider)}/{quote(event.batch_id)}"
 
 
 def as_record(event: Event) -> dict[str, Any]:

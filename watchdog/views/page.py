@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+from urllib.parse import quote
 
 from watchdog.core.budgets import Figures
 from watchdog.core.models import TERMINAL, as_text
@@ -92,7 +93,7 @@ def render_page(s: Status, viewed: datetime | None = None) -> str:
     )
 
 
-def _e(value: Any) -> str:
+def esc(value: Any) -> str:
     return escape("-" if value is None else str(value), quote=True)
 
 
@@ -106,9 +107,9 @@ def _header(s: Status, viewed: datetime) -> str:
     for name, up in sorted(s.providers.items()):
         kind = "ok" if up else "bad"
         chips.append(
-            f'<span class="chip {kind}">{_e(name)}: {"up" if up else "unavailable"}</span>'
+            f'<span class="chip {kind}">{esc(name)}: {"up" if up else "unavailable"}</span>'
         )
-    when = _e(s.now.isoformat(timespec="seconds"))
+    when = esc(s.now.isoformat(timespec="seconds"))
     age = AGE_TEXT if viewed == AGE else age_of(s, viewed)
     return (
         f"<header><h1>batch-watchdog</h1>{''.join(chips)}"
@@ -123,7 +124,7 @@ def _totals(s: Status) -> str:
         ("known spend", dollars(s.known_spend_usd)),
         ("saved by cancels (14 d)", dollars(s.saved_usd)),
     ]
-    cells = "".join(f'<div class="tile">{_e(k)}<b>{_e(v)}</b></div>' for k, v in tiles)
+    cells = "".join(f'<div class="tile">{esc(k)}<b>{esc(v)}</b></div>' for k, v in tiles)
     return f'<section><div class="tiles">{cells}</div></section>'
 
 
@@ -133,24 +134,26 @@ def _bar(fraction: float, over: bool = False) -> str:
     return f'<div class="bar"><span class="{kind}" style="width:{width:.0f}%"></span></div>'
 
 
-def _table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]], empty: str) -> str:
+def table_html(
+    columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]], empty: str
+) -> str:
     """A table of cells (already HTML) in columns of fixed shares of the card (name,
     weight), so that nothing runs out of it: a value too long for its column wraps.
     On a phone each row becomes a block of labelled lines (CSS only, no script)."""
     total = sum(weight for _, weight in columns)
     cols = "".join(f'<col style="width:{100 * w / total:.1f}%">' for _, w in columns)
-    head = "".join(f"<th>{_e(name)}</th>" for name, _ in columns)
+    head = "".join(f"<th>{esc(name)}</th>" for name, _ in columns)
     body = [
         "<tr>"
         + "".join(
-            f'<td data-label="{_e(name)}">{cell}</td>'
+            f'<td data-label="{esc(name)}">{cell}</td>'
             for (name, _), cell in zip(columns, row, strict=True)
         )
         + "</tr>"
         for row in rows
     ]
     if not body:
-        body = [f'<tr><td colspan="{len(columns)}">{_e(empty)}</td></tr>']
+        body = [f'<tr><td colspan="{len(columns)}">{esc(empty)}</td></tr>']
     return (
         f"<table><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
@@ -160,7 +163,7 @@ def _table(columns: Sequence[tuple[str, int]], rows: Sequence[Sequence[str]], em
 def _pairs(mapping: Mapping[str, Any] | None) -> str:
     """Key=value chips that wrap between pairs, never mid-pair unless one is too long."""
     return "".join(
-        f'<span class="kv">{_e(k)}={_e(as_text(v))}</span>' for k, v in (mapping or {}).items()
+        f'<span class="kv">{esc(k)}={esc(as_text(v))}</span>' for k, v in (mapping or {}).items()
     )
 
 
@@ -172,16 +175,16 @@ def _budgets(budgets: Sequence[Figures]) -> str:
         share = (b.committed_usd or 0) / (b.limit_usd or 1)
         rows.append(
             [
-                _e(b.budget),
+                esc(b.budget),
                 _pairs(b.group) or "all",
-                _e(dollars(b.spend_usd)),
-                f"{_e(dollars(b.committed_usd))} of {_e(dollars(b.limit_usd))}"
+                esc(dollars(b.spend_usd)),
+                f"{esc(dollars(b.committed_usd))} of {esc(dollars(b.limit_usd))}"
                 f"{_bar(share, b.state == 'over')}",
-                _e(b.state),
+                esc(b.state),
             ]
         )
     columns = (("budget", 3), ("group", 3), ("spend", 2), ("committed", 4), ("state", 1))
-    table = _table(columns, rows, "no budgets")
+    table = table_html(columns, rows, "no budgets")
     return f"<section><h2>Budgets</h2>{table}</section>"
 
 
@@ -206,12 +209,12 @@ def _chart(by_day: Mapping[str, Mapping[str, float]]) -> str:
             title = f"{day} {provider}: {dollars(by_day[day].get(provider, 0.0))}"
             parts.append(
                 f'<rect x="{30 + i * step}" y="{y:.1f}" width="28" height="{h:.1f}" '
-                f'fill="{colour}"><title>{_e(title)}</title></rect>'
+                f'fill="{colour}"><title>{esc(title)}</title></rect>'
             )
-        parts.append(f'<text x="{30 + i * step}" y="{height + 14}">{_e(day[5:])}</text>')
-    parts.append(f'<text x="0" y="10">{_e(dollars(top))}</text></svg>')
+        parts.append(f'<text x="{30 + i * step}" y="{height + 14}">{esc(day[5:])}</text>')
+    parts.append(f'<text x="0" y="10">{esc(dollars(top))}</text></svg>')
     legend = " ".join(
-        f'<span style="color:{COLOURS[j % len(COLOURS)]}">&#9632;</span> {_e(p)}'
+        f'<span style="color:{COLOURS[j % len(COLOURS)]}">&#9632;</span> {esc(p)}'
         for j, p in enumerate(providers)
     )
     return f"<section><h2>Spend per day</h2>{''.join(parts)}<div>{legend}</div></section>"
@@ -228,38 +231,39 @@ def _batches(batches: Sequence[Listed], now: datetime) -> str:
         cost = "unknown" if t.cost_usd is None else dollars(float(t.cost_usd))
         rows.append(
             [
-                _e(view.batch_id),
-                _e(view.provider),
-                _e(view.status or "not polled"),
-                _e(view.model),
-                _e(cost),
+                f'<a href="/batches/{quote(view.provider)}/{quote(view.batch_id)}">'
+                f"{esc(view.batch_id)}</a>",
+                esc(view.provider),
+                esc(view.status or "not polled"),
+                esc(view.model),
+                esc(cost),
                 progress,
-                _e(_until(view.expires_at, now, view.status)),
-                _e(t.cancel_policy or t.matched_policy),
-                _e(t.exempt_reason or ""),
+                esc(_until(view.expires_at, now, view.status)),
+                esc(t.cancel_policy or t.matched_policy),
+                esc(t.exempt_reason or ""),
                 _pairs(b.metadata) + _pairs({f"label.{k}": v for k, v in (b.labels or {}).items()}),
             ]
         )
     columns = (("batch", 16), ("provider", 8), ("status", 9), ("model", 15), ("cost", 7),
                ("progress", 11), ("expires", 7), ("policy", 8), ("exempt", 7),
                ("metadata", 12))  # fmt: skip
-    table = _table(columns, rows, "no batches tracked")
+    table = table_html(columns, rows, "no batches tracked")
     return f"<section><h2>Batches</h2>{table}</section>"
 
 
 def _events(events: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         [
-            _e(e["at"].isoformat(timespec="seconds")),
-            _e(e["kind"]),
-            _e(e["batch_id"]),
-            _e(e["policy"]),
+            esc(e["at"].isoformat(timespec="seconds")),
+            esc(e["kind"]),
+            esc(e["batch_id"]),
+            esc(e["policy"]),
             _pairs(e["detail"]),
         ]
         for e in events
     ]
     columns = (("at", 14), ("event", 12), ("batch", 18), ("policy", 10), ("detail", 46))
-    table = _table(columns, rows, "no events yet")
+    table = table_html(columns, rows, "no events yet")
     return f"<section><h2>Last events</h2>{table}</section>"
 
 
