@@ -12,9 +12,11 @@ from openapi_spec_validator import validate
 from tests.conftest import Harness
 from tests.test_engine import COST_CAP
 from watchdog.daemon.access import Access
+from watchdog.daemon.actions import PageActions
 from watchdog.daemon.api import PREFIX, Api
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
+from watchdog.daemon.sessions import Sessions
 from watchdog.views.openapi import document
 
 VIEWER, OPERATOR = "viewer-token-0123456789", "operator-token-0123456789"
@@ -31,9 +33,13 @@ def server(h: Harness, *, guarded: bool) -> HealthServer:
     async def nothing() -> None:
         return None
 
+    async def page() -> str:
+        return "<!doctype html><html><body><main><p>status</p></main></body></html>"
+
     api = Api(h.store, h.engine, h.settings, access)
-    return HealthServer(alive=lambda now: True, ready=ready, metrics=Metrics(),
-                        refresh=nothing, access=access, api=api)  # fmt: skip
+    actions = PageActions(api, Sessions(access, h.clock.now))
+    return HealthServer(alive=lambda now: True, ready=ready, metrics=Metrics(), refresh=nothing,
+                        page=page, access=access, api=api, actions=actions)  # fmt: skip
 
 
 async def polled(h: Harness, n: int = 5) -> list[str]:
@@ -294,3 +300,79 @@ async def test_a_batch_has_a_page_of_its_own(harness: Harness, aiohttp_client: A
     assert (await guarded.get("/batches/sim/batch_0")).status == 401
     viewer = {"Authorization": f"Bearer {VIEWER}"}
     assert (await guarded.get("/batches/sim/batch_0", headers=viewer)).status == 200
+
+
+async def logged_in(client: Any, token: str) -> None:
+    answer = await client.post("/login", data={"token": token}, allow_redirects=False)
+    assert answer.status == 303, await answer.text()
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie
+
+
+async def test_an_operator_acts_from_the_page_and_nobody_else_can(
+    harness: Harness, aiohttp_client: Any
+) -> None:
+    """Log in with the operator's token (a session cookie: HttpOnly, SameSite=Strict),
+    and the batch page has forms carrying the session's CSRF field; a post without the
+    session, with another CSRF value, or from a viewer's session is refused (403)."""
+    h = harness
+    await polled(h, 1)
+    client = await aiohttp_client(server(h, guarded=True).app())
+    assert (await client.get("/login")).status == 200
+    wrong = await client.post("/login", data={"token": "nope"}, allow_redirects=False)
+    assert wrong.status == 401
+    url = "/actions/batches/sim/batch_0/exempt"
+    form = {"for": "2h", "reason": "customer demo"}
+    assert (await client.post(url, data=form | {"csrf": "x"})).status == 403  # no session
+    await logged_in(client, OPERATOR)
+    page = await (await client.get("/batches/sim/batch_0")).text()  # the cookie lets it in
+    csrf = page.split('name="csrf" value="')[1].split('"')[0]
+    assert (await client.post(url, data=form | {"csrf": "0" * 64})).status == 403
+    done = await client.post(url, data=form | {"csrf": csrf}, allow_redirects=False)
+    assert done.status == 303 and done.headers["Location"] == "/batches/sim/batch_0"
+    row = await h.row("batch_0")
+    assert row["exempt_reason"] == "customer demo" and row["exempt_until"] is not None
+    (exempted,) = [e for e in await h.store.journal.list_events("batch_0")
+                   if e["kind"] == "exempted"]  # fmt: skip
+    assert exempted["detail"]["actor"] == "oncall"
+    again = await (await client.get("/batches/sim/batch_0")).text()
+    assert "Lift the silence" in again and "Resume cancels" in await (await client.get("/")).text()
+    viewer = await aiohttp_client(server(h, guarded=True).app())
+    await logged_in(viewer, VIEWER)
+    seen = await (await viewer.get("/batches/sim/batch_0")).text()
+    assert "<form" not in seen  # a viewer sees no forms
+    refused = await viewer.post(url, data=form | {"csrf": "x"})
+    assert refused.status == 403
+
+
+async def test_the_forms_work_in_a_browser(harness: Harness, aiohttp_server: Any) -> None:
+    """Headless Chromium: log in as the operator, exempt a batch from its page and see
+    it exempt; the page's CSP refuses nothing (no console error)."""
+    from playwright.async_api import async_playwright
+
+    from tests.test_page import BROWSER_FLAGS, chromium
+
+    h = harness
+    await polled(h, 1)
+    site = await aiohttp_server(server(h, guarded=False).app())
+    errors: list[str] = []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium(), args=BROWSER_FLAGS)
+        try:
+            page = await browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            await page.goto(str(site.make_url("/login")))
+            await page.fill("input[name=token]", OPERATOR)
+            await page.click("button[type=submit]")
+            await page.goto(str(site.make_url("/batches/sim/batch_0")))
+            exempt = page.locator("form[action$='/exempt']")
+            await exempt.locator("select[name=for]").select_option("8h")
+            await exempt.locator("input[name=reason]").fill("watching it myself")
+            await exempt.locator("button").click()
+            await page.wait_for_url("**/batches/sim/batch_0")
+            assert await page.locator("text=Lift the silence").count() == 1
+            assert await page.locator("text=watching it myself").count() >= 1
+        finally:
+            await browser.close()
+    assert (await h.row("batch_0"))["exempt_reason"] == "watching it myself"
+    assert errors == []

@@ -58,7 +58,12 @@ class Api:
         }
         for path, handler in reads.items():
             app.router.add_get(PREFIX + path, self._reading(handler))
-        writes: dict[str, Write] = {
+        for path, write in self.writes().items():
+            app.router.add_post(PREFIX + path, self._writing(write))
+
+    def writes(self) -> dict[str, Write]:
+        """Every write by its path under the prefix (the page's forms use the same)."""
+        return {
             "/batches": self._track,
             "/batches/{provider}/{batch_id}/untrack": self._untrack,
             "/batches/{provider}/{batch_id}/exempt": self._exempt,
@@ -66,8 +71,6 @@ class Api:
             "/batches/{provider}/{batch_id}/cancel": self._cancel,
             "/resume": self._resume,
         }
-        for path, write in writes.items():
-            app.router.add_post(PREFIX + path, self._writing(write))
 
     def _writing(self, write: Write) -> Handler:
         """An operator's write: the caller, a JSON body with a ``reason``; the actor and
@@ -138,8 +141,11 @@ class Api:
         why = explained(self.settings, tracked, next_poll, groups, tripped, now)
         return _json({"batch": batch_json(listed), "events": events, "explanation": why.as_dict()})
 
-    async def batch_html(self, provider: str, batch_id: str) -> str | None:
-        """The batch's own page, or None when it is not tracked."""
+    async def batch_html(
+        self, provider: str, batch_id: str, forms: Callable[[bool], str] | None = None
+    ) -> str | None:
+        """The batch's own page, or None when it is not tracked; ``forms(exempt)`` gives
+        the viewer's forms (an operator's session has them)."""
         _checked_id(batch_id)
         listed = await self.store.reads.one(provider, batch_id)
         if listed is None:
@@ -151,7 +157,9 @@ class Api:
         tripped = await gate.status(self.store) is not None
         why = explained(self.settings, tracked, listed.next_poll_at, groups, tripped, now)
         samples = await self.store.journal.samples_of(provider, batch_id)
-        return render_batch(listed, why, events, samples, self.settings.pricing)
+        exempt = tracked.exempt_until is not None and tracked.exempt_until > now
+        actions = "" if forms is None else forms(exempt)
+        return render_batch(listed, why, events, samples, self.settings.pricing, actions)
 
     async def _events(self, request: web.Request) -> web.Response:
         """The audit log, oldest first, filtered as ``events`` filters it; ``limit`` the

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import structlog
@@ -17,20 +18,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from watchdog.clock import utcnow
 from watchdog.daemon.access import Access
 from watchdog.daemon.metrics import Metrics
+from watchdog.views.page import PAGE_HEADERS
 
 if TYPE_CHECKING:
+    from watchdog.daemon.actions import PageActions
     from watchdog.daemon.api import Api
 
 log = structlog.get_logger("watchdog.health")
 READY_TIMEOUT = 5.0
 T = TypeVar("T")
-# The page runs no script and loads nothing: say so to the browser too.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
 
 
 class Bounded(Generic[T]):
@@ -71,10 +67,12 @@ class HealthServer:
         page: Callable[[], Awaitable[str]] | None = None,
         access: Access | None = None,
         api: Api | None = None,
+        actions: PageActions | None = None,
     ) -> None:
         self._page = None if page is None else Bounded(page)
         self._access = access or Access([], guarded=False)
         self._api = api
+        self._actions = actions
         self._alive = alive
         self._ready = Bounded(ready)
         self._metrics = metrics
@@ -92,6 +90,8 @@ class HealthServer:
         if self._api is not None:
             self._api.add_routes(app)
             app.router.add_get("/batches/{provider}/{batch_id}", self._batch_page)
+        if self._actions is not None:
+            self._actions.add_routes(app)
         return app
 
     async def start(self, host: str, port: int) -> None:
@@ -132,7 +132,14 @@ class HealthServer:
         except Exception as exc:  # no snapshot yet, or a bug: say so, do not crash
             log.warning("status_page_failed", error=type(exc).__name__)
             return web.Response(status=503, text="status unavailable: no snapshot yet\n")
+        if self._actions is not None and (forms := self._actions.page_forms(request)):
+            html = html.replace("</main>", forms + "</main>", 1)
         return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
+
+    def _forms(self, request: web.Request, provider: str, batch_id: str, exempt: bool) -> str:
+        if self._actions is None:
+            return ""
+        return self._actions.batch_forms(request, provider, batch_id, exempt)
 
     async def _batch_page(self, request: web.Request) -> web.Response:
         """A batch's own page, guarded as the status page is."""
@@ -141,7 +148,8 @@ class HealthServer:
         assert self._api is not None
         info = request.match_info
         try:
-            html = await self._api.batch_html(info["provider"], info["batch_id"])
+            forms = partial(self._forms, request, info["provider"], info["batch_id"])
+            html = await self._api.batch_html(info["provider"], info["batch_id"], forms)
         except web.HTTPException:
             raise
         except Exception as exc:  # the database away, or a bug: say so, do not crash
@@ -156,6 +164,8 @@ class HealthServer:
         header to send), any role's; with none configured it is not served there."""
         if not self._access.guarded:
             return None
+        if self._actions is not None and self._actions.sessions.caller(request) is not None:
+            return None  # logged in (a session cookie, sent only by this site's pages)
         if not self._access.configured:
             return web.Response(
                 status=403, text="set http.tokens (or http.token_env) to serve / off loopback\n"

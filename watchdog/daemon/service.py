@@ -14,12 +14,14 @@ from watchdog.clock import utcnow
 from watchdog.core.observe import Rules
 from watchdog.daemon import gate
 from watchdog.daemon.access import Access, Role
+from watchdog.daemon.actions import PageActions
 from watchdog.daemon.api import Api
 from watchdog.daemon.engine import Engine
 from watchdog.daemon.health import HealthServer
 from watchdog.daemon.metrics import Metrics
 from watchdog.daemon.retention import prune
 from watchdog.daemon.scheduler import TickLoop, stopped
+from watchdog.daemon.sessions import Sessions
 from watchdog.daemon.snapshot import Snapshot
 from watchdog.daemon.summary import TickSummary
 from watchdog.daemon.systemd import Notifier
@@ -73,6 +75,7 @@ class Service:
         engine.on_progress = self.ticks.beat
         self.snapshot = Snapshot(store, engine, metrics)
         access = Access(tokens, guarded=not settings.http.loopback)
+        api = Api(store, engine, settings, access)
         self.health = HealthServer(
             alive=self.ticks.alive,
             ready=self._ready,
@@ -80,7 +83,8 @@ class Service:
             refresh=self._refresh,
             page=self._page,
             access=access,
-            api=Api(store, engine, settings, access),
+            api=api,
+            actions=PageActions(api, Sessions(access, engine.clock)),
         )
 
     async def run(self) -> None:

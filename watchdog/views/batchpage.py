@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 from watchdog.core.models import Tokens
 from watchdog.core.pricing import Price, batch_cost, dollars
@@ -98,6 +99,7 @@ def render_batch(
     events: Sequence[Mapping[str, Any]],
     samples: Sequence[Mapping[str, Any]],
     pricing: Sequence[Price],
+    actions: str = "",
 ) -> str:
     view = listed.tracked.view
     title = f"{view.provider}/{view.batch_id}"
@@ -113,6 +115,50 @@ def render_batch(
         timeline(points(samples, listed, pricing), thresholds(explanation)), "</section>",
         f"<section><h2>What the next tick will do</h2><pre>{esc(explanation_text(explanation))}"
         "</pre></section>",
+        actions,
         f"<section><h2>Events</h2>{table_html(columns, rows, 'no events')}</section>",
         "</main></body></html>",
     ])  # fmt: skip
+
+
+SPANS = ("1h", "2h", "8h", "24h", "7d")
+
+
+def actions_html(provider: str, batch_id: str, csrf: str, exempt: bool) -> str:
+    """An operator's forms for this batch (plain HTML: no script, posted to this site
+    with the session's CSRF field); each asks why."""
+    base = f"/actions/batches/{quote(provider)}/{quote(batch_id)}"
+
+    def form(action: str, label: str, extra: str = "") -> str:
+        return (f'<form method="post" action="{base}/{action}">'
+                f'<input type="hidden" name="csrf" value="{esc(csrf)}">{extra}'
+                '<input name="reason" required maxlength="500" placeholder="why" '
+                f'aria-label="reason"><button type="submit">{esc(label)}</button>'
+                "</form>")  # fmt: skip
+
+    spans = "".join(f"<option>{s}</option>" for s in SPANS)
+    forms = [form("unexempt", "Lift the silence") if exempt else
+             form("exempt", "Exempt", f'<select name="for" aria-label="for">{spans}</select>'),
+             form("cancel", "Cancel now", '<label><input type="checkbox" name="confirm" '
+                  'required> sure</label>'),
+             form("untrack", "Untrack")]  # fmt: skip
+    return f"<section><h2>Act</h2>{''.join(forms)}</section>"
+
+
+def resume_html(csrf: str) -> str:
+    """The form that ends a safety trip (on the status page, for an operator)."""
+    return ('<section><h2>Safety</h2><form method="post" action="/actions/resume">'
+            f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
+            '<input name="reason" required maxlength="500" placeholder="why" aria-label="reason">'
+            "<button type=\"submit\">Resume cancels</button></form></section>")  # fmt: skip
+
+
+def login_html(failed: bool = False) -> str:
+    note = "<p>unknown token</p>" if failed else ""
+    return ("<!doctype html><html lang=en><head><meta charset=utf-8>"
+            '<meta name=viewport content="width=device-width,initial-scale=1">'
+            f"<title>log in · batch-watchdog</title><style>{CSS}</style></head><body><main>"
+            f'<section><h2>Log in</h2>{note}<form method="post" action="/login">'
+            '<input name="token" type="password" required aria-label="token" '
+            'autocomplete="current-password"><button type="submit">Log in</button>'
+            "</form></section></main></body></html>")  # fmt: skip
