@@ -46,6 +46,11 @@ def test_slack_blocks_carry_the_figures_escaped() -> None:
     assert fields["*cost usd*"] == "6.25" and fields["*note*"] == "&lt;b&gt;"
     assert actions["elements"][0]["url"] == f"{BASE}/batches/sim/batch_1"
     assert len(notices.slack(MATCHED, None)["blocks"]) == 2  # no address known: no button
+    assert actions["elements"][0]["text"]["text"] == "Open the batch"
+    dry = Event(AT, "sim", "batch_1", Kind.POLICY_MATCHED, policy="cost-cap",
+                detail={"action": "cancel", "dry_run": True})  # fmt: skip
+    (button,) = notices.slack(dry, BASE)["blocks"][-1]["elements"]
+    assert button["text"]["text"] == "Cancel it from its page"  # a link to act
 
 
 @pytest.mark.parametrize(

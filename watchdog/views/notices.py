@@ -79,9 +79,11 @@ def slack(event: Event, base_url: str | None = None) -> dict[str, Any]:
                     for k, v in fields if v not in (None, "")][:10]},
     ]  # fmt: skip
     if (url := link(event, base_url)) is not None:
-        blocks.append({"type": "actions", "elements": [
-            {"type": "button", "text": {"type": "plain_text", "text": "Open the batch"},
-             "url": url}]})  # fmt: skip
+        # A cancel the daemon did not send (a dry run, or held): the page's forms act.
+        held = event.kind == Kind.POLICY_MATCHED and (event.detail or {}).get("dry_run")
+        label = "Cancel it from its page" if held else "Open the batch"
+        button = {"type": "button", "text": {"type": "plain_text", "text": label}, "url": url}
+        blocks.append({"type": "actions", "elements": [button]})
     return {"text": text(event), "blocks": blocks}
 
 
