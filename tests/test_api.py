@@ -278,7 +278,7 @@ async def test_a_batch_has_a_page_of_its_own(harness: Harness, aiohttp_client: A
     """Its timeline from the samples (cost and progress, the cost cap drawn on it), its
     explanation and its events; guarded off loopback as the status page is."""
     h = harness
-    h.configure(policies=COST_CAP)
+    h.configure(policies=COST_CAP, budgets=[{"name": "all", "limit_usd": 100, "window": "1d"}])
     llama = "meta-llama/Meta-Llama-3.1-8B-Instruct"
     h.sim.simulator.add("batch_0", total=1000, rate=2, model=llama, input_tokens=2000,
                         output_tokens=1000)  # fmt: skip
@@ -293,6 +293,7 @@ async def test_a_batch_has_a_page_of_its_own(harness: Harness, aiohttp_client: A
     )
     assert "<svg" in html and "<polyline" in html  # the timeline, from four samples
     assert "cost-cap" in html and "$5" in html  # the applying threshold, labelled
+    assert "budget all: this batch&#x27;s share" in html  # its share of the budget
     assert "What the next tick will do" in html and "status_changed" in html
     assert (await client.get("/batches/sim/batch_nope")).status == 404
     assert (await client.get("/batches/sim/bad%20id")).status == 400

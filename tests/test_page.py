@@ -91,7 +91,7 @@ def server(token: str | None, guarded: bool) -> HealthServer:
         (None, False, {}, "", 200),  # loopback: open
         ("s3cret-token", True, {}, "", 401),
         ("s3cret-token", True, {"Authorization": "Bearer s3cret-token"}, "", 200),
-        ("s3cret-token", True, {}, "?token=s3cret-token", 200),
+        ("s3cret-token", True, {}, "?token=s3cret-token", 401),  # never in a URL: log in
         ("s3cret-token", True, {"Authorization": "Bearer wrong"}, "", 401),
         (None, True, {}, "", 403),  # off loopback with no token configured: not served
         ("", True, {}, "?token=", 401),  # an empty token never matches an empty one

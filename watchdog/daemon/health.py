@@ -160,8 +160,9 @@ class HealthServer:
         return web.Response(text=html, content_type="text/html", headers=PAGE_HEADERS)
 
     def _refused(self, request: web.Request) -> web.Response | None:
-        """Off loopback, the page needs a token (Bearer, or ?token=: a browser has no
-        header to send), any role's; with none configured it is not served there."""
+        """Off loopback, the page needs a session (``/login``) or a token in the header,
+        any role's — never in the URL, where logs and histories keep it; with no token
+        configured it is not served there."""
         if not self._access.guarded:
             return None
         if self._actions is not None and self._actions.sessions.caller(request) is not None:
@@ -170,9 +171,6 @@ class HealthServer:
             return web.Response(
                 status=403, text="set http.tokens (or http.token_env) to serve / off loopback\n"
             )
-        given = request.query.get("token", "")
-        if given and self._access.named(given) is not None:
-            return None
         try:
             self._access.caller(request, write=False)
         except web.HTTPException:

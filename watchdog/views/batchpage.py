@@ -46,14 +46,23 @@ def points(
 
 
 def thresholds(explanation: Explanation) -> list[tuple[str, float]]:
-    """The cost thresholds of the policies that apply to this batch: (policy, USD)."""
-    return [
+    """The lines to draw: the cost thresholds of the policies that apply to this batch,
+    and its share of each budget it counts in (what it may cost before the group's
+    committed amount reaches the limit, the others' as they stand): (label, USD)."""
+    found = [
         (row.policy, float(c.threshold))
         for row in explanation.policies
         if row.applies == "yes"
         for c in row.conditions
         if c.condition in COST_THRESHOLDS and isinstance(c.threshold, int | float)
     ]
+    mine = explanation.projected_cost_usd or explanation.cost_usd or 0.0
+    for row in explanation.budgets:
+        f = row.figures
+        if f.limit_usd is not None and f.committed_usd is not None:
+            share = f.limit_usd - (f.committed_usd - mine)
+            found.append((f"budget {f.budget}: this batch's share", max(share, 0.0)))
+    return found
 
 
 def timeline(found: Sequence[Point], lines: Sequence[tuple[str, float]]) -> str:
