@@ -100,7 +100,11 @@ async def test_each_format_reaches_a_receiver_and_generic_is_signed(
                 secret_env="PD"),
     ]  # fmt: skip
     secrets = ["shared-secret-0123", None, "R0UTING"]
-    async with WebhookSender(hooks, secrets=secrets, base_url=BASE) as sender:
+
+    async def facts(event: Event) -> dict[str, Any]:
+        return {"model": "meta-llama/x", "cost_usd": 6.25, "projected_cost_usd": 18.0}
+
+    async with WebhookSender(hooks, secrets=secrets, base_url=BASE, facts=facts) as sender:
         sender.submit([MATCHED, ENDED])  # the hooks want only policy_matched
     by_path = {path: (body, headers) for path, body, headers in got}
     assert sorted(by_path) == ["/generic", "/pd", "/slack"]
@@ -111,5 +115,30 @@ async def test_each_format_reaches_a_receiver_and_generic_is_signed(
     assert abs(time.time() - int(stamp)) < 600  # a receiver refuses an old one
     assert b'"batch_1"' in body
     assert b'"blocks"' in by_path["/slack"][0]
+    assert b"*Model*\\nmeta-llama/x" in by_path["/slack"][0]  # the batch's facts
+    assert b"*Projected cost usd*\\n18" in by_path["/slack"][0]
+    assert b'"projected_cost_usd":18.0' in by_path["/pd"][0]
     assert b'"routing_key":"R0UTING"' in by_path["/pd"][0]
     assert notices.SIGNATURE_HEADER not in by_path["/slack"][1]
+
+
+async def test_a_message_goes_without_facts_the_database_cannot_give(
+    aiohttp_server: Any,
+) -> None:
+    got: list[bytes] = []
+
+    async def receive(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_post("/slack", receive)
+    server = await aiohttp_server(app)
+
+    async def broken(event: Event) -> dict[str, Any]:
+        raise ConnectionError("database away")
+
+    hook = Webhook(url=str(server.make_url("/slack")), events=[Kind.POLICY_MATCHED], format="slack")
+    async with WebhookSender([hook], facts=broken) as sender:
+        sender.submit([MATCHED])
+    assert len(got) == 1 and b'"blocks"' in got[0] and b"Model" not in got[0]

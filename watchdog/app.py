@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,10 @@ import structlog
 from watchdog.clock import monotonic, utcnow
 from watchdog.core.budgets import Assessment
 from watchdog.core.config import Webhook
+from watchdog.core.events import Event
 from watchdog.core.models import validate_batch_id
 from watchdog.core.observe import Judging
+from watchdog.core.pricing import projected_cost, usd
 from watchdog.core.rows import Listed, Tracked
 from watchdog.daemon import gate, logs
 from watchdog.daemon.budgeting import assess_budgets
@@ -142,7 +145,10 @@ async def open_daemon(
                 )
             hooks, notify = settings.notify.webhooks, settings.notify
             secrets = [hook_secret(i, hook, environ, redact) for i, hook in enumerate(hooks)]
-            async with WebhookSender(hooks, secrets=secrets, base_url=notify.base_url) as webhooks:
+            facts = partial(batch_facts, store)
+            async with WebhookSender(
+                hooks, secrets=secrets, base_url=notify.base_url, facts=facts
+            ) as webhooks:
                 engine = Engine(
                     store=store,
                     clients=clients,
@@ -214,6 +220,18 @@ async def run(
         await service.run()
         log.info("daemon_stopped")
     return None
+
+
+async def batch_facts(store: Store, event: Event) -> dict[str, Any]:
+    """What a notification says of the event's batch: its model, cost and projection."""
+    if event.provider is None or event.batch_id is None:
+        return {}
+    listed = await store.reads.one(event.provider, event.batch_id)
+    if listed is None:
+        return {}
+    view, cost = listed.tracked.view, listed.tracked.cost_usd
+    projected = projected_cost(cost, view.counts, 1)
+    return {"model": view.model, "cost_usd": usd(cost), "projected_cost_usd": usd(projected)}
 
 
 def hook_secret(

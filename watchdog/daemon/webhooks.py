@@ -43,11 +43,13 @@ class WebhookSender:
         *,
         secrets: Sequence[str | None] = (),
         base_url: str | None = None,
+        facts: Callable[[Event], Awaitable[dict[str, Any]]] | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
         self.hooks = list(hooks)
         self._secrets = list(secrets) or [None] * len(self.hooks)  # each hook's, in order
         self.base_url = base_url
+        self._facts = facts  # the batch's model and money, read as a message goes out
         self.http = HttpClient(
             "webhooks",
             secrets=[hook.url for hook in self.hooks] + [s for s in self._secrets if s],
@@ -103,15 +105,28 @@ class WebhookSender:
                 self._unsent[event.kind] -= 1
                 self._queue.task_done()
 
-    def _body(self, index: int, event: Event) -> tuple[bytes, dict[str, str]]:
+    async def _facts_of(self, index: int, event: Event) -> dict[str, Any]:
+        """The batch's model and money for a slack or pagerduty message ({} when the
+        database does not answer: the message goes without them)."""
+        if self._facts is None or self.hooks[index].format == "generic":
+            return {}
+        try:
+            return await self._facts(event)
+        except Exception as exc:
+            log.warning("webhook_facts_failed", kind=event.kind, error=type(exc).__name__)
+            return {}
+
+    def _body(
+        self, index: int, event: Event, facts: dict[str, Any]
+    ) -> tuple[bytes, dict[str, str]]:
         """The hook's message as the bytes sent, and its headers (a generic hook with a
         secret signs them: the timestamp and the HMAC over both)."""
         hook, secret = self.hooks[index], self._secrets[index]
-        if hook.format == "slack":
-            return _bytes(notices.slack(event, self.base_url)), {}
-        if hook.format == "pagerduty":
+        if hook.format != "generic":
+            if hook.format == "slack":
+                return _bytes(notices.slack(event, self.base_url, facts)), {}
             assert secret is not None  # the config requires the routing key
-            return _bytes(notices.pagerduty(event, secret, self.base_url)), {}
+            return _bytes(notices.pagerduty(event, secret, self.base_url, facts)), {}
         body = _bytes(notices.generic(event, self.base_url))
         if secret is None:
             return body, {}
@@ -123,7 +138,7 @@ class WebhookSender:
         # At least once: a POST whose answer was lost is sent again (receivers see the
         # event's time and kind, or PagerDuty its dedup key, and can drop a duplicate).
         hook = self.hooks[index]
-        body, headers = self._body(index, event)
+        body, headers = self._body(index, event, await self._facts_of(index, event))
         try:
             await self.http.request(
                 "POST", hook.url, data=body, headers=headers,

@@ -66,11 +66,15 @@ def generic(event: Event, base_url: str | None = None) -> dict[str, Any]:
     return found
 
 
-def slack(event: Event, base_url: str | None = None) -> dict[str, Any]:
-    """Block Kit: what happened, then the batch, provider, policy, statuses and the
-    figures the event carries (cost, projection, the thresholds observed)."""
+def slack(
+    event: Event, base_url: str | None = None, facts: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Block Kit: what happened, then the batch, provider, policy, statuses, the batch's
+    ``facts`` (model, cost, projection: read when the message is sent) and the figures
+    the event carries (the thresholds observed)."""
     fields = [("Batch", event.batch_id), ("Provider", event.provider),
               ("Policy", event.policy), ("Status", _statuses(event))]  # fmt: skip
+    fields += [(k.replace("_", " ").capitalize(), _short(v)) for k, v in (facts or {}).items()]
     fields += [(k.replace("_", " "), _short(v)) for k, v in _figures(event.detail).items()]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"batch-watchdog: {event.kind}"}},
@@ -87,7 +91,12 @@ def slack(event: Event, base_url: str | None = None) -> dict[str, Any]:
     return {"text": text(event), "blocks": blocks}
 
 
-def pagerduty(event: Event, routing_key: str, base_url: str | None = None) -> dict[str, Any]:
+def pagerduty(
+    event: Event,
+    routing_key: str,
+    base_url: str | None = None,
+    facts: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """Events API v2: an alert per batch (its dedup key), resolved when the batch ends;
     daemon-wide events (a safety trip) are alerts of their own kind."""
     key = f"batch-watchdog/{event.provider}/{event.batch_id}" if event.batch_id else (
@@ -107,7 +116,7 @@ def pagerduty(event: Event, routing_key: str, base_url: str | None = None) -> di
             "component": event.batch_id or "daemon",
             "group": event.policy or str(event.kind),
             "class": str(event.kind),
-            "custom_details": as_record(event),
+            "custom_details": as_record(event) | dict(facts or {}),
         }
     if (url := link(event, base_url)) is not None:
         found["links"] = [{"href": url, "text": "the batch"}]
