@@ -348,7 +348,8 @@ async def test_an_operator_acts_from_the_page_and_nobody_else_can(
 
 async def test_the_forms_work_in_a_browser(harness: Harness, aiohttp_server: Any) -> None:
     """Headless Chromium: log in as the operator, exempt a batch from its page and see
-    it exempt; the page's CSP refuses nothing (no console error)."""
+    it exempt; logged in as a viewer, the same page has no forms; the page's CSP
+    refuses nothing (no console error)."""
     from playwright.async_api import async_playwright
 
     from tests.test_page import BROWSER_FLAGS, chromium
@@ -373,6 +374,13 @@ async def test_the_forms_work_in_a_browser(harness: Harness, aiohttp_server: Any
             await page.wait_for_url("**/batches/sim/batch_0")
             assert await page.locator("text=Lift the silence").count() == 1
             assert await page.locator("text=watching it myself").count() >= 1
+            viewer = await (await browser.new_context()).new_page()  # a cookie jar of its own
+            await viewer.goto(str(site.make_url("/login")))
+            await viewer.fill("input[name=token]", VIEWER)
+            await viewer.click("button[type=submit]")
+            await viewer.goto(str(site.make_url("/batches/sim/batch_0")))
+            assert await viewer.locator("h2", has_text="Timeline").count() == 1
+            assert await viewer.locator("form").count() == 0  # a viewer sees no forms
         finally:
             await browser.close()
     assert (await h.row("batch_0"))["exempt_reason"] == "watching it myself"
