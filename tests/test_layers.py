@@ -148,3 +148,11 @@ def test_every_folder_ships() -> None:
     listed = set(pyproject["tool"]["setuptools"]["packages"])
     folders = {f"watchdog.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
     assert folders <= listed, folders - listed
+
+
+def test_the_engine_is_the_tick_and_its_sequencing() -> None:
+    """The engine's class stays at most 250 lines: a step of its own goes to a
+    collaborator (listing, budgeting, watch, gate, act, asks), not into the tick."""
+    tree = ast.parse((PACKAGE / "daemon" / "engine.py").read_text())
+    (engine,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Engine"]
+    assert (engine.end_lineno or 0) - engine.lineno + 1 <= 250

@@ -16,13 +16,12 @@ import structlog
 from watchdog.clock import utcnow
 from watchdog.core import cancels
 from watchdog.core.cadence import Cadence
-from watchdog.core.durations import parse_time
 from watchdog.core.errors import PermanentError
-from watchdog.core.models import TERMINAL
 from watchdog.core.observe import Judging, Observation, Rules, failed, observe
 from watchdog.core.policies import Verdict
 from watchdog.core.rows import Tracked
 from watchdog.daemon.act import cancel_all
+from watchdog.daemon.asks import Asks
 from watchdog.daemon.budgeting import Budgeting, forced_verdict
 from watchdog.daemon.gate import Gate, Guard
 from watchdog.daemon.listing import Lister
@@ -37,8 +36,6 @@ from watchdog.storage.store import Store
 __all__ = ["Engine"]
 NOTHING_LISTED = Prefetched({})
 FOREVER = timedelta(days=3650)  # a forced batch is claimed whenever it is due
-MANUAL = "manual"  # the policy an operator's cancel is planned under
-ASK_LIFE = timedelta(hours=1)
 log = structlog.get_logger("watchdog.engine")
 
 
@@ -76,6 +73,7 @@ class Engine:
             store, self.emitter, self.metrics, owner=owner, lease=lease, clock=clock
         )
         self.guard = Guard(store, self.emitter, self.metrics, self.watch.skewed)
+        self.asks = Asks(store, clock)
         self.last_summary: TickSummary | None = None
         self.on_progress: Callable[[], None] | None = None
         self._next_rules: Rules | None = None
@@ -209,21 +207,11 @@ class Engine:
         await self._force(verdicts, gate, summary, cutoff)
 
     async def _asked(self, gate: Gate, summary: TickSummary, cutoff: datetime) -> Gate:
-        """The cancels operators asked for (the API), planned as a policy's. An ask whose
-        batch another replica holds waits for a later tick; one for a batch that ended
-        or is no longer tracked is dropped, as is any ask an hour old."""
-        asks = await self.store.coord.cancel_asks()
-        if not asks:
+        """The cancels operators asked for (the API), planned as a policy's."""
+        if not (verdicts := await self.asks.verdicts()):
             return gate
-        said = {k: Verdict(MANUAL, "cancel", dict(v)) for k, v in asks.items()}
-        gate, done = await self._force(said, gate, summary, cutoff)
-        now = self.clock()
-        for key, ask in asks.items():
-            listed = None if key in done else await self.store.reads.one(*key)
-            ended = listed is None or listed.tracked.view.status in TERMINAL
-            if key not in done and (ended or now - parse_time(str(ask["at"])) > ASK_LIFE):
-                done.add(key)
-        await self.store.coord.drop_cancel_asks(done, now)
+        gate, claimed = await self._force(verdicts, gate, summary, cutoff)
+        await self.asks.settle(verdicts, claimed)
         return gate
 
     async def _force(
