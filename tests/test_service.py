@@ -346,3 +346,22 @@ async def test_stopping_waits_for_a_prune_in_flight(harness: Harness) -> None:
     service.stop.set()
     await asyncio.wait_for(running, 60)  # a hang, not a speed, is what fails here
     assert ended.is_set()
+
+
+def test_a_lingering_thread_never_keeps_the_daemon_from_exiting() -> None:
+    """A worker thread left running at exit (a database connection a cancelled task
+    never gave back: aiosqlite's threads are not daemons, so the interpreter would wait
+    for it for ever) is named in a warning, and the process exits all the same."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import threading, time\n"
+        "from watchdog.cli.commands import exit_when_threads_linger\n"
+        "threading.Thread(target=time.sleep, args=(3600,), name='stuck-db').start()\n"
+        "exit_when_threads_linger(0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "shutdown_threads_left" in done.stdout + done.stderr
+    assert "stuck-db" in done.stdout + done.stderr
