@@ -2,6 +2,6 @@
 
 import sys
 
-from watchdog.cli import main
+from watchdog.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -8,9 +8,17 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from watchdog.cli.commands import HANDLERS, load, test_policies
+from watchdog.cli.commands import HANDLERS, exit_when_threads_linger, load, test_policies
 from watchdog.cli.parser import EX_CONFIG, EX_ERROR, EX_OK, EX_USAGE, build_parser
 from watchdog.views.text import batch_table
+
+
+def console() -> int:
+    """The console script and ``python -m watchdog``: ``main``, then an exit that no
+    lingering thread can hold up (a process of its own: never called in-process)."""
+    code = main()
+    exit_when_threads_linger(code)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -106,7 +106,6 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     asyncio.run(
         app.run(settings, once=args.once, dry_run=args.dry_run, config=path, redact=args.redact)
     )
-    exit_when_threads_linger(EX_OK)
     return EX_OK
 
 
