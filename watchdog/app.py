@@ -22,7 +22,7 @@ from watchdog.core.events import Event
 from watchdog.core.models import validate_batch_id
 from watchdog.core.observe import Judging
 from watchdog.core.pricing import projected_cost, usd
-from watchdog.core.rows import Listed, Tracked
+from watchdog.core.rows import Listed
 from watchdog.daemon import gate, logs
 from watchdog.daemon.budgeting import assess_budgets
 from watchdog.daemon.engine import Engine
@@ -342,12 +342,8 @@ async def explain(
         names = ", ".join(t.view.provider for t, _ in found)
         raise UsageError(f"batch {batch_id!r} is tracked at {names}: give --provider")
     ((tracked, next_poll),) = found
-    groups = [a for a in await budgets(settings, now) if _member(a, tracked)]
+    groups = [a for a in await budgets(settings, now) if a.counts(tracked.key)]
     return explained(settings, tracked, next_poll, groups, tripped is not None, now)
-
-
-def _member(one: Assessment, tracked: Tracked) -> bool:
-    return any((m.view.provider, m.view.batch_id) == tracked.key for m in one.members)
 
 
 REPLAY_LIMITS = [

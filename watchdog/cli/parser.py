@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NoReturn
 
 from watchdog.clock import utcnow
-from watchdog.core.durations import parse_duration, parse_time
+from watchdog.core.durations import moment, parse_duration
 from watchdog.core.events import Kind
 
 if TYPE_CHECKING:
@@ -191,15 +191,9 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[Parser], Parser], None]] = [
 def _when(text: str) -> datetime:
     """A moment: a duration ago (``7d``), or an ISO 8601 time (UTC unless it says)."""
     try:
-        return utcnow() - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return parse_time(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration (7d, 12h) nor an ISO 8601 time"
-        ) from None
+        return moment(text, utcnow())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _positive(text: str) -> int:

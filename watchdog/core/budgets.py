@@ -252,6 +252,10 @@ class Assessment:
         """ok, warn (a threshold reached) or over."""
         return "over" if self.over else "warn" if self.crossed() else "ok"
 
+    def counts(self, key: tuple[str, str]) -> bool:
+        """Whether this batch (provider, id) is among the ones counted one by one."""
+        return any((m.view.provider, m.view.batch_id) == key for m in self.members)
+
     def figures(self) -> Figures:
         """What people read of it (``budgets``, the page, ``explain``, its events)."""
         return Figures(

@@ -60,3 +60,16 @@ def parse_time(text: str) -> datetime:
 def iso(value: datetime | None) -> str | None:
     """A moment as the commands print it: ISO 8601 in UTC, written with ``Z``."""
     return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def moment(text: str, now: datetime) -> datetime:
+    """A moment as people write one: a duration ago (``7d``) or an ISO 8601 time (UTC
+    unless it says); ValueError naming both forms."""
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a duration (7d, 12h) nor an ISO 8601 time") from None

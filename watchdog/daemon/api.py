@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from watchdog.core.durations import parse_duration, parse_time
+from watchdog.core.durations import moment, parse_duration
 from watchdog.core.events import Kind
 from watchdog.core.models import validate_batch_id
 from watchdog.core.rows import Listed
@@ -136,7 +136,7 @@ class Api:
         tracked, next_poll, now = listed.tracked, listed.next_poll_at, self.engine.clock()
         wanted = EventFilter(batch_id=batch_id, provider=provider)
         events = [event_json(e) async for e in self.store.journal.stream_events(wanted)]
-        groups = [a for a in self.engine.budgeting.book.last if _member(a, tracked.key)]
+        groups = [a for a in self.engine.budgeting.book.last if a.counts(tracked.key)]
         tripped = await gate.status(self.store) is not None
         why = explained(self.settings, tracked, next_poll, groups, tripped, now)
         return _json({"batch": batch_json(listed), "events": events, "explanation": why.as_dict()})
@@ -153,7 +153,7 @@ class Api:
         tracked, now = listed.tracked, self.engine.clock()
         wanted = EventFilter(batch_id=batch_id, provider=provider, limit=100)
         events = [e async for e in self.store.journal.stream_events(wanted)]
-        groups = [a for a in self.engine.budgeting.book.last if _member(a, tracked.key)]
+        groups = [a for a in self.engine.budgeting.book.last if a.counts(tracked.key)]
         tripped = await gate.status(self.store) is not None
         why = explained(self.settings, tracked, listed.next_poll_at, groups, tripped, now)
         samples = await self.store.journal.samples_of(provider, batch_id)
@@ -285,10 +285,6 @@ def _wanted(listed: Listed, status: str | None, label: tuple[str, str] | None) -
     return label is None or (listed.labels or {}).get(label[0]) == label[1]
 
 
-def _member(one: Any, key: tuple[str, str]) -> bool:
-    return any((m.view.provider, m.view.batch_id) == key for m in one.members)
-
-
 def _checked_id(batch_id: Any) -> str:
     if not isinstance(batch_id, str):
         raise BadRequest("batch_id: text")
@@ -325,13 +321,9 @@ def _when(text: str | None, name: str, now: datetime) -> datetime | None:
     if text is None:
         return None
     try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return parse_time(text)
-    except ValueError:
-        raise BadRequest(f"{name}: neither a duration (7d, 12h) nor an ISO 8601 time") from None
+        return moment(text, now)
+    except ValueError as exc:
+        raise BadRequest(f"{name}: {exc}") from None
 
 
 def _dumps(value: Any) -> str:

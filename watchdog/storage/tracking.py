@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     select,
     update,
 )
@@ -58,9 +59,7 @@ class Tracking:
         said: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """Stop tracking (events stay); the providers it was removed from."""
-        where = batches.c.batch_id == batch_id
-        if provider is not None:
-            where &= batches.c.provider == provider
+        where = _by_id(batch_id, provider)
         async with self.engine.begin() as conn:
             rows = (
                 await conn.execute(select(batches.c.provider, batches.c.status).where(where))
@@ -82,9 +81,7 @@ class Tracking:
         said: Mapping[str, Any] | None = None,
     ) -> list[str]:
         """Silence (``until`` set) or unsilence (None) a batch; the providers it applied to."""
-        where = batches.c.batch_id == batch_id
-        if provider is not None:
-            where &= batches.c.provider == provider
+        where = _by_id(batch_id, provider)
         kind = Kind.EXEMPTED if until is not None else Kind.UNEXEMPTED
         async with self.engine.begin() as conn:
             rows = (await conn.execute(select(batches.c.provider).where(where))).all()
@@ -140,3 +137,9 @@ class Tracking:
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query.order_by(c.provider))).mappings().all()
         return [(row_tracked(row), row["next_poll_at"]) for row in rows]
+
+
+def _by_id(batch_id: str, provider: str | None) -> ColumnElement[bool]:
+    """A batch by its id, at one provider or at each that has one by that id."""
+    where = batches.c.batch_id == batch_id
+    return where if provider is None else where & (batches.c.provider == provider)
