@@ -44,6 +44,7 @@ from watchdog.core.config import (
     Timeout,
 )
 from watchdog.core.durations import Duration
+from watchdog.core.estimates import EstimateSettings
 from watchdog.core.observe import Rules
 from watchdog.core.policies import Discovery, Policy
 from watchdog.core.pricing import Price
@@ -103,6 +104,12 @@ class ProviderSettings(Strict):
         "match/created_within); off by default",
     )
 
+    estimate: bool | None = Field(
+        default=None,
+        description="read each batch's input file to estimate its cost before it runs "
+        "(default: on where the API kind serves files; anthropic does not)",
+    )
+
     @field_validator("api_version", mode="before")
     @classmethod
     def _version_as_written(cls, value: Any) -> Any:
@@ -126,6 +133,17 @@ class ProviderSettings(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _files_to_read(self) -> ProviderSettings:
+        if self.estimate and DIALECTS[self.api].files is None:
+            raise ValueError(f"estimate: the {self.api} API serves no input files to read")
+        return self
+
+    @property
+    def estimates(self) -> bool:
+        """Whether this provider's batches are estimated from their input files."""
+        return DIALECTS[self.api].files is not None and self.estimate is not False
+
     def read_key(self, name: str, environ: Mapping[str, str]) -> SecretStr | None:
         """The API key, or None when the provider needs none; ConfigError when it is missing."""
         where = f"provider {name!r}"
@@ -133,7 +151,14 @@ class ProviderSettings(Strict):
 
     def cannot_judge(self) -> dict[str, str]:
         """The policy conditions this provider's API kind can never satisfy, and why."""
-        return DIALECTS[self.api].cannot()
+        cannot = DIALECTS[self.api].cannot()
+        if not self.estimates:
+            why = (
+                "estimate: false" if self.estimate is False
+                else f"the {self.api} API serves no input files to estimate from"
+            )
+            cannot |= {"estimated_cost_usd_above": why, "estimated_requests_above": why}
+        return cannot
 
 
 def read_secret(
@@ -258,6 +283,7 @@ class Settings(BaseSettings):
         default=timedelta(seconds=30), description="how long SIGTERM waits for a tick in flight"
     )
     http: HttpSettings = Field(default_factory=HttpSettings)
+    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
@@ -343,6 +369,8 @@ class Settings(BaseSettings):
             safety=self.safety,
             discover={name: p.discover for name, p in self.providers.items() if p.discover},
             budgets=tuple(self.budgets),
+            estimate=self.estimate,
+            estimated=frozenset(name for name, p in self.providers.items() if p.estimates),
         )
 
 

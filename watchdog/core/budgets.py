@@ -18,7 +18,8 @@ from watchdog.core.durations import parse_duration
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import ACTIVE, BatchView
 from watchdog.core.policies import Match, Verdict
-from watchdog.core.pricing import MAX_USD, projected_cost, usd
+from watchdog.core.estimates import Range, estimated_cost
+from watchdog.core.pricing import MAX_USD, Price, projected_cost, usd
 from watchdog.core.rows import Tracked
 from watchdog.core.schema import Strict
 
@@ -146,25 +147,44 @@ class Spending:
     exempt: bool = False  # never cancelled (metadata or a silence)
     spent_cancel: bool = False  # its cancel was refused or given up: never sent again
     backing_off: bool = False  # a cancel failed and waits for its retry (its next poll)
+    estimated: Decimal | None = None  # its input file's estimate, upper bound
 
     @property
     def running(self) -> bool:
         return self.view.status in ACTIVE and not self.stopping
 
     @property
+    def projected(self) -> bool:
+        """Its projection is known (usage, and a finished request)."""
+        return self.cost is not None and projected_cost(self.cost, self.view.counts, 1) is not None
+
+    @property
     def remaining(self) -> Decimal | None:
-        """Projected cost still to come (0 once it ended or was cancelled; None: unknown,
-        no usage or no finished request yet)."""
+        """Projected cost still to come (0 once it ended or was cancelled); while the
+        projection is unknown, what its input file's estimate leaves above the spend so
+        far; None: neither is known."""
         if not self.running:
             return Decimal(0)
         projected = projected_cost(self.cost, self.view.counts, 1)
-        if projected is None or self.cost is None:
-            return None
-        return max(projected - self.cost, Decimal(0))
+        if projected is not None and self.cost is not None:
+            return max(projected - self.cost, Decimal(0))
+        if self.estimated is not None:
+            return max(self.estimated - (self.cost or Decimal(0)), Decimal(0))
+        return None
+
+    @property
+    def by_estimate(self) -> bool:
+        """Its remaining cost is its estimate's (the projection is not known yet)."""
+        return self.running and not self.projected and self.estimated is not None
 
 
-def spending_of(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datetime) -> Spending:
-    """A tracked batch as a budget sees it. Only a cancel that took stops its spending:
+def spending_of(
+    tracked: Tracked,
+    exempt_metadata: Mapping[str, str],
+    now: datetime,
+    prices: Sequence[Price] = (),
+) -> Spending:
+    """A tracked batch as a budget sees it (its estimate at ``prices``). Only a cancel that took stops its spending:
     one that failed is still running (and is sent again once its backoff is over), one
     refused or abandoned keeps counting and the budget chooses another batch."""
     exempt = exempt_from(tracked, exempt_metadata, now)
@@ -176,7 +196,16 @@ def spending_of(tracked: Tracked, exempt_metadata: Mapping[str, str], now: datet
         exempt=exempt is not None,
         spent_cancel=outcome in FINAL or tracked.cancel_attempts >= MAX_CANCEL_ATTEMPTS,
         backing_off=outcome == "failed",
+        estimated=_high(estimated_cost(prices, *_model(tracked), tracked.estimate)),
     )
+
+
+def _model(tracked: Tracked) -> tuple[str, str | None]:
+    return tracked.view.provider, tracked.view.model
+
+
+def _high(found: Range | None) -> Decimal | None:
+    return None if found is None else found.high
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +226,11 @@ class Figures:
     state: str  # ok, warn or over
     action: str
     to_cancel: tuple[str, ...]
+    # committed_usd, split: spend plus the running batches' projections, and what the
+    # input file estimates add for the running batches not projected yet (how many).
+    committed_projected_usd: float | None = None
+    committed_estimated_usd: float | None = None
+    estimated: int = 0
 
     @property
     def unknown(self) -> int:
@@ -220,6 +254,8 @@ class Assessment:
     window_start: datetime
     spend: Decimal = Decimal(0)
     remaining: Decimal = Decimal(0)
+    estimated: Decimal = Decimal(0)  # of remaining: from input file estimates
+    by_estimate: int = 0  # batches whose remaining is their estimate's
     unknown_cost: int = 0  # batches whose cost is unknown: not counted, never as zero
     unknown_remaining: int = 0  # running batches whose projection is unknown
     members: list[Spending] = field(default_factory=list)  # counted one by one
@@ -272,6 +308,9 @@ class Assessment:
             state=self.state,
             action=self.budget.action,
             to_cancel=tuple(m.view.batch_id for m in self.chosen),
+            committed_projected_usd=usd(self.committed - self.estimated),
+            committed_estimated_usd=usd(self.estimated),
+            estimated=self.by_estimate,
         )
 
     def crossed(self) -> list[float]:
@@ -355,6 +394,9 @@ def _add(one: Assessment, item: Spending) -> None:
         one.unknown_remaining += 1
     else:
         one.remaining += remaining
+    if item.by_estimate and remaining is not None:
+        one.estimated += remaining
+        one.by_estimate += 1
 
 
 def choose(one: Assessment) -> list[Spending]:

@@ -39,6 +39,7 @@ class Kind(StrEnum):
     BUDGET_EXCEEDED = "budget_exceeded"
     DISCOVERY_INCOMPLETE = "discovery_incomplete"
     CANCEL_ASKED = "cancel_asked"  # an operator asked (API): the next tick plans it
+    ESTIMATE_FAILED = "estimate_failed"  # its input file could not be read: judged without
 
 
 # How loudly a kind is logged once it is committed (info unless listed here).
@@ -58,6 +59,7 @@ LEVELS: Mapping[Kind, str] = {
     Kind.BUDGET_THRESHOLD: "warning",
     Kind.BUDGET_EXCEEDED: "error",
     Kind.DISCOVERY_INCOMPLETE: "warning",
+    Kind.ESTIMATE_FAILED: "warning",
 }
 
 

@@ -5,7 +5,7 @@ it, turned into the row change, the events and the policies' verdict. Pure: it t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -14,6 +14,7 @@ from watchdog.core.budgets import Budget
 from watchdog.core.cadence import Cadence, slack
 from watchdog.core.config import SafetySettings
 from watchdog.core.errors import PermanentError, ProviderError
+from watchdog.core.estimates import EstimateSettings, Range, estimate_error, estimated_cost
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import (
     CANCELLING,
@@ -51,6 +52,8 @@ class Rules:
     safety: SafetySettings = field(default_factory=SafetySettings)
     discover: Mapping[str, Discovery] = field(default_factory=dict)  # by provider
     budgets: tuple[Budget, ...] = ()
+    estimate: EstimateSettings = field(default_factory=EstimateSettings)
+    estimated: frozenset[str] = frozenset()  # providers whose input files are read
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +121,35 @@ def observe(
         at=tracked.last_polled_at,
         progress_at=change.progress_at,
     )
-    facts = Facts(after.view, obs.cost, now, history)
+    estimate = estimated_cost(judging.rules.pricing, *_model_of(after), tracked.estimate)
+    obs.events = _with_estimate_error(obs.events, estimate, obs.cost)
+    facts = Facts(after.view, obs.cost, now, history, estimate)
     evaluation = evaluate(judging.rules.policies, facts, tracked.pending)
     change.pending = evaluation.pending or None
     obs.verdict = evaluation.verdict
     obs.events += _matched(tracked, after.view, evaluation.verdict, now, judging, change)
     change.unchanged_dropped(tracked)
     return obs
+
+
+def _model_of(tracked: Tracked) -> tuple[str, str | None]:
+    return tracked.view.provider, tracked.view.model
+
+
+def _with_estimate_error(
+    events: list[Event], estimate: Range | None, cost: Decimal | None
+) -> list[Event]:
+    """The batch just ended: how far its estimate was from its cost goes into the audit
+    event of its end."""
+    found = estimate_error(estimate, cost)
+    if found is None:
+        return events
+    return [
+        replace(e, detail={**(e.detail or {}), "estimate_error": found})
+        if e.kind == Kind.STATUS_CHANGED and e.to_status in TERMINAL
+        else e
+        for e in events
+    ]
 
 
 def failed(tracked: Tracked, error: ProviderError, now: datetime, judging: Judging) -> Observation:

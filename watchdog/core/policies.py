@@ -17,6 +17,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from watchdog.core.durations import Duration, format_duration
 from watchdog.core.models import ACTIVE, BatchView
+from watchdog.core.estimates import Range
 from watchdog.core.pricing import Money, check_glob, projected_cost
 from watchdog.core.schema import Strict
 
@@ -60,6 +61,12 @@ class When(Strict):
     failure_ratio_above: float | None = Ratio
     eta_after_expiry: Literal[True] | None = None
     stalled_for: Duration | None = None
+    estimated_cost_usd_above: Money | None = Field(
+        default=None, description="the input file's estimate, upper bound (input + max output)"
+    )
+    estimated_requests_above: int | None = Field(
+        default=None, ge=0, description="requests in the input file"
+    )
     min_requests: int = Field(default=10, ge=1, description="finished requests needed for ratios")
     failure_ratio_confidence: float | None = Field(
         default=None, gt=0.5, lt=1, description="judge the Wilson lower bound, not the raw ratio"
@@ -135,6 +142,7 @@ class Facts:
     cost: Decimal | None
     now: datetime
     history: History = History()
+    estimate: Range | None = None  # the input file's estimate at the batch prices
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +239,8 @@ CONDITIONS: dict[str, Condition] = {
     "failure_ratio_above": Condition(_failure_ratio, _above),
     "eta_after_expiry": Condition(_eta_overrun, lambda overrun, _: bool(overrun > 0)),
     "stalled_for": Condition(_stalled, _above),
+    "estimated_cost_usd_above": Condition(lambda w, f: f.estimate and f.estimate.high, _above),
+    "estimated_requests_above": Condition(lambda w, f: f.estimate and f.estimate.requests, _above),
 }
 
 
@@ -439,6 +449,8 @@ def _condition(
 def _unknown(name: str, facts: Facts) -> str:
     """Why a condition has no value yet."""
     view = facts.view
+    if name.startswith("estimated_"):
+        return "no estimate: input file not read yet or unreadable, or a model without a price"
     if name in ("cost_usd_above", "projected_cost_usd_above") and facts.cost is None:
         return "no usage yet, or no price for the model"
     if view.counts is None:

@@ -10,6 +10,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any, Final
 
+from watchdog.core.estimates import Estimate
 from watchdog.core.models import BatchObject, BatchView
 
 
@@ -54,6 +55,7 @@ class Tracked:
     cancel_stuck_at: datetime | None = None
     cancelling_at: datetime | None = None
     cancel_retries: int = 0
+    estimate: Estimate | None = None  # what its input file said (or why it could not)
 
     @property
     def key(self) -> tuple[str, str]:

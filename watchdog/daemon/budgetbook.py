@@ -55,7 +55,7 @@ class BudgetBook:
                 self._ended = max(self._ended, min(ended, now))
             self._looked = now
             exempt = rules.safety.exempt_metadata
-            running = [spending_of(t, exempt, now) for t in changed.running]
+            running = [spending_of(t, exempt, now, rules.pricing) for t in changed.running]
             self.last = assess(rules.budgets, running, now, ledger)
             return self.last
 

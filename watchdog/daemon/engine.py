@@ -23,6 +23,7 @@ from watchdog.core.rows import Tracked
 from watchdog.daemon.act import cancel_all
 from watchdog.daemon.asks import Asks
 from watchdog.daemon.budgeting import Budgeting, forced_verdict
+from watchdog.daemon.estimating import Estimator
 from watchdog.daemon.gate import Gate, Guard
 from watchdog.daemon.listing import Lister
 from watchdog.daemon.metrics import Metrics
@@ -74,6 +75,7 @@ class Engine:
         )
         self.guard = Guard(store, self.emitter, self.metrics, self.watch.skewed)
         self.asks = Asks(store, clock)
+        self.estimator = Estimator(self.emitter, clock)
         self.last_summary: TickSummary | None = None
         self.on_progress: Callable[[], None] | None = None
         self._next_rules: Rules | None = None
@@ -97,6 +99,7 @@ class Engine:
 
     async def close(self) -> None:
         """At shutdown: give back what this replica holds from tick to tick."""
+        await self.estimator.close()
         await self.budgeting.close()
 
     def replace_rules(self, rules: Rules) -> None:
@@ -111,6 +114,7 @@ class Engine:
             self.rules, self._next_rules = self._next_rules, None
         started, summary, cutoff = time.perf_counter(), TickSummary(), self.clock()
         self._retry_due = set()
+        self.estimator.begin(self.rules.estimate)
         self.store.check_file()
         await self.watch.clock_step(cutoff, self.cadence)
         gate = await self.guard.open(self.rules.safety, cutoff)
@@ -175,6 +179,7 @@ class Engine:
         self._retry_due |= {t.key for t in claimed if t.cancel_outcome == "failed"}
         # With the Date headers of these very answers.
         await self.watch.provider_clocks(self.clients, self.rules.safety.max_clock_skew)
+        claimed = await self.estimator.attach(claimed, results, self.clients, self.rules)
         # Judged as of when the answers arrived; the next regular poll counts from the
         # tick's start (a tick longer than the interval leaves its batches due at once).
         now = self.clock()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -98,6 +98,23 @@ class ProviderClient:
                 raise CancelRefused(str(exc), status=exc.status) from None
             raise
         return self._batch(body, batch_id)
+
+    @property
+    def reads_files(self) -> bool:
+        """Whether this API kind serves a batch's input file."""
+        return self.kind.files is not None
+
+    async def input_file(
+        self, file_id: str, *, limit: int, timeout: float
+    ) -> AsyncIterator[bytes]:
+        """``GET /files/{id}/content``: the input file's bytes as they arrive, at most
+        ``limit`` of them (past it: PermanentError). The id is checked as a batch id's is
+        before it goes into the URL."""
+        if self.kind.files is None:
+            raise PermanentError(f"{self.kind.name} has no files endpoint")
+        url = f"{self.base_url}/{self.kind.files}/{validate_batch_id(file_id)}/content"
+        async for chunk in self.http.stream(url, params=self.params, timeout=timeout, limit=limit):
+            yield chunk
 
     async def list(self, *, limit: int = 100, after: str | None = None) -> BatchPage:
         """One page of the batch list (newest first; the cursor is the last id, which a

@@ -69,6 +69,7 @@ class Dialect:
     deadline: bool = True  # expires_at is a hard deadline
     counts: str = "live"  # "live" | "progress" (a percentage) | "at_end" (move when it ends)
     refuses: int = 409  # the answer to a cancel of a finished batch
+    files: str | None = "files"  # input files at {files}/{id}/content; None: no such API
 
     def headers(
         self, key: str, auth: Auth | None = None, version: str | None = None
@@ -128,7 +129,7 @@ DIALECTS: Mapping[str, Dialect] = {
     ),
     "anthropic": Dialect(
         "anthropic", "messages/batches", "bearer", version=ANTHROPIC_VERSION, after="after_id",
-        usage=False, counts="at_end",
+        usage=False, counts="at_end", files=None,
     ),
 }  # fmt: skip
 
@@ -204,7 +205,16 @@ def _from_mistral(raw: Mapping[str, Any]) -> dict[str, Any]:
         "metadata": raw.get("metadata"),
         "request_counts": counts,
         "endpoint": raw.get("endpoint"),
+        "input_file_id": _one_file(raw.get("input_files")),
     }
+
+
+def _one_file(files: Any) -> str | None:
+    """Mistral's input files: one is the batch's input file; several are not read (an
+    estimate of one part would pass for the whole)."""
+    if isinstance(files, list) and len(files) == 1 and isinstance(files[0], str):
+        return files[0]
+    return None
 
 
 def outward(kind: Dialect, wire: Mapping[str, Any]) -> dict[str, Any]:

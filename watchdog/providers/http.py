@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -180,6 +180,43 @@ class HttpClient:
             else:
                 self._note(ok=True)
                 return body
+
+    async def stream(
+        self,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        limit: int,
+    ) -> AsyncIterator[bytes]:
+        """A large answer's body as it arrives (a file's content), never held whole: a
+        PermanentError once it passes ``limit`` bytes (declared or read). Not retried here:
+        the caller tries again later. ``timeout`` bounds the whole download."""
+        if self.breaker is not None and not self.breaker.allow():
+            raise TemporaryError(f"{self.name!r} unavailable: backing off", unsent=True)
+        if self._session is None:
+            raise RuntimeError(f"HTTP client {self.name!r} used outside 'async with'")
+        extra: dict[str, Any] = {"headers": {"Accept": "*/*"}}
+        if timeout is not None:
+            extra["timeout"] = aiohttp.ClientTimeout(total=timeout)
+        request = self._session.get(url, params=params, allow_redirects=False, **extra)
+        try:
+            async with request as resp:
+                if resp.status >= 300:
+                    self._judge(resp.status, resp.headers, await _read_capped(resp))
+                declared = resp.content_length
+                if declared is not None and declared > limit:
+                    raise PermanentError(f"file of {declared} bytes is over the {limit} byte limit")
+                size = 0
+                async for chunk in resp.content.iter_chunked(256 * 1024):
+                    size += len(chunk)
+                    if size > limit:
+                        raise PermanentError(f"file is over the {limit} byte limit")
+                    yield chunk
+        except TimeoutError:
+            raise TemporaryError(f"not read within {timeout or self.timeout:g}s") from None
+        except aiohttp.ClientError as exc:
+            raise TemporaryError(f"connection failed: {type(exc).__name__}") from None
 
     def _note(self, *, ok: bool) -> None:
         if self.breaker is not None:

@@ -10,7 +10,7 @@ import itertools
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
@@ -23,6 +23,8 @@ from watchdog.sim.chaos import BEFORE, Chaos
 
 Clock = Callable[[], float]
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+BROKEN = b'{"custom_id": "request-broken", "body": {"model": \n'
+WORDS = "Summarise the following support ticket in two sentences and name its product. "
 
 
 @dataclass(slots=True)
@@ -48,6 +50,12 @@ class SimBatch:
     cancel_latency: float = 0.0  # requests go on completing this long after a cancel
     usage_lag: float = 0.0  # the reported usage is this many seconds behind the spend
     with_usage: bool = True
+    # Its input file: "requests" (one JSONL line per request, generated as it is read,
+    # whatever its size), "malformed" (one line of them broken), "refused" (403),
+    # "missing" (404), "none" (it names no input file: the default, as the scenarios
+    # written before estimates expect).
+    input_file: str = "none"
+    max_tokens: int | None = 1024  # each request's output limit (None: none given)
     cancel_at: float | None = None
 
     @property
@@ -117,7 +125,7 @@ class SimBatch:
             "id": self.id,
             "object": "batch",
             "endpoint": self.endpoint,
-            "input_file_id": f"file-{self.id}",
+            "input_file_id": None if self.input_file == "none" else f"file-{self.id}",
             "completion_window": "24h",
             "status": status,
             "created_at": int(self.created_at),
@@ -131,6 +139,39 @@ class SimBatch:
             "model": self.model,
             "usage": self._usage(self.completed(t - self.usage_lag)) if self.with_usage else None,
         }
+
+    def input_lines(self) -> Iterator[bytes]:
+        """Its input file, a line at a time: ``total`` chat requests, each as long as
+        ``input_tokens`` at about 4 bytes a token, asking for ``max_tokens``."""
+        for n in range(self.total):
+            yield self._line(n)
+
+    def input_size(self) -> int:
+        """The input file's length, without writing it out (only the ids' digits vary)."""
+        fixed = len(self._request(0)) - 1
+        size, digits, low = self.total * fixed, 1, 0
+        while low < self.total:
+            high = min(10**digits, self.total)
+            size += (high - low) * digits
+            low, digits = high, digits + 1
+        if self.input_file == "malformed" and self.total:
+            size += len(BROKEN) - len(self._request(self.total // 2))
+        return size
+
+    def _line(self, n: int) -> bytes:
+        broken = self.input_file == "malformed" and n == self.total // 2
+        return BROKEN if broken else self._request(n)
+
+    def _request(self, n: int) -> bytes:
+        size = max(self.input_tokens - 9, 1) * 4  # less the chat framing of 2 messages
+        text = (WORDS * (size // len(WORDS) + 1))[:size]
+        body: dict[str, Any] = {"model": self.model or DEFAULT_MODEL, "messages": [
+            {"role": "system", "content": text[: size // 4]},
+            {"role": "user", "content": text[size // 4 :]}]}  # fmt: skip
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        line = {"custom_id": f"request-{n}", "method": "POST", "url": self.endpoint, "body": body}
+        return json.dumps(line, separators=(",", ":")).encode() + b"\n"
 
     def _usage(self, completed: int) -> dict[str, Any]:
         inp, out = completed * self.input_tokens, completed * self.output_tokens
@@ -205,6 +246,8 @@ class Simulator:
             app.router.add_get(root, self._list)
             app.router.add_get(root + "/{id}", self._get)
             app.router.add_post(root + "/{id}/cancel", self._cancel)
+            if self.kind.files is not None:
+                app.router.add_get(f"{base}/{self.kind.files}/{{id}}/content", self._file)
         app.router.add_get("/_sim/calls", self._calls)
         app.router.add_post("/_sim/faults", self._add_fault)
         return app
@@ -294,6 +337,29 @@ class Simulator:
         if batch.cancel_at is None:
             batch.cancel_at = now
         return web.json_response(self._served(batch, now))
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        """A batch's input file, generated as it is sent (hundreds of MB cost nothing to
+        keep); its length is declared, as the providers do."""
+        file_id = request.match_info["id"]
+        batch = self.batches.get(file_id.removeprefix("file-"))
+        self.calls[file_id]["file"] += 1
+        if batch is None or batch.input_file in ("missing", "none"):
+            return _error(404, f"No such File object: {file_id}", "invalid_request_error")
+        if batch.input_file == "refused":
+            return _error(403, "You do not have access to this file.", "invalid_request_error")
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = batch.input_size()
+        await response.prepare(request)
+        part: list[bytes] = []
+        for line in batch.input_lines():
+            part.append(line)
+            if len(part) >= 256:
+                await response.write(b"".join(part))
+                part = []
+        await response.write(b"".join(part))
+        await response.write_eof()
+        return response
 
     async def _list(self, request: web.Request) -> web.Response:
         paged = self.kind.paging == "page"

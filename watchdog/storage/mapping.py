@@ -20,6 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from watchdog.core.estimates import Estimate
 from watchdog.core.events import Event
 from watchdog.core.models import (
     BatchObject,
@@ -135,6 +136,7 @@ CLAIMED = tuple(
         "cancel_stuck_at",
         "cancelling_at",
         "cancel_retries",
+        "estimate",
     )
 )
 
@@ -172,8 +174,9 @@ def row_view(row: Mapping[Any, Any]) -> BatchView:
 # What a running batch is to a budget: its view, cost, cancel and silence.
 SPENDING = (
     *FINISHED,
-    *(batches.c[n] for n in ("cancel_outcome", "cancel_attempts", "exempt_until", "exempt_reason")),
-)
+    *(batches.c[n] for n in ("cancel_outcome", "cancel_attempts", "exempt_until", "exempt_reason",
+                             "estimate")),
+)  # fmt: skip
 
 
 def row_spending(row: Mapping[Any, Any]) -> Tracked:
@@ -192,6 +195,7 @@ def row_spending(row: Mapping[Any, Any]) -> Tracked:
         tracked_at=None,
         exempt_until=row["exempt_until"],
         exempt_reason=row["exempt_reason"],
+        estimate=Estimate.from_json(row["estimate"]),
     )
 
 
@@ -229,6 +233,7 @@ def row_tracked(row: Mapping[Any, Any]) -> Tracked:
         cancel_stuck_at=row["cancel_stuck_at"],
         cancelling_at=row["cancelling_at"],
         cancel_retries=row["cancel_retries"] or 0,
+        estimate=Estimate.from_json(row["estimate"]),
     )
 
 

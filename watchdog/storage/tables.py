@@ -169,6 +169,8 @@ batches = Table(
     Column("cancel_stuck_at", UTCDateTime),
     # When the daemon saw the batch end (migration 0008): what budgets take in since.
     Column("finished_at", UTCDateTime),
+    # What its input file said before it ran (migration 0009): made once, kept.
+    Column("estimate", JSON),
     PrimaryKeyConstraint("provider", "batch_id"),
     Index(
         "ix_batches_due", "next_poll_at", sqlite_where=NOT_FINISHED, postgresql_where=NOT_FINISHED

@@ -14,6 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from watchdog.core.estimates import Estimate
 from watchdog.core.events import Event, Kind
 from watchdog.core.rows import Tracked
 from watchdog.storage.database import dialect_insert
@@ -49,6 +50,22 @@ class Tracking:
                 return False
             detail = dict(said) if said else None
             await insert_events(conn, [Event(now, provider, batch_id, Kind.TRACKED, detail=detail)])
+        return True
+
+    async def set_estimate(
+        self, key: tuple[str, str], estimate: Estimate, events: Sequence[Event]
+    ) -> bool:
+        """Keep a batch's estimate and its events, unless one that needs no more reading
+        is there already (another replica's): False then, and nothing written."""
+        where = keyed([key])
+        async with self.engine.begin() as conn:
+            query = select(batches.c.estimate).where(where).with_for_update()
+            row = (await conn.execute(query)).first()
+            held = None if row is None else Estimate.from_json(row[0])
+            if row is None or (held is not None and held.settled):
+                return False
+            await conn.execute(update(batches).where(where).values(estimate=estimate.as_json()))
+            await insert_events(conn, list(events))
         return True
 
     async def untrack(
