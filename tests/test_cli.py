@@ -437,6 +437,9 @@ async def test_demo_runs_and_cancels(tmp_path: Path) -> None:
     assert "batch_flaky_extraction" in text and "failing" in text
     assert b"cancel_succeeded" in err
     assert "batch_exempt_vip" in text
+    # Cancelled while validating, on its input file's estimate: nothing spent.
+    assert "batch_oversized_translation" in text and "estimate-cap" in text
+    assert b'"estimated_cost_usd_above": 6.1875' in err
     # A batch nobody tracked, found by discovery; the research budget crossed.
     assert "batch_notebook_sweep" in text and b'"via": "discovery"' in err
     assert b'"event": "budget_exceeded"' in err and b'"event": "budget_threshold"' in err

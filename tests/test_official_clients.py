@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import LLAMA, Clock
+from watchdog.core.estimates import read_request
 from watchdog.sim.simulator import Simulator
 
 KEY = "sk-official-client-test"
@@ -51,6 +52,20 @@ def account(sim: Simulator) -> None:
     stopping.cancel_at = sim.clock() - 10
     stopped = sim.add("batch_cancelled", age=50, total=10**6, rate=1, cancel_delay=1)
     stopped.cancel_at = sim.clock() - 10
+    sim.add("batch_small", validating_for=3600, model=LLAMA, total=3, input_file="requests")
+
+
+async def input_file(answer: Any) -> None:
+    """What an SDK downloaded as the small batch's input file (its own answer type:
+    bytes at ``content``, or a body to read): the requests the estimate reads."""
+    if hasattr(answer, "aread"):  # a streamed response (Mistral's)
+        content = await answer.aread()
+    elif isinstance(getattr(answer, "content", None), bytes):
+        content = answer.content
+    else:
+        content = await answer.read()
+    lines = content.splitlines()
+    assert len(lines) == 3 and all(read_request(line) for line in lines)
 
 
 async def serve(kind: str, clock: Clock, aiohttp_server: Any) -> Served:
@@ -138,6 +153,7 @@ async def exercise_openai(client: Any, served: Served, model: Any) -> None:
     with pytest.raises(Exception) as refused:
         await client.batches.cancel("batch_completed")
     assert getattr(refused.value, "status_code", None) == 409
+    await input_file(await client.files.content("file-batch_small"))
     check(served, model, skip=("/cancel",))
 
 
@@ -150,6 +166,7 @@ async def groq_run(served: Served) -> None:
         assert len(listed.data) == len(served.simulator.batches)
         assert (await client.batches.retrieve("batch_005")).status == "in_progress"
         assert (await client.batches.cancel("batch_006")).status == "cancelling"
+        await input_file(await client.files.content("file-batch_small"))
     for path, body in served.bodies:
         if path.endswith("/batches"):
             BatchListResponse.model_validate(body)
@@ -172,6 +189,9 @@ async def mistral_run(served: Served) -> None:
         assert len(listed) == len(served.simulator.batches) == len(set(listed))
         assert (await client.batch.jobs.get_async(job_id="batch_005")).status == "RUNNING"
         cancelled = await client.batch.jobs.cancel_async(job_id="batch_006")
+        small = await client.batch.jobs.get_async(job_id="batch_small")
+        assert small.input_files == ["file-batch_small"]
+        await input_file(await client.files.download_async(file_id=small.input_files[0]))
     assert cancelled.status == "CANCELLATION_REQUESTED"
     for path, body in served.bodies:
         if path.endswith("/jobs"):
@@ -190,6 +210,7 @@ async def together_run(served: Served) -> None:
         await client.batches.cancel("batch_006")
         with pytest.raises(Exception) as refused:
             await client.batches.cancel("batch_completed")
+        await input_file(await client.files.content("file-batch_small"))
     assert getattr(refused.value, "status_code", None) == 400
     check(served, BatchJob, skip=("/cancel",))
 

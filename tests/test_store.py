@@ -36,7 +36,7 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
 
 LEASE = timedelta(minutes=5)
-HEAD = "0008"
+HEAD = "0009"
 
 
 async def test_upgrade_downgrade_upgrade(db_url: str) -> None:

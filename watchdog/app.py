@@ -365,7 +365,8 @@ async def replay_lines(
         async for tracked, samples in store.journal.history(since):
             view, key = tracked.view, tracked.key
             timeline = [Sample(row["at"], view_at(view, row)) for row in samples]
-            steps = judge(fresh(view), timeline, judging, every=settings.poll_interval, until=now)
+            start = fresh(view, tracked.estimate)
+            steps = judge(start, timeline, judging, every=settings.poll_interval, until=now)
             done = recorded(timeline, cancels.get(key), rules.pricing, view.provider)
             yield compare(view, done, steps)
 
@@ -384,7 +385,7 @@ async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str
 
 async def report(settings: Settings, since: datetime, by: str) -> Report:
     """Spend, batches, cancels and savings per day and group (read-only)."""
-    built = Report(by, since)
+    built = Report(by, since, tuple(settings.pricing))
     async with open_store(settings) as store:
         async for row in store.reads.report_rows(since):
             built.add(row)

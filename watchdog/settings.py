@@ -38,8 +38,11 @@ from pydantic_settings.sources.utils import parse_env_vars
 from watchdog.core.budgets import Budget
 from watchdog.core.cadence import Cadence
 from watchdog.core.config import (
+    NAME_PATTERN,
+    ApiToken,
     NotifySettings,
     RetentionSettings,
+    Role,
     SafetySettings,
     Timeout,
 )
@@ -59,7 +62,6 @@ from watchdog.providers.dialects import (
 )
 
 DEFAULT_CONFIG = Path("config/watchdog.yaml")
-NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 ENV_PREFIX = "WATCHDOG_"
 # WATCHDOG_* variables that are not settings: the config path, and what systemd sets
 # for its watchdog (WatchdogSec=).
@@ -103,7 +105,6 @@ class ProviderSettings(Strict):
         description="track the account's batches from its list by itself (true, or "
         "match/created_within); off by default",
     )
-
     estimate: bool | None = Field(
         default=None,
         description="read each batch's input file to estimate its cost before it runs "
@@ -124,17 +125,13 @@ class ProviderSettings(Strict):
         return None if value is False else value
 
     @model_validator(mode="after")
-    def _tls_unless_loopback(self) -> ProviderSettings:
+    def _tls_and_files(self) -> ProviderSettings:
         url = urlsplit(self.base_url)
         if url.scheme == "http" and not self.allow_insecure_http and not _loopback(url.hostname):
             raise ValueError(
                 "base_url: http:// would send the key in clear; use https://, a loopback "
                 "host, or set allow_insecure_http: true"
             )
-        return self
-
-    @model_validator(mode="after")
-    def _files_to_read(self) -> ProviderSettings:
         if self.estimate and DIALECTS[self.api].files is None:
             raise ValueError(f"estimate: the {self.api} API serves no input files to read")
         return self
@@ -151,14 +148,7 @@ class ProviderSettings(Strict):
 
     def cannot_judge(self) -> dict[str, str]:
         """The policy conditions this provider's API kind can never satisfy, and why."""
-        cannot = DIALECTS[self.api].cannot()
-        if not self.estimates:
-            why = (
-                "estimate: false" if self.estimate is False
-                else f"the {self.api} API serves no input files to estimate from"
-            )
-            cannot |= {"estimated_cost_usd_above": why, "estimated_requests_above": why}
-        return cannot
+        return DIALECTS[self.api].cannot(estimates=self.estimate is not False)
 
 
 def read_secret(
@@ -182,25 +172,6 @@ def read_secret(
             raise ConfigError(f"{where}: {file_key} {path} is empty")
         return SecretStr(value)
     return None
-
-
-Role = Literal["viewer", "operator"]
-
-
-class ApiToken(Strict):
-    """A named token for the API and the page, and what it may do: ``viewer`` reads,
-    ``operator`` reads and writes. Its value lives in ``env`` or ``file``."""
-
-    name: str = Field(pattern=NAME_PATTERN, description="said in the audit log as the actor")
-    role: Role
-    env: str | None = Field(default=None, description="environment variable with the token")
-    file: Path | None = Field(default=None, description="or a file holding it")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ApiToken:
-        if (self.env is None) == (self.file is None):
-            raise ValueError("give exactly one of env and file")
-        return self
 
 
 class HttpSettings(Strict):

@@ -241,7 +241,7 @@ def _spend_report(settings: Settings, args: argparse.Namespace) -> int:
 def write_csv(found: Report) -> None:
     import csv
 
-    fields = ["day", "group", "batches", "spend_usd", "unknown_cost", "cancels", "saved_usd"]
+    fields = list(found.totals().as_dict())  # every column of --json, in its order
     out = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
     out.writeheader()
     out.writerows([line.as_dict() for line in [*found.rows(), found.totals()]])

@@ -15,10 +15,10 @@ from pydantic import Field, field_validator, model_validator
 
 from watchdog.core.decisions import FINAL, MAX_CANCEL_ATTEMPTS, exempt_from
 from watchdog.core.durations import parse_duration
+from watchdog.core.estimates import Range, estimated_cost
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import ACTIVE, BatchView
 from watchdog.core.policies import Match, Verdict
-from watchdog.core.estimates import Range, estimated_cost
 from watchdog.core.pricing import MAX_USD, Price, projected_cost, usd
 from watchdog.core.rows import Tracked
 from watchdog.core.schema import Strict
@@ -184,9 +184,10 @@ def spending_of(
     now: datetime,
     prices: Sequence[Price] = (),
 ) -> Spending:
-    """A tracked batch as a budget sees it (its estimate at ``prices``). Only a cancel that took stops its spending:
-    one that failed is still running (and is sent again once its backoff is over), one
-    refused or abandoned keeps counting and the budget chooses another batch."""
+    """A tracked batch as a budget sees it (its estimate at ``prices``). Only a cancel
+    that took stops its spending: one that failed is still running (and is sent again
+    once its backoff is over), one refused or abandoned keeps counting and the budget
+    chooses another batch."""
     exempt = exempt_from(tracked, exempt_metadata, now)
     outcome = tracked.cancel_outcome
     return Spending(

@@ -125,3 +125,23 @@ class RetentionSettings(Strict):
     every: Timeout = Field(default=timedelta(minutes=10), description="how often to prune")
     batch: int = Field(default=1000, ge=1, le=100_000, description="rows per delete")
     max_batches: int = Field(default=50, ge=1, description="deletes per run, at most")
+
+
+NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"  # a provider's or a token's name
+Role = Literal["viewer", "operator"]
+
+
+class ApiToken(Strict):
+    """A named token for the API and the page, and what it may do: ``viewer`` reads,
+    ``operator`` reads and writes. Its value lives in ``env`` or ``file``."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="said in the audit log as the actor")
+    role: Role
+    env: str | None = Field(default=None, description="environment variable with the token")
+    file: Path | None = Field(default=None, description="or a file holding it")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ApiToken:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env and file")
+        return self

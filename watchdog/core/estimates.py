@@ -346,3 +346,30 @@ def estimate_error(estimate: Range | None, cost: Decimal | None) -> dict[str, An
         "within_range": within,
         "cost_to_high": ratio,
     }
+
+
+def summary(
+    estimate: Estimate | None, found: Range | None, cost: Decimal | None, ended: bool
+) -> dict[str, Any] | None:
+    """An estimate as ``explain``, the page and the API show it (JSON): its figures and
+    cost range, why it failed, or once the batch ended, how far it was from its cost."""
+    if estimate is None:
+        return None
+    said: dict[str, Any] = {"made_at": estimate.made_at.isoformat(), "method": estimate.method}
+    if estimate.failed:
+        return said | {"error": estimate.error, "temporary": estimate.temporary,
+                       "attempts": estimate.attempts}  # fmt: skip
+    shares = estimate.models.values()
+    said |= {
+        "requests": estimate.requests,
+        "malformed": estimate.malformed,
+        "bytes": estimate.bytes,
+        "input_tokens": sum(s.input_tokens for s in shares),
+        "output_tokens_bound": sum(s.output_tokens for s in shares),
+        "output_defaulted": sum(s.defaulted for s in shares),
+        "low_usd": None if found is None else float(round(found.low, 6)),
+        "high_usd": None if found is None else float(round(found.high, 6)),
+    }
+    if ended:
+        said["estimate_error"] = estimate_error(found, cost)
+    return said

@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from watchdog.core.durations import Duration, format_duration
-from watchdog.core.models import ACTIVE, BatchView
 from watchdog.core.estimates import Range
+from watchdog.core.models import ACTIVE, BatchView
 from watchdog.core.pricing import Money, check_glob, projected_cost
 from watchdog.core.schema import Strict
 

@@ -11,7 +11,7 @@ from enum import Enum
 from typing import Any, Final
 
 from watchdog.core.estimates import Estimate
-from watchdog.core.models import BatchObject, BatchView
+from watchdog.core.models import TERMINAL, BatchObject, BatchView
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +29,12 @@ class Spent:
     cancel_outcome: str | None
     cancel_projected_usd: Decimal | None
     labels: dict[str, str] | None = None
+    status: str | None = None
+    estimate: Estimate | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
 
 
 @dataclass(slots=True)

@@ -151,9 +151,8 @@ class Engine:
     async def _fetched(
         self, cutoff: datetime, summary: TickSummary
     ) -> AsyncGenerator[tuple[list[Tracked], list[Result]], None]:
-        """Claim and refresh, a chunk at a time: first the batches the list pages show
-        (providers with many due, or due a discovery pass), then every other due batch,
-        one GET each."""
+        """Claim and refresh a chunk at a time: first what the list pages show (providers
+        with many due, or due a discovery pass), then every other due batch, one GET each."""
         elsewhere: set[str] = set()  # providers whose list another replica is paging
         claim = partial(self._claim, cutoff, summary)
         async for claimed, listed in self.lister.passes(
@@ -206,8 +205,7 @@ class Engine:
         return gate
 
     async def _budgets(self, gate: Gate, summary: TickSummary, cutoff: datetime) -> None:
-        """The batches the budgets chose, cancelled through the same decisions as a
-        policy's cancels (dry run, exemptions, the limits, once only)."""
+        """The budgets' choice, cancelled as a policy's (dry run, exemptions, limits, once)."""
         verdicts = await self.budgeting.assess(self.rules, self._retry_due)
         await self._force(verdicts, gate, summary, cutoff)
 
@@ -226,10 +224,9 @@ class Engine:
         summary: TickSummary,
         cutoff: datetime,
     ) -> tuple[Gate, set[tuple[str, str]]]:
-        """Claim these batches whenever they are due (one another replica holds is left
-        to a later tick), look at them afresh, and judge them with these verdicts where
-        no policy wants a cancel already: what the rest of the tick may still cancel,
-        and the batches claimed."""
+        """Claim these batches whenever due (another replica's wait), look at them afresh,
+        judge them with these verdicts where no policy wants a cancel already: what the
+        rest of the tick may still cancel, and the batches claimed."""
         if not verdicts:
             return gate, set()
         now, keys = self.clock(), list(verdicts)
@@ -277,9 +274,8 @@ class Engine:
         return obs
 
     async def _act(self, sending: list[Observation], summary: TickSummary) -> None:
-        """Send the cancels and settle them. Fenced: a replica whose lease ran out during
-        a long request writes nothing; the next holder settles the cancel from the
-        provider's state."""
+        """Send the cancels and settle them. Fenced: a replica whose lease ran out in a
+        long request writes nothing; the next holder settles it from the provider's."""
         judging = Judging(self.rules, self.cadence)
         settled = await cancel_all(self.refresher, sending, self.lease, judging, self.clock)
         written = await self.emitter.write(

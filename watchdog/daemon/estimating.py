@@ -24,6 +24,7 @@ from watchdog.providers.client import ProviderClient
 
 log = structlog.get_logger("watchdog.estimate")
 Key = tuple[str, str]
+QUEUED = 4  # reads started ahead of the free slots, per slot
 
 
 def wants_estimate(tracked: Tracked, answer: object, rules: Rules) -> str | None:
@@ -47,7 +48,12 @@ class Estimator:
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.emitter, self.store, self.clock, self.monotonic = emitter, emitter.store, clock, monotonic
+        self.emitter, self.store, self.clock, self.monotonic = (
+            emitter,
+            emitter.store,
+            clock,
+            monotonic,
+        )
         self._reading: dict[Key, asyncio.Task[Estimate | None]] = {}
         self._slots: tuple[int, asyncio.Semaphore] | None = None
         self._until = 0.0  # the tick waits for estimates until then (monotonic)
@@ -67,16 +73,30 @@ class Estimator:
     ) -> list[Tracked]:
         """The claimed batches, each with its estimate where one is known by now: those
         wanting one start reading, and the tick waits for them while its share lasts."""
-        waiting = []
+        wanted = []
         for tracked, answer in zip(claimed, answers, strict=True):
             file_id = wants_estimate(tracked, answer, rules)
             client = clients.get(tracked.view.provider)
-            if file_id is None or client is None:
-                continue
+            if file_id is not None and client is not None:
+                wanted.append((tracked, file_id, client, getattr(answer, "status", None)))
+        # The validating first: their cancel is free. Past the queue's room, a batch is
+        # started at a later poll (a backlog of thousands never piles up tasks).
+        wanted.sort(key=lambda w: w[3] != "validating")
+        room = rules.estimate.concurrency * QUEUED - sum(
+            not t.done() for t in self._reading.values()
+        )
+        waiting, deferred = [], 0
+        for tracked, file_id, client, _ in wanted:
             task = self._reading.get(tracked.key)
+            if task is None and room <= 0:
+                deferred += 1
+                continue
             if task is None:
+                room -= 1
                 task = self._start(tracked, file_id, client, rules.estimate)
             waiting.append(task)
+        if deferred:
+            log.debug("estimates_deferred", batches=deferred)
         left = self._until - self.monotonic()
         if waiting and left > 0:
             await asyncio.wait(waiting, timeout=left)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -106,7 +106,7 @@ class ProviderClient:
 
     async def input_file(
         self, file_id: str, *, limit: int, timeout: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """``GET /files/{id}/content``: the input file's bytes as they arrive, at most
         ``limit`` of them (past it: PermanentError). The id is checked as a batch id's is
         before it goes into the URL."""

@@ -94,9 +94,13 @@ class Dialect:
         chosen = version or self.version or AZURE_API_VERSION
         return {} if chosen == AZURE_V1 else {"api-version": chosen}
 
-    def cannot(self) -> dict[str, str]:
-        """Policy conditions that never hold on this kind, and why."""
+    def cannot(self, *, estimates: bool = True) -> dict[str, str]:
+        """Policy conditions that never hold on this kind (its input files not read when
+        ``estimates`` is off), and why."""
         out: dict[str, str] = {}
+        if self.files is None or not estimates:
+            why = "estimate: false" if self.files else f"{self.name} serves no input files"
+            out |= {"estimated_cost_usd_above": why, "estimated_requests_above": why}
         if not self.usage:
             why = f"no usage on a {self.name} batch: cost is unknown"
             out |= {"cost_usd_above": why, "projected_cost_usd_above": why}
@@ -238,7 +242,7 @@ def _to_mistral(wire: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "id": wire["id"],
         "object": "batch",
-        "input_files": [wire.get("input_file_id") or f"file-{wire['id']}"],
+        "input_files": [wire["input_file_id"]] if wire.get("input_file_id") else [],
         "status": TO_MISTRAL.get(wire["status"], wire["status"]),
         "model": wire.get("model"),
         "agent_id": None,
@@ -297,6 +301,7 @@ def _from_together(raw: Mapping[str, Any]) -> dict[str, Any]:
         "model": raw.get("model_id"),
         "endpoint": raw.get("endpoint"),
         "request_counts": counts,
+        "input_file_id": raw.get("input_file_id"),
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -188,7 +188,7 @@ class HttpClient:
         params: Mapping[str, str] | None = None,
         timeout: float | None = None,
         limit: int,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """A large answer's body as it arrives (a file's content), never held whole: a
         PermanentError once it passes ``limit`` bytes (declared or read). Not retried here:
         the caller tries again later. ``timeout`` bounds the whole download."""

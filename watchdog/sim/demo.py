@@ -33,10 +33,17 @@ DEMO_BATCHES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("batch_research_eval", {"model": LLAMA, "metadata": {"team": "research"},
                              "total": 200_000, "rate": 3000, "input_tokens": 2000,
                              "output_tokens": 1000}),
-    # Healthy and cheap: runs to completion, never touched.
+    # Healthy and cheap: runs to completion, never touched; its input file's estimate
+    # ($0.18 to $1.10) and how far it was are in the audit event of its end.
     ("batch_nightly_summaries", {"model": "gpt-4o-mini-2024-07-18", "total": 3000,
                                  "rate": 150, "input_tokens": 800, "cached_tokens": 400,
-                                 "output_tokens": 200}),
+                                 "output_tokens": 200, "input_file": "requests"}),
+    # Still validating, and its input file asks for up to $6.19 (5,000 requests of 500
+    # tokens, each allowed 4,000 output tokens): cancelled by estimate-cap before it
+    # spent a cent.
+    ("batch_oversized_translation", {"model": "gpt-4o-mini-2024-07-18", "total": 5000,
+                                     "validating_for": 3600, "input_tokens": 500,
+                                     "max_tokens": 4000, "input_file": "requests"}),
     # 35 % of requests fail: cancelled by the failure-ratio policy.
     ("batch_flaky_extraction", {"model": LLAMA, "total": 5000, "rate": 40,
                                 "failure_rate": 0.35}),

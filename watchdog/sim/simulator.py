@@ -23,6 +23,7 @@ from watchdog.sim.chaos import BEFORE, Chaos
 
 Clock = Callable[[], float]
 DEFAULT_MODEL = "meta-llama/Meta-Llama-3.1-8B-Instruct"
+MAX_PROMPT = 1_000_000  # tokens: a test's huge usage must not make a huge line
 BROKEN = b'{"custom_id": "request-broken", "body": {"model": \n'
 WORDS = "Summarise the following support ticket in two sentences and name its product. "
 
@@ -125,7 +126,8 @@ class SimBatch:
             "id": self.id,
             "object": "batch",
             "endpoint": self.endpoint,
-            "input_file_id": None if self.input_file == "none" else f"file-{self.id}",
+            # "" where it names none: the SDKs' models want a string there.
+            "input_file_id": "" if self.input_file == "none" else f"file-{self.id}",
             "completion_window": "24h",
             "status": status,
             "created_at": int(self.created_at),
@@ -163,7 +165,8 @@ class SimBatch:
         return BROKEN if broken else self._request(n)
 
     def _request(self, n: int) -> bytes:
-        size = max(self.input_tokens - 9, 1) * 4  # less the chat framing of 2 messages
+        # Less the chat framing of 2 messages; no prompt is longer than a context window.
+        size = min(max(self.input_tokens - 9, 1), MAX_PROMPT) * 4
         text = (WORDS * (size // len(WORDS) + 1))[:size]
         body: dict[str, Any] = {"model": self.model or DEFAULT_MODEL, "messages": [
             {"role": "system", "content": text[: size // 4]},
@@ -352,13 +355,16 @@ class Simulator:
         response.content_length = batch.input_size()
         await response.prepare(request)
         part: list[bytes] = []
-        for line in batch.input_lines():
-            part.append(line)
-            if len(part) >= 256:
-                await response.write(b"".join(part))
-                part = []
-        await response.write(b"".join(part))
-        await response.write_eof()
+        try:
+            for line in batch.input_lines():
+                part.append(line)
+                if len(part) >= 256:
+                    await response.write(b"".join(part))
+                    part = []
+            await response.write(b"".join(part))
+            await response.write_eof()
+        except ConnectionError:  # the reader stopped (too large, or it had it all)
+            pass
         return response
 
     async def _list(self, request: web.Request) -> web.Response:

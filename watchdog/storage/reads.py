@@ -19,6 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from watchdog.core.estimates import Estimate
 from watchdog.core.events import Kind
 from watchdog.core.models import (
     BatchView,
@@ -65,6 +66,7 @@ class Reads:
         async with self.engine.connect() as conn:
             async for row in await conn.stream(query.execution_options(yield_per=STREAM_ROWS)):
                 values = row._asdict()
+                values["estimate"] = Estimate.from_json(values["estimate"])
                 yield Spent(**values | {"metadata": metadata_text(values["metadata"])})
 
     async def some_batches(self, limit: int, since: datetime) -> list[Listed]:

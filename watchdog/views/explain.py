@@ -12,6 +12,7 @@ from typing import Any
 from watchdog.core.budgets import Assessment, Figures
 from watchdog.core.decisions import candidate_of, exempt_from, hold_reason
 from watchdog.core.durations import iso
+from watchdog.core.estimates import estimated_cost, summary
 from watchdog.core.models import TERMINAL, Counts
 from watchdog.core.policies import (
     ConditionRow,
@@ -25,6 +26,7 @@ from watchdog.core.policies import (
 from watchdog.core.pricing import dollars, projected_cost, usd
 from watchdog.core.rows import Tracked
 from watchdog.settings import Settings
+from watchdog.views.text import estimate_text
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class Explanation:
     cancel_policy: str | None
     cancel_outcome: str | None
     next_tick: str
+    estimate: dict[str, Any] | None = None  # what its input file said (core.estimates.summary)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,7 @@ class Explanation:
             "request_counts": None if self.counts is None else self.counts.as_dict(),
             "cost_usd": self.cost_usd,
             "projected_cost_usd": self.projected_cost_usd,
+            "estimate": self.estimate,
             "last_polled_at": iso(self.last_polled_at),
             "next_poll_at": iso(self.next_poll_at),
             "policies": [row.as_dict() for row in self.policies],
@@ -95,7 +99,8 @@ def explained(
         at=tracked.last_polled_at,
         progress_at=tracked.progress_at,
     )
-    facts = Facts(view, tracked.cost_usd, now, history)
+    found = estimated_cost(settings.pricing, view.provider, view.model, tracked.estimate)
+    facts = Facts(view, tracked.cost_usd, now, history, found)
     exempt_metadata = settings.safety.exempt_metadata
     budgets = tuple(_budget(one, tracked) for one in groups)
     verdict = evaluate(settings.policies, facts, tracked.pending).verdict
@@ -118,6 +123,7 @@ def explained(
         cancel_policy=tracked.cancel_policy,
         cancel_outcome=tracked.cancel_outcome,
         next_tick=_next(tracked, verdict, chosen, switches, exempt_metadata, now),
+        estimate=summary(tracked.estimate, found, tracked.cost_usd, view.status in TERMINAL),
     )
 
 
@@ -163,6 +169,7 @@ def explanation_text(e: Explanation) -> str:
         f"{e.batch_id} ({e.provider}): {e.status or 'not polled'}, "
         f"{done}, cost {cost}, projected {dollars(e.projected_cost_usd)}",
         f"polled {iso(e.last_polled_at) or 'never'}; next poll {iso(e.next_poll_at) or '-'}",
+        f"estimate: {estimate_text(e.estimate)}",
         "policies (the first that holds acts):",
     ]
     for row in e.policies:

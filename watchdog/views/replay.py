@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from watchdog.core.decisions import Candidate, exemption, hold_reason
+from watchdog.core.estimates import Estimate, estimated_cost
 from watchdog.core.models import (
     TERMINAL,
     BatchObject,
@@ -68,11 +69,12 @@ class State:
     polled_at: datetime | None = None
     progress_at: datetime | None = None
     pending: Mapping[str, datetime] = field(default_factory=dict)
+    estimate: Estimate | None = None  # its input file's, known from its made_at on
 
 
-def fresh(view: BatchView) -> State:
+def fresh(view: BatchView, estimate: Estimate | None = None) -> State:
     """A batch as the daemon holds it before its first poll."""
-    return State(replace(view, status=None, counts=None, tokens=None))
+    return State(replace(view, status=None, counts=None, tokens=None), estimate=estimate)
 
 
 def judge(
@@ -120,7 +122,9 @@ def poll(state: State, sample: Sample, at: datetime, judging: Judging) -> tuple[
     moved = moved_at(state.view.counts, view.counts, state.progress_at, at)
     before = state.view.counts
     history = History(None if before is None else before.finished, state.polled_at, moved)
-    evaluation = evaluate(rules.policies, Facts(view, cost, at, history), state.pending)
+    known = state.estimate if state.estimate and state.estimate.made_at <= at else None
+    estimate = estimated_cost(rules.pricing, view.provider, view.model, known)
+    evaluation = evaluate(rules.policies, Facts(view, cost, at, history, estimate), state.pending)
     verdict, held = evaluation.verdict, None
     if verdict is not None and verdict.action == "cancel":
         exempt = exemption(view.metadata, rules.safety.exempt_metadata, None, None, at)
@@ -129,7 +133,7 @@ def poll(state: State, sample: Sample, at: datetime, judging: Judging) -> tuple[
         held = hold_reason(candidate)
     cancel = verdict is not None and verdict.action == "cancel" and held is None
     step = Step(at, view.status, verdict, cancel, held, cost, projected_cost(cost, view.counts, 1))
-    return step, State(view, at, moved, evaluation.pending)
+    return step, State(view, at, moved, evaluation.pending, state.estimate)
 
 
 def _steady(state: State, at: datetime, judging: Judging) -> datetime | None:

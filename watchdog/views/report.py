@@ -9,7 +9,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from watchdog.core.pricing import usd
+from watchdog.core.estimates import Range, estimated_cost
+from watchdog.core.pricing import Price, usd
 from watchdog.core.rows import Spent
 
 GROUPS = ("provider", "model", "policy", "metadata.KEY", "labels.KEY")
@@ -37,9 +38,20 @@ class Line:
     unknown_cost: int = 0
     cancels: int = 0
     saved: Decimal = Decimal(0)
+    estimated: int = 0  # batches with an estimate at known prices
+    estimated_high: Decimal = Decimal(0)  # their estimates' upper bounds
+    # Of those that ended with a known cost: their cost, and their estimates' bounds.
+    ended_cost: Decimal = Decimal(0)
+    ended_high: Decimal = Decimal(0)
 
-    def add(self, row: Spent) -> None:
+    def add(self, row: Spent, estimate: Range | None = None) -> None:
         self.batches += 1
+        if estimate is not None:
+            self.estimated += 1
+            self.estimated_high += estimate.high
+            if row.finished and row.cost_usd is not None:
+                self.ended_cost += row.cost_usd
+                self.ended_high += estimate.high
         if row.cost_usd is None:
             self.unknown_cost += 1
         else:
@@ -57,6 +69,10 @@ class Line:
         self.unknown_cost += other.unknown_cost
         self.cancels += other.cancels
         self.saved += other.saved
+        self.estimated += other.estimated
+        self.estimated_high += other.estimated_high
+        self.ended_cost += other.ended_cost
+        self.ended_high += other.ended_high
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +83,18 @@ class Line:
             "unknown_cost": self.unknown_cost,
             "cancels": self.cancels,
             "saved_usd": usd(self.saved),
+            "estimated": self.estimated,
+            "estimated_usd": usd(self.estimated_high),
+            "cost_to_estimate": self.cost_to_estimate,
         }
+
+    @property
+    def cost_to_estimate(self) -> float | None:
+        """What the ended batches with an estimate cost, over their estimates' upper
+        bounds (1.0: they wrote every output token they were allowed)."""
+        if not self.ended_high:
+            return None
+        return float(round(self.ended_cost / self.ended_high, 4))
 
 
 @dataclass
@@ -77,12 +104,14 @@ class Report:
 
     by: str
     since: datetime
+    prices: tuple[Price, ...] = ()  # what the estimates are costed at
     lines: dict[tuple[str, str], Line] = field(default_factory=dict)
 
     def add(self, row: Spent) -> None:
         day = row.created_at.date().isoformat() if row.created_at is not None else "unknown"
         key = (day, group_of(row, self.by))
-        self.lines.setdefault(key, Line(*key)).add(row)
+        estimate = estimated_cost(self.prices, row.provider, row.model, row.estimate)
+        self.lines.setdefault(key, Line(*key)).add(row, estimate)
 
     def rows(self) -> list[Line]:
         return [self.lines[k] for k in sorted(self.lines)]

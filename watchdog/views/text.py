@@ -204,7 +204,21 @@ def _providers(settings: Settings) -> list[str]:
         lines += [f"    {line}" for line in _cannot_judge(name, settings)]
         if p.discover is not None:
             lines.append(f"    discovers: {_discovery(p.discover)}")
+        lines.append(f"    estimates: {_estimates(settings) if p.estimates else 'off'}")
     return lines
+
+
+def _estimates(settings: Settings) -> str:
+    """How input files are read, in words."""
+    from watchdog.core.estimates import BYTES_PER_TOKEN, DEFAULT_OUTPUT
+
+    e = settings.estimate
+    counted = [(m.model, m.bytes_per_token, m.max_output_tokens) for m in e.models]
+    counted.append(("other models" if counted else "every model", BYTES_PER_TOKEN, DEFAULT_OUTPUT))
+    rows = "".join(f"; {name}: {per:g} bytes a token, {out} output tokens unless a request "
+                   "says" for name, per, out in counted)  # fmt: skip
+    size = e.max_file_bytes.human_readable(decimal=True)
+    return f"from input files up to {size}, {e.concurrency} at once{rows}"
 
 
 def _tokens(settings: Settings) -> str:
@@ -226,9 +240,13 @@ def report_table(found: Report) -> str:
     def cells(r: Line) -> list[str]:
         unknown = f" (+{r.unknown_cost} unknown)" if r.unknown_cost else ""
         spend, saved = f"${usd(r.spend) or 0:,.4f}{unknown}", f"${usd(r.saved) or 0:,.4f}"
-        return [r.day, printable(r.group), str(r.batches), spend, str(r.cancels), saved]
+        estimated = f"${usd(r.estimated_high) or 0:,.4f} ({r.estimated})" if r.estimated else "-"
+        ratio = "-" if r.cost_to_estimate is None else f"{r.cost_to_estimate:.0%}"
+        return [r.day, printable(r.group), str(r.batches), spend, str(r.cancels), saved,
+                estimated, ratio]  # fmt: skip
 
-    header = ["DAY", found.by.upper(), "BATCHES", "SPEND", "CANCELS", "SAVED"]
+    header = ["DAY", found.by.upper(), "BATCHES", "SPEND", "CANCELS", "SAVED", "ESTIMATED",
+              "COST/EST"]  # fmt: skip
     rows = [cells(r) for r in found.rows()]
     return table([*rows, cells(found.totals())], header) if rows else "no batches in the window"
 
@@ -255,3 +273,28 @@ def replay_table(report: dict[str, Any]) -> str:
         f"at risk {money(t['at_risk_usd'])}"
     )
     return "\n".join([body, summary, *(f"note: {n}" for n in report["limits"])])
+
+
+def estimate_text(said: dict[str, Any] | None) -> str:
+    """One line for an estimate (``summary``'s JSON): what the input file says."""
+    from watchdog.core.pricing import dollars
+
+    if said is None:
+        return "no estimate (no input file read)"
+    if "error" in said:
+        again = (
+            "; tried again at the next poll" if said["temporary"] and said["attempts"] < 3 else ""
+        )
+        return f"not made: {said['error']}{again}"
+    low, high = said["low_usd"], said["high_usd"]
+    cost = "cost unknown (a model without a price)" if high is None else (
+        f"{dollars(low, places=4)} to {dollars(high, places=4)}")  # fmt: skip
+    text = (f"{said['requests']:,} requests ({said['malformed']} malformed), "
+            f"~{said['input_tokens']:,} input tokens, output at most "
+            f"{said['output_tokens_bound']:,} ({said['output_defaulted']} at the model "
+            f"default): {cost} [{said['method']}]")  # fmt: skip
+    error = said.get("estimate_error")
+    if error:
+        where = "within" if error["within_range"] else "outside"
+        text += f"; cost {dollars(error['cost_usd'], places=4)}, {where} the range"
+    return text
