@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from watchdog.cli import main
+from watchdog.views.policytests import load, run
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "policies.test.yaml"
@@ -35,7 +36,7 @@ expect:
 
 def test_the_shipped_example_holds(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["test-policies", str(EXAMPLE)]) == 0
-    assert "7/7 hold" in capsys.readouterr().out
+    assert "9/9 hold" in capsys.readouterr().out
 
 
 def test_a_wrong_expectation_fails_naming_what_was_observed(
@@ -55,7 +56,7 @@ def test_a_wrong_expectation_fails_naming_what_was_observed(
     assert (
         "batch_flaky at 60s: expected policy cost-cap, cancel true, observed policy failing" in out
     )
-    assert "6/7 hold" in out
+    assert "8/9 hold" in out
 
 
 def test_a_for_clock_runs_across_polls(tmp_path: Path) -> None:
@@ -108,3 +109,25 @@ def test_a_point_far_past_the_last_expectation_is_not_judged() -> None:
     until = t0 + timedelta(minutes=2, seconds=1)
     polls = [at for at, _ in _polls(samples, timedelta(minutes=1), until)]
     assert polls == [t0, t0 + timedelta(minutes=1), t0 + timedelta(minutes=2)]
+
+
+def test_an_input_file_makes_the_estimate(tmp_path: Path) -> None:
+    """A batch's ``input_file`` is what its estimate says from t=0: without it, the
+    estimated condition cannot hold."""
+    test = tmp_path / "est.yaml"
+    body = """
+config:
+  pricing: [{model: "m*", input: 1, output: 2}]
+  policies: [{name: est, when: {estimated_cost_usd_above: 5}, action: cancel}]
+  providers: {p: {base_url: "http://127.0.0.1:1/v1"}}
+batches:
+  - {id: b_big, provider: p, model: m1, timeline: [{at: 0s, status: validating}],
+     input_file: {requests: 10, input_tokens: 1000000, output_tokens: 3000000}}
+  - {id: b_none, provider: p, model: m1, timeline: [{at: 0s, status: validating}]}
+expect:
+  - {at: 0s, batch: b_big, policy: est, cancel: true}
+  - {at: 0s, batch: b_none, policy: est, cancel: true}
+"""
+    test.write_text(body)
+    failures = run(*load(test))
+    assert len(failures) == 1 and "b_none at 0s" in failures[0], failures

@@ -85,7 +85,7 @@ async def test_using_it_steps_work_verbatim(tmp_path: Path, aiohttp_server: Any)
     text = out.decode()
     assert "config OK" in text and "tracking deepinfra/batch_abc123" in text
     assert "status_changed" in text  # `events batch_abc123` after the dry run
-    assert "next tick: " in text and "7/7 hold" in text  # explain, test-policies
+    assert "next tick: " in text and "9/9 hold" in text  # explain, test-policies
     assert "batches since" in text  # replay's totals
     started = next(e for e in logged if e["event"] == "daemon_started")
     assert started["dry_run"] is True and started["database_from"] == "file"

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, model_validator
 
 from watchdog.core.durations import Duration, format_duration
+from watchdog.core.estimates import Estimate, Share
 from watchdog.core.models import BatchObject, BatchView
 from watchdog.core.observe import Judging
 from watchdog.core.schema import Strict, error_text
@@ -32,6 +33,18 @@ class Point(Strict):
     )
 
 
+class InputFile(Strict):
+    """What the batch's input file says, as its estimate would (known from t=0)."""
+
+    requests: int = Field(ge=0)
+    input_tokens: int = Field(ge=0, description="estimated, all requests together")
+    output_tokens: int = Field(ge=0, description="the output bound, all requests together")
+
+    def estimate(self, model: str | None, at: datetime) -> Estimate:
+        share = Share(self.requests, self.input_tokens, self.output_tokens)
+        return Estimate(at, requests=self.requests, models={model or "": share})
+
+
 class TimedBatch(Strict):
     id: str
     provider: str
@@ -40,6 +53,9 @@ class TimedBatch(Strict):
     age: Duration = Field(default=timedelta(0), description="created this long before t=0")
     window: Duration = Field(default=timedelta(hours=24), description="expires after this")
     timeline: list[Point] = Field(min_length=1)
+    input_file: InputFile | None = Field(
+        default=None, description="its estimate, for the estimated_* conditions"
+    )
 
 
 class Expect(Strict):
@@ -115,7 +131,7 @@ def run(test: PolicyTest, settings: Settings) -> list[str]:
     last = max(e.at for e in test.expect)
     steps = {
         b.id: judge(
-            fresh(_view(b, test.start)),
+            fresh(_view(b, test.start), _estimate(b, test.start)),
             _samples(b, test.start),
             judging,
             every=settings.poll_interval,
@@ -124,6 +140,10 @@ def run(test: PolicyTest, settings: Settings) -> list[str]:
         for b in test.batches
     }
     return [f for e in test.expect if (f := _check(e, steps[e.batch], test.start))]
+
+
+def _estimate(batch: TimedBatch, start: datetime) -> Estimate | None:
+    return None if batch.input_file is None else batch.input_file.estimate(batch.model, start)
 
 
 def _view(batch: TimedBatch, start: datetime) -> BatchView:
