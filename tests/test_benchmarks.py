@@ -91,3 +91,15 @@ def test_account_benchmark_smoke_run() -> None:
     assert figures["budget"]["idle_tick_ms"] > 0 and figures["budget"]["with_budget_ms"] > 0
     assert figures["discovery"]["newest"]["per_interval"]["list"] > 0
     assert figures["replay"]["replay"]["wall_s"] > 0
+
+
+def test_estimate_benchmark_smoke_run(tmp_path: Path) -> None:
+    """A small run of the input-file benchmark: the real daemon reads both files and
+    writes the documented figures (never asserted)."""
+    out = tmp_path / "estimate.json"
+    bench("estimate", "--mb", "3", "--json", str(out))
+    figures = json.loads(out.read_text())
+    for run in (figures["small"], figures["large"]):
+        assert run["exit"] == 0 and run["requests"] and run["file_mb"]
+        assert {"tick_s", "peak_rss_mb", "cancelled_on_first_tick"} <= run.keys()
+    assert {"read_mb_per_s", "rss_growth_mb"} <= figures.keys()
