@@ -257,6 +257,9 @@ async def test_a_file_that_cannot_be_read_leaves_the_batch_judged_as_today(
     assert failed["batch_missing"].startswith("HTTP 404")
     assert "over the 1000000 byte limit" in failed["batch_huge"]
     assert (await h.row("batch_plain"))["estimate"] is None  # names no file: nothing to read
+    assert h.engine is not None
+    scraped = h.engine.metrics.render().decode()
+    assert 'watchdog_estimates_total{outcome="failed",provider="sim"} 3.0' in scraped
     second = await h.tick(3601)  # judged as today: too old, cancelled by age
     assert second.cancel_succeeded == 4
     for batch_id in ("batch_refused", "batch_missing", "batch_huge"):

@@ -140,6 +140,8 @@ class Estimator:
         if kept:
             self.emitter.tell(events)
             _log(tracked, estimate)
+            outcome = "made" if not estimate.failed else "failed" if estimate.settled else "retry"
+            self.emitter.metrics.estimates.labels(tracked.view.provider, outcome).inc()
         return estimate
 
     async def _read(

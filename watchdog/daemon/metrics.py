@@ -42,6 +42,12 @@ class Metrics:
             "When the last tick finished (Unix time).",
             registry=r,
         )
+        self.estimates = Counter(
+            "watchdog_estimates",
+            "Input files read for an estimate, by outcome (made, failed, retry).",
+            ["provider", "outcome"],
+            registry=r,
+        )
         self.discovery_incomplete = Counter(
             "watchdog_discovery_incomplete",
             "Discovery passes stopped before their end by a list that cycles or repeats.",
