@@ -438,3 +438,23 @@ def test_each_kind_names_its_input_file(
 ) -> None:
     assert inward(DIALECTS[kind], raw).get("input_file_id") == file_id
     assert (DIALECTS[kind].files is None) == (kind == "anthropic")
+
+
+@SQLITE_ONLY
+async def test_a_backlog_of_files_is_read_a_few_at_a_time(harness: Harness) -> None:
+    """One slot: four reads queued at most; the other batches start at a later poll,
+    and validating ones go first."""
+    h = harness
+    h.configure(policies=CAP, pricing=[PRICE], estimate={"concurrency": 1},
+                poll_interval="60s")  # fmt: skip
+    for i in range(4):
+        h.sim.simulator.add(f"batch_run{i}", model=LLAMA, total=10, rate=0.001,
+                            input_file="requests")  # fmt: skip
+    for i in range(3):
+        validating(h, f"batch_val{i}", 10)
+    await h.track(*h.sim.simulator.batches)
+    await h.tick()
+    read = {b for b in h.sim.simulator.batches if h.sim.calls(f"file-{b}", "file")}
+    assert len(read) == 4 and {"batch_val0", "batch_val1", "batch_val2"} <= read
+    await h.tick(60)
+    assert all(h.sim.calls(f"file-{b}", "file") == 1 for b in h.sim.simulator.batches)

@@ -24,7 +24,29 @@ from watchdog.providers.client import ProviderClient
 
 log = structlog.get_logger("watchdog.estimate")
 Key = tuple[str, str]
+Wanted = tuple[Tracked, str, ProviderClient]  # a batch, its input file, its provider
+Reading = asyncio.Task[Estimate | None]
 QUEUED = 4  # reads started ahead of the free slots, per slot
+
+
+def _wanted(
+    claimed: Sequence[Tracked],
+    answers: Sequence[object],
+    clients: Mapping[str, ProviderClient],
+    rules: Rules,
+) -> list[Wanted]:
+    """The batches to read an input file for, the validating first (their cancel is
+    free), with their file and client."""
+    found = []
+    for tracked, answer in zip(claimed, answers, strict=True):
+        file_id = wants_estimate(tracked, answer, rules)
+        client = clients.get(tracked.view.provider)
+        if file_id is not None and client is not None:
+            found.append(
+                (getattr(answer, "status", None) != "validating", tracked, file_id, client)
+            )
+    found.sort(key=lambda w: w[0])
+    return [(tracked, file_id, client) for _, tracked, file_id, client in found]
 
 
 def wants_estimate(tracked: Tracked, answer: object, rules: Rules) -> str | None:
@@ -54,7 +76,7 @@ class Estimator:
             clock,
             monotonic,
         )
-        self._reading: dict[Key, asyncio.Task[Estimate | None]] = {}
+        self._reading: dict[Key, Reading] = {}
         self._slots: tuple[int, asyncio.Semaphore] | None = None
         self._until = 0.0  # the tick waits for estimates until then (monotonic)
 
@@ -73,34 +95,30 @@ class Estimator:
     ) -> list[Tracked]:
         """The claimed batches, each with its estimate where one is known by now: those
         wanting one start reading, and the tick waits for them while its share lasts."""
-        wanted = []
-        for tracked, answer in zip(claimed, answers, strict=True):
-            file_id = wants_estimate(tracked, answer, rules)
-            client = clients.get(tracked.view.provider)
-            if file_id is not None and client is not None:
-                wanted.append((tracked, file_id, client, getattr(answer, "status", None)))
-        # The validating first: their cancel is free. Past the queue's room, a batch is
-        # started at a later poll (a backlog of thousands never piles up tasks).
-        wanted.sort(key=lambda w: w[3] != "validating")
-        room = rules.estimate.concurrency * QUEUED - sum(
-            not t.done() for t in self._reading.values()
-        )
+        waiting = self._queue(_wanted(claimed, answers, clients, rules), rules.estimate)
+        left = self._until - self.monotonic()
+        if waiting and left > 0:
+            await asyncio.wait(waiting, timeout=left)
+        return [self._with_estimate(t) for t in claimed]
+
+    def _queue(self, wanted: list[Wanted], settings: EstimateSettings) -> list[Reading]:
+        """The reads of these batches, started where none is under way yet, while the
+        queue has room (past it, a batch starts at a later poll: a backlog of thousands
+        never piles up tasks)."""
+        room = settings.concurrency * QUEUED - sum(not t.done() for t in self._reading.values())
         waiting, deferred = [], 0
-        for tracked, file_id, client, _ in wanted:
+        for tracked, file_id, client in wanted:
             task = self._reading.get(tracked.key)
             if task is None and room <= 0:
                 deferred += 1
                 continue
             if task is None:
                 room -= 1
-                task = self._start(tracked, file_id, client, rules.estimate)
+                task = self._start(tracked, file_id, client, settings)
             waiting.append(task)
         if deferred:
             log.debug("estimates_deferred", batches=deferred)
-        left = self._until - self.monotonic()
-        if waiting and left > 0:
-            await asyncio.wait(waiting, timeout=left)
-        return [self._with_estimate(t) for t in claimed]
+        return waiting
 
     async def close(self) -> None:
         """At shutdown: stop reading (a file cut short is read again by the next start)."""
@@ -116,7 +134,7 @@ class Estimator:
 
     def _start(
         self, tracked: Tracked, file_id: str, client: ProviderClient, settings: EstimateSettings
-    ) -> asyncio.Task[Estimate | None]:
+    ) -> Reading:
         if self._slots is None or self._slots[0] != settings.concurrency:
             self._slots = (settings.concurrency, asyncio.Semaphore(settings.concurrency))
         task = asyncio.create_task(self._estimate(tracked, file_id, client, settings))
