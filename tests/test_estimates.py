@@ -458,3 +458,16 @@ async def test_a_backlog_of_files_is_read_a_few_at_a_time(harness: Harness) -> N
     assert len(read) == 4 and {"batch_val0", "batch_val1", "batch_val2"} <= read
     await h.tick(60)
     assert all(h.sim.calls(f"file-{b}", "file") == 1 for b in h.sim.simulator.batches)
+
+
+def test_a_file_naming_many_models_stays_small() -> None:
+    """Past 64 distinct model names (or a name longer than a column holds) the rest are
+    counted together, without a price: what is stored stays small, the cost unknown."""
+    tally = Tally(EstimateSettings())
+    for n in range(70):
+        tally.feed(line({"model": f"m{n}", "prompt": "abcd", "max_tokens": 1}) + b"\n")
+    tally.feed(line({"model": "x" * 300, "prompt": "abcd", "max_tokens": 1}) + b"\n")
+    found = tally.finish(NOW, "f")
+    assert len(found.models) == 65 and found.models[estimates.OTHER].requests == 7
+    prices = [Price(model="*", input=1, output=1)]
+    assert estimated_cost(prices, "p", None, found) is None

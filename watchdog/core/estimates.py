@@ -17,7 +17,7 @@ from pydantic import ByteSize, Field, field_validator
 
 from watchdog.core.config import Timeout
 from watchdog.core.durations import Duration
-from watchdog.core.pricing import MILLION, Price, check_glob, find_price
+from watchdog.core.pricing import MILLION, Price, check_glob, find_price, usd
 from watchdog.core.schema import Strict
 
 METHOD = "bytes_per_token"
@@ -27,7 +27,12 @@ PER_MESSAGE = 3  # chat framing around each message (<|start|>role ... <|end|>)
 PER_REPLY = 3  # and the reply's priming
 LIMITS = ("max_completion_tokens", "max_output_tokens", "max_tokens")
 MAX_LINE = 32 * 1024 * 1024  # a longer line is counted malformed, never held whole
-PROVIDER_LIMIT = 200 * 1000 * 1000  # OpenAI's and DeepInfra's input file limit
+MAX_ATTEMPTS = 3  # reads of a file that failed for a passing reason
+# A file names its models: more distinct ones than this (or a longer name) are counted
+# together under OTHER, which has no price (the estimate's cost is then unknown), so that
+# what is stored stays small whatever the file says.
+MAX_MODELS, MAX_MODEL_NAME = 64, 256
+OTHER = "(other models)"
 
 
 class ModelEstimate(Strict):
@@ -149,9 +154,6 @@ class Estimate:
             return None
 
 
-MAX_ATTEMPTS = 3
-
-
 class Tally:
     """Reads an input file's lines as they stream in, keeping only sums: one request per
     JSONL line, its text measured in bytes, its output bounded by its own limit."""
@@ -215,10 +217,15 @@ class Tally:
             self.malformed += 1
             return
         self.requests += 1
-        share = self.models.setdefault(request.model, Share())
-        counting = self._counting.get(request.model)
+        model = request.model
+        if model not in self.models and (
+            len(self.models) >= MAX_MODELS or len(model) > MAX_MODEL_NAME
+        ):
+            model = OTHER
+        share = self.models.setdefault(model, Share())
+        counting = self._counting.get(model)
         if counting is None:
-            counting = self._counting[request.model] = self.settings.counting(request.model)
+            counting = self._counting[model] = self.settings.counting(model)
         share.requests += 1
         share.input_tokens += request.tokens(counting.bytes_per_token)
         if request.max_output is None:
@@ -323,7 +330,7 @@ def estimated_cost(
         return None
     low = high = Decimal(0)
     for name, share in estimate.models.items():
-        price = find_price(prices, provider, name or batch_model)
+        price = None if name == OTHER else find_price(prices, provider, name or batch_model)
         if price is None:
             return None
         cost_in = share.input_tokens * price.input / MILLION
@@ -340,9 +347,9 @@ def estimate_error(estimate: Range | None, cost: Decimal | None) -> dict[str, An
     within = estimate.low <= cost <= estimate.high
     ratio = None if estimate.high == 0 else float(round(cost / estimate.high, 4))
     return {
-        "estimated_low_usd": float(round(estimate.low, 6)),
-        "estimated_high_usd": float(round(estimate.high, 6)),
-        "cost_usd": float(round(cost, 6)),
+        "estimated_low_usd": usd(estimate.low),
+        "estimated_high_usd": usd(estimate.high),
+        "cost_usd": usd(cost),
         "within_range": within,
         "cost_to_high": ratio,
     }
@@ -367,8 +374,8 @@ def summary(
         "input_tokens": sum(s.input_tokens for s in shares),
         "output_tokens_bound": sum(s.output_tokens for s in shares),
         "output_defaulted": sum(s.defaulted for s in shares),
-        "low_usd": None if found is None else float(round(found.low, 6)),
-        "high_usd": None if found is None else float(round(found.high, 6)),
+        "low_usd": None if found is None else usd(found.low),
+        "high_usd": None if found is None else usd(found.high),
     }
     if ended:
         said["estimate_error"] = estimate_error(found, cost)
