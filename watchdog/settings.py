@@ -49,7 +49,7 @@ from watchdog.core.config import (
 from watchdog.core.durations import Duration
 from watchdog.core.estimates import EstimateSettings
 from watchdog.core.observe import Rules
-from watchdog.core.policies import Discovery, Policy
+from watchdog.core.policies import Discovery, Policy, or_a_switch
 from watchdog.core.pricing import Price
 from watchdog.core.schema import Strict, error_text, model_in
 from watchdog.providers.dialects import (
@@ -104,6 +104,7 @@ class ProviderSettings(Strict):
         default=None,
         description="track the account's batches from its list by itself (true, or "
         "match/created_within); off by default",
+        json_schema_extra=or_a_switch,
     )
     estimate: bool | None = Field(
         default=None,
@@ -177,7 +178,7 @@ def read_secret(
 class HttpSettings(Strict):
     """The /healthz, /readyz and /metrics server, the status page and the API."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="serve health, readiness, metrics, page and API")
     host: str = Field(default="127.0.0.1", description="loopback unless you mean otherwise")
     port: int = Field(default=9464, ge=0, le=65535, description="0: any free port (tests)")
     token_env: str | None = Field(
@@ -230,12 +231,12 @@ class Settings(BaseSettings):
         env_prefix="WATCHDOG_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    database_url: str = "sqlite+aiosqlite:///watchdog.db"
-    poll_interval: Duration = timedelta(seconds=60)
-    dry_run: bool = False
-    safety: SafetySettings = Field(default_factory=SafetySettings)
-    notify: NotifySettings = Field(default_factory=NotifySettings)
-    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    database_url: str = Field("sqlite+aiosqlite:///watchdog.db", description="SQLite or PostgreSQL")
+    poll_interval: Duration = Field(timedelta(seconds=60), description="each batch's polls")
+    dry_run: bool = Field(False, description="judge and record everything, cancel nothing")
+    safety: SafetySettings = Field(default_factory=SafetySettings, description="cancel limits")
+    notify: NotifySettings = Field(default_factory=NotifySettings, description="webhooks")
+    retention: RetentionSettings = Field(default_factory=RetentionSettings, description="pruning")
     lease_duration: Duration = Field(
         default=timedelta(minutes=5),
         description="how long a claimed batch stays a replica's; a dead one's come back after it",
@@ -253,14 +254,18 @@ class Settings(BaseSettings):
     shutdown_timeout: Duration = Field(
         default=timedelta(seconds=30), description="how long SIGTERM waits for a tick in flight"
     )
-    http: HttpSettings = Field(default_factory=HttpSettings)
-    estimate: EstimateSettings = Field(default_factory=EstimateSettings)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["auto", "json", "console"] = "auto"
-    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
-    pricing: list[Price] = Field(default_factory=list)
-    policies: list[Policy] = Field(default_factory=list)
-    budgets: list[Budget] = Field(default_factory=list)
+    http: HttpSettings = Field(default_factory=HttpSettings, description="health, page, API")
+    estimate: EstimateSettings = Field(default_factory=EstimateSettings, description="input files")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the lowest logged"
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON off a tty"
+    )
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict, description="Batch APIs")
+    pricing: list[Price] = Field(default_factory=list, description="USD per 1M tokens, first wins")
+    policies: list[Policy] = Field(default_factory=list, description="the first that holds acts")
+    budgets: list[Budget] = Field(default_factory=list, description="pooled spending limits")
     # Where each setting that is not the file's came from: {"database_url": "env
     # WATCHDOG_DATABASE_URL", ...}; filled in by load_settings.
     _origins: dict[str, str] = PrivateAttr(default_factory=dict)

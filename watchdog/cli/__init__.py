@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
-from watchdog.cli.commands import HANDLERS, exit_when_threads_linger, load, test_policies
+from watchdog.cli.commands import (
+    HANDLERS,
+    completion,
+    exit_when_threads_linger,
+    load,
+    schema,
+    test_policies,
+)
 from watchdog.cli.parser import EX_CONFIG, EX_ERROR, EX_OK, EX_USAGE, build_parser
 from watchdog.views.text import batch_table
 
@@ -22,7 +30,12 @@ def console() -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (and exits)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
         return command(args)
     except KeyboardInterrupt:
@@ -70,7 +83,11 @@ def command(args: argparse.Namespace) -> int:
         )
         return EX_OK
     if args.command == "test-policies":
-        return test_policies(args.files)
+        return test_policies(args.files, args.config)
+    if args.command == "schema":
+        return schema()
+    if args.command == "completion":
+        return completion(args.shell)
     settings = load(args)
     handler = HANDLERS[args.command]
     return handler(settings, args)

@@ -82,13 +82,14 @@ def dump(value: Any) -> str:
     return json.dumps(value, indent=2, default=str)
 
 
-def test_policies(files: list[str]) -> int:
-    """Each file's failing expectations; 1 if any failed, 0 when all hold."""
+def test_policies(files: list[str], config: str | None = None) -> int:
+    """Each file's failing expectations (judged with ``config`` when given, else the
+    config each file names); 1 if any failed, 0 when all hold."""
     from watchdog.views import policytests
 
     failed = 0
     for name in files:
-        test, settings = policytests.load(Path(name))
+        test, settings = policytests.load(Path(name), Path(config) if config else None)
         failures = policytests.run(test, settings)
         failed += len(failures)
         for line in failures:
@@ -96,6 +97,22 @@ def test_policies(files: list[str]) -> int:
         held = len(test.expect) - len(failures)
         print(f"{'ok  ' if not failures else 'FAIL'} {name}: {held}/{len(test.expect)} hold")
     return 1 if failed else EX_OK
+
+
+def schema() -> int:
+    """The config's JSON Schema, as config/watchdog.schema.json holds it."""
+    from watchdog.views.configschema import json_schema
+
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))
+    return EX_OK
+
+
+def completion(shell: str) -> int:
+    """A completion script for ``shell`` (argcomplete's: it asks the program itself)."""
+    from argcomplete.shell_integration import shellcode
+
+    print(shellcode(["batch-watchdog"], shell=shell))
+    return EX_OK
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:

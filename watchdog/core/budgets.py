@@ -33,17 +33,27 @@ class Budget(Strict):
     """A pooled spending limit over the batches ``match`` selects, one per distinct
     ``group_by`` value, over a rolling or calendar ``window``."""
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    match: Match = Match()
-    group_by: tuple[str, ...] = ()
+    name: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="the budget's name (its cancels are recorded under it)",
+    )  # fmt: skip
+    match: Match = Field(default=Match(), description="which batches it pools (as policies')")
+    group_by: tuple[str, ...] = Field(
+        default=(), description="one budget per distinct value of these: provider, model, "
+        "metadata.KEY, labels.KEY",
+    )  # fmt: skip
     limit_usd: Decimal = Field(gt=0, le=MAX_USD, description="USD the window may commit")
     window: str = Field(
         default="1d", description="rolling (a duration: 1d, 12h) or calendar: day, week, month"
     )
     timezone: str = Field(default="UTC", description="where calendar windows begin")
     warn_at: tuple[float, ...] = Field(default=(), description="fractions of the limit")
-    action: Literal["cancel", "alert"] = "alert"
-    order: Literal["newest_first", "largest_remaining_first"] = "newest_first"
+    action: Literal["cancel", "alert"] = Field(
+        default="alert", description="cancel running batches until it fits, or only record"
+    )
+    order: Literal["newest_first", "largest_remaining_first"] = Field(
+        default="newest_first", description="which running batches a cancel chooses first"
+    )
 
     @field_validator("group_by")
     @classmethod

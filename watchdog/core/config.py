@@ -65,9 +65,13 @@ class Webhook(Strict):
     v2; the secret is the routing key)."""
 
     url: str = Field(pattern=r"^https?://[^\s/]+", description="receives a JSON POST")
-    events: list[Kind] = Field(default_factory=lambda: list(NOTIFY_EVENTS))
-    timeout: Timeout = timedelta(seconds=10)
-    format: Literal["generic", "slack", "pagerduty"] = "generic"
+    events: list[Kind] = Field(
+        default_factory=lambda: list(NOTIFY_EVENTS), description="the event kinds it gets"
+    )
+    timeout: Timeout = Field(default=timedelta(seconds=10), description="per delivery")
+    format: Literal["generic", "slack", "pagerduty"] = Field(
+        default="generic", description="generic (signed JSON), slack or pagerduty"
+    )
     secret_env: str | None = Field(
         default=None,
         description="generic: the HMAC-SHA256 signing key; pagerduty: the routing key",
@@ -84,7 +88,9 @@ class Webhook(Strict):
 
 
 class NotifySettings(Strict):
-    webhooks: list[Webhook] = Field(default_factory=list)
+    webhooks: list[Webhook] = Field(
+        default_factory=list, description="where events are posted as they are recorded"
+    )
     base_url: str | None = Field(
         default=None,
         pattern=r"^https?://[^\s/]+",
@@ -121,7 +127,9 @@ class RetentionSettings(Strict):
         description="kind: age after which its events are deleted (null: kept); "
         "replaces the default map when given",
     )
-    samples: SampleRetention = Field(default_factory=lambda: SampleRetention())
+    samples: SampleRetention = Field(
+        default_factory=lambda: SampleRetention(), description="how replay's history thins"
+    )
     every: Timeout = Field(default=timedelta(minutes=10), description="how often to prune")
     batch: int = Field(default=1000, ge=1, le=100_000, description="rows per delete")
     max_batches: int = Field(default=50, ge=1, description="deletes per run, at most")
@@ -136,7 +144,7 @@ class ApiToken(Strict):
     ``operator`` reads and writes. Its value lives in ``env`` or ``file``."""
 
     name: str = Field(pattern=NAME_PATTERN, description="said in the audit log as the actor")
-    role: Role
+    role: Role = Field(description="viewer (reads) or operator (reads and writes)")
     env: str | None = Field(default=None, description="environment variable with the token")
     file: Path | None = Field(default=None, description="or a file holding it")
 

@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # No duration the daemon uses makes sense past ten years, and a far larger one overflows
@@ -45,8 +45,20 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds:g}s"
 
 
+# What an editor checks a duration against (the config's JSON Schema): what
+# parse_duration accepts, as a pattern, or plain seconds.
+DURATION_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*[smhd]?\s*$"},
+        {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
+    ],
+    "examples": ["90s", "15m", "2h", "1d"],
+}
 Duration = Annotated[
-    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema(DURATION_SCHEMA),
 ]
 
 

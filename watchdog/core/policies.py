@@ -25,7 +25,7 @@ from watchdog.core.schema import Strict
 class Match(Strict):
     """Which batches a policy looks at; every given key must match."""
 
-    provider: str | None = None
+    provider: str | None = Field(default=None, description="a provider's name in the config")
     model: str | None = Field(default=None, description="model name or glob")
     metadata: dict[str, str] | None = Field(default=None, description="all pairs must be present")
     labels: dict[str, str] | None = Field(
@@ -47,20 +47,27 @@ class Match(Strict):
         return all(meta.get(k) == v for k, v in (self.metadata or {}).items())
 
 
-Ratio = Field(default=None, ge=0, le=1)
+def Ratio(description: str) -> Any:  # a Field, named as pydantic names its own
+    return Field(default=None, ge=0, le=1, description=description)
+
+
+def Threshold(description: str) -> Any:
+    return Field(default=None, description=description)
 
 
 class When(Strict):
     """Conditions, all of which must hold (AND). At least one is required."""
 
-    cost_usd_above: Money | None = None
-    projected_cost_usd_above: Money | None = None
-    age_above: Duration | None = None
-    expires_within: Duration | None = None
-    progress_below: float | None = Ratio
-    failure_ratio_above: float | None = Ratio
-    eta_after_expiry: Literal[True] | None = None
-    stalled_for: Duration | None = None
+    cost_usd_above: Money | None = Threshold("cost so far > X (USD; known cost only)")
+    projected_cost_usd_above: Money | None = Threshold("projected cost at completion > X")
+    age_above: Duration | None = Threshold("now - created_at > D")
+    expires_within: Duration | None = Threshold("expires_at - now < D")
+    progress_below: float | None = Ratio("(completed + failed) / total < F")
+    failure_ratio_above: float | None = Ratio("failed / finished > F, once min_requests finished")
+    eta_after_expiry: Literal[True] | None = Threshold(
+        "at the observed rate it will not finish before expires_at - finalizing_allowance"
+    )
+    stalled_for: Duration | None = Threshold("completed + failed has not moved for D")
     estimated_cost_usd_above: Money | None = Field(
         default=None, description="the input file's estimate, upper bound (input + max output)"
     )
@@ -74,7 +81,9 @@ class When(Strict):
     finalizing_allowance: Duration = Field(
         default=timedelta(minutes=10), description="time eta_after_expiry leaves for finalizing"
     )
-    status_in: tuple[str, ...] | None = Field(default=None, min_length=1)
+    status_in: tuple[str, ...] | None = Field(
+        default=None, min_length=1, description="statuses it applies to (default: the active)"
+    )
 
     @model_validator(mode="after")
     def _at_least_one(self) -> When:
@@ -92,10 +101,13 @@ class Policy(Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
-    match: Match = Match()
-    when: When
-    action: Literal["cancel", "alert"]
+    name: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="the policy's name, in events and metrics",
+    )  # fmt: skip
+    match: Match = Field(default=Match(), description="which batches it looks at")
+    when: When = Field(description="conditions that must all hold")
+    action: Literal["cancel", "alert"] = Field(description="cancel, or only record (alert)")
     for_: Duration | None = Field(
         default=None, alias="for", description="act only once the conditions held this long"
     )
@@ -105,7 +117,7 @@ class Discovery(Strict):
     """Which batches of a provider's account the daemon starts tracking by itself: those
     its list shows, created within ``created_within``, that ``match`` selects."""
 
-    match: Match = Match()
+    match: Match = Field(default=Match(), description="only the batches this selects")
     created_within: Duration = Field(
         default=timedelta(days=7),
         description="look-back: older batches are never pulled in (7d covers every "
@@ -123,6 +135,12 @@ class Discovery(Strict):
         """A batch to start tracking (the caller knows it is not tracked yet)."""
         recent = view.created_at is not None and view.created_at >= now - self.created_within
         return recent and self.match.matches(view)
+
+
+def or_a_switch(schema: dict[str, Any]) -> None:
+    """A setting written as ``true``/``false`` or as its object (``discover``): the JSON
+    Schema says both."""
+    schema["anyOf"] = [*schema["anyOf"][:1], {"type": "boolean"}, *schema["anyOf"][1:]]
 
 
 @dataclass(frozen=True, slots=True)

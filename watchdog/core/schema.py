@@ -57,8 +57,12 @@ def _message(error: Any, loc: tuple[Any, ...], root: type[BaseModel]) -> str:
         return "unknown key" + (f"; valid keys: {', '.join(valid)}" if valid else "")
     if kind == "literal_error":
         return str(error["msg"]).replace("Input should be", "must be")
-    message = str(error["msg"])
-    return message.removeprefix("Value error, ")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind == "string_type" and isinstance(error.get("input"), bool):
+        # PyYAML (YAML 1.1) reads a bare off, on, yes, no as a boolean.
+        word = "off" if error["input"] is False else "on"
+        message += f'; YAML reads a bare {word}, yes or no as a boolean: quote it ("{word}")'
+    return message
 
 
 def _valid_keys(loc: tuple[Any, ...], root: type[BaseModel]) -> list[str]:

@@ -77,7 +77,9 @@ class Expect(Strict):
 
 
 class PolicyTest(Strict):
-    config: str | dict[str, Any] = Field(description="a config file (relative) or inline")
+    config: str | dict[str, Any] | None = Field(
+        default=None, description="a config file (relative) or inline; --config overrides it"
+    )
     start: datetime = T0
     batches: list[TimedBatch] = Field(min_length=1)
     expect: list[Expect] = Field(min_length=1)
@@ -91,8 +93,9 @@ class PolicyTest(Strict):
         return self
 
 
-def load(path: Path) -> tuple[PolicyTest, Settings]:
-    """The test file and its config; ConfigError (exit 78) naming what is wrong."""
+def load(path: Path, config: Path | None = None) -> tuple[PolicyTest, Settings]:
+    """The test file and its config (``config``, else the one the file names);
+    ConfigError (exit 78) naming what is wrong."""
     if not path.is_file():
         raise ConfigError(f"{path}: policy test file not found")
     data = read_yaml(path)
@@ -100,7 +103,11 @@ def load(path: Path) -> tuple[PolicyTest, Settings]:
         test = PolicyTest.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{path}: {error_text(exc, data, PolicyTest)}") from None
-    if isinstance(test.config, str):
+    if config is not None:
+        settings = load_settings(config, environ={})
+    elif test.config is None:
+        raise ConfigError(f"{path}: no config: name one (config: FILE) or give --config")
+    elif isinstance(test.config, str):
         settings = load_settings(path.parent / test.config, environ={})
     else:
         try:
