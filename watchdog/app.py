@@ -18,6 +18,7 @@ import structlog
 from watchdog.clock import monotonic, utcnow
 from watchdog.core.budgets import Assessment
 from watchdog.core.config import Webhook
+from watchdog.core.durations import iso
 from watchdog.core.events import Event
 from watchdog.core.models import validate_batch_id
 from watchdog.core.observe import Judging
@@ -379,7 +380,7 @@ async def replay(settings: Settings, since: datetime, now: datetime) -> dict[str
         lines.append(line)
         tally.add(line)
     lines.sort(key=lambda line: (line["change"] == "unchanged", line["provider"], line["batch_id"]))
-    return {"since": since.isoformat(), "batches": lines, "totals": tally.as_dict(),
+    return {"since": iso(since), "batches": lines, "totals": tally.as_dict(),
             "limits": REPLAY_LIMITS}  # fmt: skip
 
 

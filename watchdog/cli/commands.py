@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from watchdog.clock import utcnow
-from watchdog.core.durations import format_duration
+from watchdog.core.durations import format_duration, iso
 from watchdog.views.text import (
     EVENT_HEADER,
     batch_json,
@@ -285,9 +285,9 @@ def _replay(settings: Settings, args: argparse.Namespace) -> int:
                 changed.append(line)
 
     if args.json:
-        sys.stdout.write(json.dumps({"since": since.isoformat()})[:-1] + ', "batches": [\n')
+        sys.stdout.write(json.dumps({"since": iso(since)})[:-1] + ', "batches": [\n')
     asyncio.run(judged())
-    report = {"since": since.isoformat(), "batches": changed, "totals": tally.as_dict(),
+    report = {"since": iso(since), "batches": changed, "totals": tally.as_dict(),
               "limits": app.REPLAY_LIMITS}  # fmt: skip
     if args.json:
         tail = {"totals": report["totals"], "limits": report["limits"]}

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator, model_validator
 
 from watchdog.core.decisions import FINAL, MAX_CANCEL_ATTEMPTS, exempt_from
-from watchdog.core.durations import parse_duration
+from watchdog.core.durations import iso, parse_duration
 from watchdog.core.estimates import Range, estimated_cost
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import ACTIVE, BatchView
@@ -250,7 +250,7 @@ class Figures:
     def as_dict(self) -> dict[str, Any]:
         found = {name: getattr(self, name) for name in self.__dataclass_fields__}
         return found | {
-            "window_start": self.window_start.isoformat(),
+            "window_start": iso(self.window_start),
             "to_cancel": list(self.to_cancel),
             "group": dict(self.group),
         }

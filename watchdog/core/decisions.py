@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from watchdog.core.durations import iso
 from watchdog.core.models import ACTIVE, CANCELLING, TERMINAL
 from watchdog.core.rows import Tracked
 
@@ -66,7 +67,7 @@ def exemption(
         pairs = ", ".join(f"{k}={v}" for k, v in exempt_metadata.items())
         return f"metadata {pairs}"
     if until is not None and now < until:
-        return f"silenced until {until.isoformat()}" + (f": {reason}" if reason else "")
+        return f"silenced until {iso(until)}" + (f": {reason}" if reason else "")
     return None
 
 

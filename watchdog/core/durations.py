@@ -54,6 +54,20 @@ DURATION_SCHEMA = {
     ],
     "examples": ["90s", "15m", "2h", "1d"],
 }
+
+
+def human_duration(seconds: float) -> str:
+    """A measured duration as people read one, to the second: ``23h59m24s``, ``2d3h``,
+    ``45s`` (a negative one, a moment past, with a minus)."""
+    sign, left = ("-" if seconds < 0 else ""), round(abs(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        count, left = divmod(left, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return sign + ("".join(parts) or "0s")
+
+
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
@@ -69,9 +83,12 @@ def parse_time(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def iso(value: datetime | None) -> str | None:
-    """A moment as the commands print it: ISO 8601 in UTC, written with ``Z``."""
-    return None if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+def iso(value: datetime | None, timespec: str = "auto") -> str | None:
+    """A moment as every output writes it (commands, JSON, the page, notifications):
+    ISO 8601 in UTC, written with ``Z``; ``timespec`` as datetime.isoformat's."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def moment(text: str, now: datetime) -> datetime:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ByteSize, Field, field_validator
 
 from watchdog.core.config import Timeout
-from watchdog.core.durations import Duration
+from watchdog.core.durations import Duration, iso
 from watchdog.core.pricing import MILLION, Price, check_glob, find_price, usd
 from watchdog.core.schema import Strict
 
@@ -362,7 +362,7 @@ def summary(
     cost range, why it failed, or once the batch ended, how far it was from its cost."""
     if estimate is None:
         return None
-    said: dict[str, Any] = {"made_at": estimate.made_at.isoformat(), "method": estimate.method}
+    said: dict[str, Any] = {"made_at": iso(estimate.made_at), "method": estimate.method}
     if estimate.failed:
         return said | {"error": estimate.error, "temporary": estimate.temporary,
                        "attempts": estimate.attempts}  # fmt: skip

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from watchdog.core.durations import Duration, format_duration
+from watchdog.core.durations import Duration, format_duration, iso
 from watchdog.core.estimates import Range
 from watchdog.core.models import ACTIVE, BatchView
 from watchdog.core.pricing import Money, check_glob, projected_cost
@@ -248,6 +248,7 @@ def _projected(when: When, facts: Facts) -> Decimal | None:
     return projected_cost(facts.cost, facts.view.counts, when.min_requests)
 
 
+DURATION_CONDITIONS = frozenset({"age_above", "expires_within", "stalled_for"})
 CONDITIONS: dict[str, Condition] = {
     "cost_usd_above": Condition(lambda w, f: f.cost, _above),
     "projected_cost_usd_above": Condition(_projected, _above),
@@ -415,7 +416,7 @@ class PolicyRow:
             since = self.clock.since
             row["for"] = {
                 "needed_s": self.clock.needed_s,
-                "since": None if since is None else since.isoformat(),
+                "since": iso(since),
                 "held_s": self.clock.held_s,
             }
         return row

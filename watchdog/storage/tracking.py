@@ -14,6 +14,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from watchdog.core.durations import iso
 from watchdog.core.estimates import Estimate
 from watchdog.core.events import Event, Kind
 from watchdog.core.rows import Tracked
@@ -106,7 +107,7 @@ class Tracking:
             if until is None:  # lifting a silence: judge the batch again at the next tick
                 values["next_poll_at"] = None
             await conn.execute(update(batches).where(where).values(**values))
-            detail = {"until": until.isoformat(), "reason": reason} if until else None
+            detail = {"until": iso(until), "reason": reason} if until else None
             if said:
                 detail = (detail or {}) | dict(said)
             await insert_events(

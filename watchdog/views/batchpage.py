@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
+from watchdog.core.durations import iso
 from watchdog.core.models import Tokens
 from watchdog.core.pricing import Price, batch_cost, dollars
 from watchdog.core.rows import Listed
@@ -97,8 +98,8 @@ def timeline(found: Sequence[Point], lines: Sequence[tuple[str, float]]) -> str:
                      f'points="{done}"/>')  # fmt: skip
     parts.append(f'<text x="{PAD}" y="12" font-size="10">cost (solid, up to '
                  f"{esc(dollars(top))}) · progress (dashed, 0-100 %) · "
-                 f"{esc(found[0].at.isoformat(timespec='minutes'))} → "
-                 f"{esc(found[-1].at.isoformat(timespec='minutes'))}</text></svg>")  # fmt: skip
+                 f"{esc(iso(found[0].at, 'minutes'))} → "
+                 f"{esc(iso(found[-1].at, 'minutes'))}</text></svg>")  # fmt: skip
     return "".join(parts)
 
 
@@ -112,7 +113,7 @@ def render_batch(
 ) -> str:
     view = listed.tracked.view
     title = f"{view.provider}/{view.batch_id}"
-    rows = [[esc(e["at"].isoformat(timespec="seconds")), esc(e["kind"]), esc(e["policy"]),
+    rows = [[esc(iso(e["at"], "seconds")), esc(e["kind"]), esc(e["policy"]),
              esc(e["detail"])] for e in list(events)[-100:]]  # fmt: skip
     columns = (("at", 14), ("event", 12), ("policy", 10), ("detail", 64))
     return "".join([

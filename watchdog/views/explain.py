@@ -4,17 +4,18 @@ exemption and the switches — and so what the next tick will do. Pure."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from watchdog.core.budgets import Assessment, Figures
 from watchdog.core.decisions import candidate_of, exempt_from, hold_reason
-from watchdog.core.durations import iso
+from watchdog.core.durations import human_duration, iso
 from watchdog.core.estimates import estimated_cost, summary
 from watchdog.core.models import TERMINAL, Counts
 from watchdog.core.policies import (
+    DURATION_CONDITIONS,
     ConditionRow,
     Facts,
     History,
@@ -164,7 +165,7 @@ def explanation_text(e: Explanation) -> str:
     """The text view."""
     counts = e.counts
     done = f"{counts.completed + counts.failed}/{counts.total} done" if counts else "-"
-    cost = "unknown" if e.cost_usd is None else f"${e.cost_usd:.4f}"
+    cost = dollars(e.cost_usd, places=4)
     lines = [
         f"{e.batch_id} ({e.provider}): {e.status or 'not polled'}, "
         f"{done}, cost {cost}, projected {dollars(e.projected_cost_usd)}",
@@ -193,7 +194,18 @@ def explanation_text(e: Explanation) -> str:
 
 
 def _condition(c: ConditionRow) -> str:
+    shown = _shown(c.condition)
     if c.observed is None:
-        return f"{c.condition} {c.threshold}: unknown ({c.unknown})"
+        return f"{c.condition} {shown(c.threshold)}: unknown ({c.unknown})"
     mark = "holds" if c.holds else "does not hold"
-    return f"{c.condition} {c.threshold}: observed {c.observed} ({mark})"
+    return f"{c.condition} {shown(c.threshold)}: observed {shown(c.observed)} ({mark})"
+
+
+def _shown(condition: str) -> Callable[[Any], str]:
+    """How a condition's values read: durations as durations, money as money (the JSON
+    keeps seconds and plain numbers)."""
+    if condition in DURATION_CONDITIONS:
+        return lambda v: v if isinstance(v, str) else human_duration(v)
+    if condition.endswith("_usd_above"):
+        return lambda v: dollars(v, places=4)
+    return str

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+from watchdog.core.durations import iso
 from watchdog.core.events import Event, Kind
 from watchdog.core.models import TERMINAL
 
@@ -47,7 +48,7 @@ def link(event: Event, base_url: str | None) -> str | None:
 
 def as_record(event: Event) -> dict[str, Any]:
     return {
-        "at": event.at.isoformat(),
+        "at": iso(event.at),
         "kind": event.kind,
         "provider": event.provider,
         "batch_id": event.batch_id,
@@ -112,7 +113,7 @@ def pagerduty(
             "summary": text(event)[:1024],
             "source": f"batch-watchdog/{event.provider or 'daemon'}",
             "severity": SEVERITY.get(event.kind, "info"),
-            "timestamp": event.at.isoformat(),
+            "timestamp": iso(event.at),
             "component": event.batch_id or "daemon",
             "group": event.policy or str(event.kind),
             "class": str(event.kind),

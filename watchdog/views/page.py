@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote
 
 from watchdog.core.budgets import Figures
+from watchdog.core.durations import iso
 from watchdog.core.models import TERMINAL, as_text
 from watchdog.core.pricing import dollars
 from watchdog.core.rows import Listed
@@ -119,7 +120,7 @@ def _header(s: Status, viewed: datetime) -> str:
         chips.append(
             f'<span class="chip {kind}">{esc(name)}: {"up" if up else "unavailable"}</span>'
         )
-    when = esc(s.now.isoformat(timespec="seconds"))
+    when = esc(iso(s.now, "seconds"))
     age = AGE_TEXT if viewed == AGE else age_of(s, viewed)
     return (
         f"<header><h1>batch-watchdog</h1>{''.join(chips)}"
@@ -264,7 +265,7 @@ def _batches(batches: Sequence[Listed], now: datetime) -> str:
 def _events(events: Sequence[Mapping[str, Any]]) -> str:
     rows = [
         [
-            esc(e["at"].isoformat(timespec="seconds")),
+            esc(iso(e["at"], "seconds")),
             esc(e["kind"]),
             esc(e["batch_id"]),
             esc(e["policy"]),

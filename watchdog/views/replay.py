@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from watchdog.core.decisions import Candidate, exemption, hold_reason
+from watchdog.core.durations import iso
 from watchdog.core.estimates import Estimate, estimated_cost
 from watchdog.core.models import (
     TERMINAL,
@@ -218,7 +219,7 @@ def compare(
     if cancel is not None and cancel.verdict is not None:
         replayed = {
             "policy": cancel.verdict.policy,
-            "at": cancel.at.isoformat(),
+            "at": iso(cancel.at),
             "cost_usd": usd(cancel.cost),
             "projected_usd": usd(cancel.projected),
             "saves_usd": usd(cancel.saves),
@@ -227,7 +228,7 @@ def compare(
     if recorded.policy is not None and recorded.at is not None:
         was = {
             "policy": recorded.policy,
-            "at": recorded.at.isoformat(),
+            "at": iso(recorded.at),
             "cost_usd": usd(recorded.cost),
             "saved_usd": usd(recorded.saved),
             "dry_run": recorded.dry_run,
@@ -249,7 +250,7 @@ def _change(recorded: Recorded, cancel: Step | None) -> tuple[str, str | None]:
         return ("newly_cancelled", None) if cancel else ("unchanged", None)
     limit = None  # a dry run sent nothing: its history goes on as it would have
     if not recorded.dry_run:
-        when = recorded.at.isoformat() if recorded.at else "?"
+        when = iso(recorded.at) or "?"
         limit = (
             f"history after the real cancel ({when}) shows that cancel's effect: "
             "what the batch would have done without it is unknown"

@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from watchdog.core.durations import iso
 from watchdog.core.estimates import Range, estimated_cost
 from watchdog.core.pricing import Price, usd
 from watchdog.core.rows import Spent
@@ -125,7 +126,7 @@ class Report:
     def as_dict(self) -> dict[str, Any]:
         rows = [line.as_dict() for line in self.rows()]
         totals = self.totals().as_dict()
-        return {"since": self.since.isoformat(), "by": self.by, "rows": rows, "totals": totals}
+        return {"since": iso(self.since), "by": self.by, "rows": rows, "totals": totals}
 
 
 def group_of(row: Spent, by: str) -> str:

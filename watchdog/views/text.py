@@ -47,7 +47,7 @@ def batch_json(listed: Listed) -> dict[str, Any]:
         "last_error": t.last_error,
         "exempt_until": iso(t.exempt_until),
         "exempt_reason": t.exempt_reason,
-        "pending": {k: v.isoformat() for k, v in t.pending.items()} or None,
+        "pending": {k: iso(v) for k, v in t.pending.items()} or None,
     }
 
 
@@ -71,12 +71,14 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def batch_table(rows: list[Listed]) -> str:
+    from watchdog.core.pricing import dollars, usd
+
     out = []
     for listed in rows:
         t, view = listed.tracked, listed.tracked.view
         counts = view.counts
         done = f"{counts.completed + counts.failed}/{counts.total}" if counts else "-"
-        cost = "unknown" if t.cost_usd is None else f"${float(t.cost_usd):.4f}"
+        cost = dollars(usd(t.cost_usd), places=4)
         policy = t.cancel_policy or t.matched_policy or "-"
         expires = iso(view.expires_at) or "-"
         out.append([view.batch_id, view.provider, view.status or "(not polled)",
@@ -235,12 +237,14 @@ def _source(origin: str) -> str:
 
 
 def report_table(found: Report) -> str:
-    from watchdog.core.pricing import usd
+    from watchdog.core.pricing import dollars, usd
 
     def cells(r: Line) -> list[str]:
         unknown = f" (+{r.unknown_cost} unknown)" if r.unknown_cost else ""
-        spend, saved = f"${usd(r.spend) or 0:,.4f}{unknown}", f"${usd(r.saved) or 0:,.4f}"
-        estimated = f"${usd(r.estimated_high) or 0:,.4f} ({r.estimated})" if r.estimated else "-"
+        spend, saved = dollars(usd(r.spend), places=4) + unknown, dollars(usd(r.saved), places=4)
+        estimated = (
+            f"{dollars(usd(r.estimated_high), places=4)} ({r.estimated})" if r.estimated else "-"
+        )
         ratio = "-" if r.cost_to_estimate is None else f"{r.cost_to_estimate:.0%}"
         return [r.day, printable(r.group), str(r.batches), spend, str(r.cancels), saved,
                 estimated, ratio]  # fmt: skip
