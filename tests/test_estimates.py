@@ -419,7 +419,7 @@ async def test_explain_shows_the_estimate_and_judges_by_it(harness: Harness) -> 
     ((refused, _),) = await h.store.tracking.find("batch_refused", "sim")
     text = explanation_text(explained(h.settings, refused, None, [], False, h.clock.now()))
     assert "estimate: not made: HTTP 403: You do not have access to this file." in text
-    assert "estimated_cost_usd_above 5.0: unknown (no estimate:" in text
+    assert "estimated_cost_usd_above $5.0000: unknown (no estimate:" in text
 
 
 @pytest.mark.parametrize(

@@ -49,7 +49,7 @@ async def test_explain_says_why_and_what_next(cli: Cli, clock: Any) -> None:  # 
 
     text = (await cli("explain", "batch_cheap")).out
     assert "cost-cap (cancel): applies yes; does not hold" in text
-    assert "cost_usd_above 5.0: observed 0.0 (does not hold)" in text
+    assert "cost_usd_above $5.0000: observed $0.0000 (does not hold)" in text
     assert "next tick: poll it; no policy holds" in text
     assert sim.calls["batch_vip"]["cancel"] == 0
 

@@ -18,7 +18,10 @@ import yaml
 
 from watchdog.cli import main
 from watchdog.cli.parser import build_parser
+from watchdog.core.durations import human_duration
+from watchdog.core.policies import ConditionRow
 from watchdog.views.configschema import json_schema
+from watchdog.views.explain import _condition
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "config" / "watchdog.schema.json"
@@ -167,3 +170,25 @@ def test_a_bare_off_says_quote_it(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert main(["check-config", "--config", str(config)]) == 78
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and 'quote it ("off")' in err
+
+
+@pytest.mark.parametrize(
+    ("seconds", "said"),
+    [(0, "0s"), (45, "45s"), (3600, "1h"), (86364.007229, "23h59m24s"), (93784, "1d2h3m4s"),
+     (-90, "-1m30s")],
+)  # fmt: skip
+def test_a_measured_duration_reads_as_one(seconds: float, said: str) -> None:
+    assert human_duration(seconds) == said
+
+
+def test_explain_says_durations_and_money_as_such() -> None:
+    rows = [
+        ConditionRow("expires_within", 3600.0, 86364.007229, False, None),
+        ConditionRow("cost_usd_above", 5.0, 0.25, False, None),
+        ConditionRow("progress_below", 0.5, 0.25, True, None),
+    ]
+    assert [_condition(r) for r in rows] == [
+        "expires_within 1h: observed 23h59m24s (does not hold)",
+        "cost_usd_above $5.0000: observed $0.2500 (does not hold)",
+        "progress_below 0.5: observed 0.25 (holds)",
+    ]

@@ -5,19 +5,21 @@ name is served on /metrics by a running daemon."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
-from tests.conftest import Sim
+from tests.conftest import SPENDER, Clock, Sim
 from tests.daemons import Daemon, write_config
 from tests.tools import command
 
@@ -111,3 +113,112 @@ async def test_every_named_metric_is_served_by_a_running_daemon(tmp_path: Path, 
     dashboard = named_metrics()["dashboard"]
     wanted: Any = {"watchdog_saved_usd_total", "watchdog_polls_total", "watchdog_safety_tripped"}
     assert wanted <= dashboard  # spend and saved, polls, safety: what the issue asks to see
+
+
+# The dashboard's queries, evaluated by promtool over scraped series (promtool test
+# rules: the input series are what a daemon's /metrics said, one scrape held for 20 m).
+
+RATE = "5m"  # what $__rate_interval stands for in promtool's evaluation
+
+
+async def scrape(daemon: Daemon) -> str:
+    port = next(e["port"] for e in daemon.events if e.get("event") == "http_listening")
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        return await r.text()
+
+
+def input_series(text: str, instance: str) -> list[dict[str, str]]:
+    """One exposition as promtool's input series: each sample held for 20 minutes, with
+    the labels Prometheus would add (instance, job)."""
+    found = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        name, _, labels = series.partition("{")
+        labels = labels.rstrip("}")
+        extra = f'instance="{instance}",job="batch-watchdog"'
+        series = f"{name}{{{labels + ',' if labels else ''}{extra}}}"
+        found.append({"series": series, "values": f"{float(value):g}x20"})
+    return found
+
+
+def panel_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [t["expr"].replace("$__rate_interval", RATE) for p in panels for t in p["targets"]]
+
+
+def evaluate(tmp_path: Path, series: list[dict[str, str]], tests: list[dict[str, Any]]) -> None:
+    """promtool test rules over ``series`` with these expression tests (at 10 m)."""
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    spec = {"rule_files": ["none.yml"], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"eval_time": "10m", **t} for t in tests]}]}  # fmt: skip
+    (tmp_path / "dashboard.test.yml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = subprocess.run([promtool(), "test", "rules", "dashboard.test.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def test_the_dashboard_provisions_from_a_file() -> None:
+    """No __inputs (only the UI import resolves them); a datasource variable that every
+    panel and query uses; the stat panels say words, not 0 and 1."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert "__inputs" not in dashboard and "${DS_" not in DASHBOARD.read_text()
+    (variable,) = dashboard["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == (
+        "datasource", "datasource", "prometheus")  # fmt: skip
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "${datasource}"
+        assert all(t["datasource"]["uid"] == "${datasource}" for t in panel["targets"])
+    stats = {p["title"]: p for p in dashboard["panels"] if p["type"] == "stat"}
+    safety = stats["Safety tripped (alert-only)"]["fieldConfig"]["defaults"]["mappings"]
+    assert safety[0]["options"]["1"]["text"] == "TRIPPED"
+
+
+# Counters whose series appear only with their first event: a healthy run has none.
+EVENTFUL = ("watchdog_cancels_abandoned_total", "watchdog_cancels_stuck_total")
+
+
+async def test_every_panel_query_answers_on_a_recorded_scrape(
+    tmp_path: Path, sim: Sim, clock: Clock
+) -> None:
+    """A daemon that polled, cancelled a batch over its cap and saw the cancel settle:
+    every panel's query gives samples from its scrape (a typo in a metric or a label
+    gives none), but for the counters of events that did not happen."""
+    clock.t = time.time()
+    sim.simulator.add("batch_big", cancel_delay=1, **SPENDER)
+    sim.simulator.add("batch_small", total=100, rate=1)
+    budgets = "budgets:\n  - {name: all, limit_usd: 1000}\n"
+    config = write_config(tmp_path / "w.yaml", db_url=f"sqlite+aiosqlite:///{tmp_path}/w.db",
+                          sim_url=sim.url, extra=budgets)  # fmt: skip
+    config.write_text(config.read_text().replace(
+        "safety: {", "safety: {cancel_poll_interval: 1s, "))  # fmt: skip
+    cli = [sys.executable, "-m", "watchdog"]
+    subprocess.run([*cli, "migrate", "--config", str(config)], check=True, capture_output=True)
+    for batch_id in ("batch_big", "batch_small"):
+        subprocess.run([*cli, "track", batch_id, "--provider", "sim", "--config", str(config)],
+                       check=True, capture_output=True)  # fmt: skip
+    daemon = await Daemon.start(config)
+    text = ""
+    try:
+        await daemon.wait_for(
+            lambda: any(e.get("event") == "cancel_succeeded" for e in daemon.events)
+        )
+        clock.advance(5)  # the provider has cancelled it by now
+        await daemon.wait_for(
+            lambda: any(e.get("event") == "cancel_settled" for e in daemon.events)
+        )
+        for _ in range(100):  # the tracked gauges come from a snapshot taken beside the ticks
+            text = await scrape(daemon)
+            if "watchdog_tracked_cost_usd{" in text and "watchdog_saved_usd_total{" in text:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await daemon.stop()
+    tests = []
+    for query in panel_queries():
+        some = [{"labels": "{}", "value": 1}] if not query.count("_total") or not any(
+            e in query for e in EVENTFUL) else []  # fmt: skip
+        tests.append({"expr": f"count({query}) > bool 0", "exp_samples": some})
+    evaluate(tmp_path, input_series(text, "a"), tests)
