@@ -21,6 +21,7 @@ import yaml
 
 from tests.conftest import SPENDER, Clock, Sim
 from tests.daemons import Daemon, write_config
+from tests.databases import fresh_postgres
 from tests.tools import command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -222,3 +223,64 @@ async def test_every_panel_query_answers_on_a_recorded_scrape(
             e in query for e in EVENTFUL) else []  # fmt: skip
         tests.append({"expr": f"count({query}) > bool 0", "exp_samples": some})
     evaluate(tmp_path, input_series(text, "a"), tests)
+
+
+def tracked_by_status(text: str) -> dict[str, int]:
+    """What one scrape says of the tracked batches, summed over providers."""
+    found: dict[str, int] = {}
+    for match in re.finditer(r"^watchdog_tracked_batches\{([^}]*)\} (\S+)$", text, re.M):
+        status = re.search(r'status="([^"]*)"', match.group(1))
+        assert status is not None
+        found[status.group(1)] = found.get(status.group(1), 0) + int(float(match.group(2)))
+    return {k: v for k, v in found.items() if v}
+
+
+async def test_counts_add_up_over_three_replicas_on_postgresql(
+    tmp_path: Path, sim: Sim, clock: Clock
+) -> None:
+    """Three daemons on one PostgreSQL each export the database's counts: the panel's
+    query over their three scrapes gives the database's counts (summing instances, as
+    the dashboard once did, gives three times as many)."""
+    clock.t = time.time()
+    for i in range(5):
+        sim.simulator.add(f"batch_run{i}", total=1000, rate=1)
+    for i in range(3):
+        sim.simulator.add(f"batch_done{i}", total=10, rate=10, age=3600)
+    for i in range(2):
+        sim.simulator.add(f"batch_new{i}", total=10, rate=1, validating_for=3600)
+    expected = {"in_progress": 5, "completed": 3, "validating": 2}
+    async with fresh_postgres() as url:
+        config = write_config(tmp_path / "w.yaml", db_url=url, sim_url=sim.url)
+        cli = [sys.executable, "-m", "watchdog"]
+        subprocess.run([*cli, "migrate", "--config", str(config)], check=True, capture_output=True)
+        for batch_id in sim.simulator.batches:
+            subprocess.run([*cli, "track", batch_id, "--provider", "sim", "--config", str(config)],
+                           check=True, capture_output=True)  # fmt: skip
+        daemons = [await Daemon.start(config) for _ in range(3)]
+        scrapes = []
+        try:
+            for daemon in daemons:
+                await daemon.wait_for(lambda d=daemon: len(d.ticks()) >= 1)
+            for daemon in daemons:  # each exports what the database holds, once polled
+                for _ in range(300):
+                    text = await scrape(daemon)
+                    if tracked_by_status(text) == expected:
+                        break
+                    await asyncio.sleep(0.2)
+                assert tracked_by_status(text) == expected
+                scrapes.append(text)
+        finally:
+            codes = [await d.stop() for d in daemons]
+        assert codes == [0, 0, 0]
+    series = [
+        s for text, name in zip(scrapes, "abc", strict=True) for s in input_series(text, name)
+    ]
+    (query,) = [q for q in panel_queries() if "watchdog_tracked_batches" in q]
+
+    def samples(factor: int) -> list[dict[str, Any]]:
+        return [{"labels": f'{{status="{s}"}}', "value": n * factor} for s, n in expected.items()]
+
+    evaluate(tmp_path, series, [
+        {"expr": query, "exp_samples": samples(1)},
+        {"expr": "sum by (status) (watchdog_tracked_batches)", "exp_samples": samples(3)},
+    ])  # fmt: skip
