@@ -42,17 +42,31 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 def test_promtool_checks_the_rules() -> None:
     result = run(promtool(), "check", "rules", RULES.name)
-    assert result.returncode == 0 and "SUCCESS: 7 rules found" in result.stdout, result.stderr
+    assert result.returncode == 0 and "SUCCESS: 10 rules found" in result.stdout, result.stderr
 
 
 def test_promtool_fires_each_alert_from_input_series() -> None:
     """rules.test.yml fires every alert once and a healthy daemon none."""
     tests = yaml.safe_load((RULES.parent / "rules.test.yml").read_text())
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
-    fired = {t["alertname"] for t in tests["tests"][0]["alert_rule_test"] if t["exp_alerts"]}
+    cases = [t for case in tests["tests"] for t in case["alert_rule_test"]]
+    fired = {t["alertname"] for t in cases if t["exp_alerts"]}
     assert fired == alerts
     result = run(promtool(), "test", "rules", "rules.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_runbook_in_the_readme() -> None:
+    """Each alert's runbook_url points at its own heading in the README's Runbook."""
+    readme = (ROOT / "README.md").read_text()
+    runbook = readme[readme.index("\n## Runbook\n") :]
+    runbook = runbook[: runbook.index("\n## ", 1)]
+    headings = {h.strip().lower() for h in re.findall(r"^### (.+)$", runbook, re.M)}
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            name = rule["alert"]
+            assert rule["annotations"]["runbook_url"] == f"README.md#{name.lower()}"
+            assert name.lower() in headings, f"README: ### {name} under ## Runbook"
 
 
 def test_the_prometheusrule_is_the_same_rules_and_validates() -> None:
