@@ -15,6 +15,12 @@ COPY config/ config/
 RUN pip install --no-cache-dir -c constraints.txt "/src[postgres]"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="batch-watchdog" \
+      org.opencontainers.image.description="Guards LLM batch jobs on OpenAI-compatible Batch APIs: polls, judges against YAML policies, cancels." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.documentation="README.md in the source tree"
 # Only where the config file is: settings live in that file (a relative SQLite path
 # lands in the working directory, the state volume). Nothing here overrides it.
 ENV PATH=/opt/venv/bin:$PATH \
@@ -28,8 +34,9 @@ VOLUME ["/var/lib/batch-watchdog"]
 WORKDIR /var/lib/batch-watchdog
 USER 10001:10001
 EXPOSE 9464
+# /healthz at the host and port the mounted config names (http.host, http.port).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4).status != 200)"]
+    CMD ["batch-watchdog", "healthcheck"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["batch-watchdog"]
 CMD ["run"]

@@ -96,7 +96,8 @@ def test_dockerfile_shape() -> None:
     assert 'ENTRYPOINT ["batch-watchdog"]' in final
 
 
-MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+CONFIG = "watchdog.yaml"  # the config file the kustomization makes the ConfigMap of
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name not in ("kustomization.yaml", CONFIG))
 
 
 @pytest.mark.parametrize("manifest", MANIFESTS, ids=lambda p: p.name)
@@ -120,13 +121,43 @@ def docs(name: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
 
 
-def test_configmap_holds_a_valid_config(tmp_path: Path) -> None:
-    """The policies shipped in the ConfigMap load with the daemon's own loader."""
-    data = docs("configmap.yaml")[0]["data"]["watchdog.yaml"]
-    path = tmp_path / "watchdog.yaml"
-    path.write_text(data)
-    settings = load_settings(path, environ={})
+def built() -> list[dict[str, Any]]:
+    """What kubectl kustomize makes of the directory."""
+    done = run(tool("kubectl"), "kustomize", str(K8S))
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def test_configmap_holds_a_valid_config() -> None:
+    """The generated ConfigMap holds the config file, which loads with the daemon's own
+    loader; its name carries the file's hash, and the Deployment mounts that name (an
+    edit rolls the pod)."""
+    found = built()
+    (configmap,) = [d for d in found if d["kind"] == "ConfigMap"]
+    assert configmap["data"]["watchdog.yaml"] == (K8S / CONFIG).read_text()
+    settings = load_settings(K8S / CONFIG, environ={})
     assert settings.http.host == "0.0.0.0" and settings.dry_run
+    name = configmap["metadata"]["name"]
+    assert name.startswith("batch-watchdog-config-") and len(name) > len("batch-watchdog-config-")
+    (deployment,) = [d for d in found if d["kind"] == "Deployment"]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "config", "configMap": {"name": name}} in volumes
+
+
+def test_the_kit_scrapes_and_alerts() -> None:
+    """The ServiceMonitor selects the metrics Service, names the job as the alert rules
+    expect, and the PrometheusRule is in the kustomization."""
+    found = built()
+    kinds = {d["kind"]: d for d in found}
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds.keys()
+    monitor, service = kinds["ServiceMonitor"], kinds["Service"]
+    labels = service["metadata"]["labels"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert labels[monitor["spec"]["jobLabel"]] == "batch-watchdog"
+    ports = {p["name"] for p in service["spec"]["ports"]}
+    assert all(e["port"] in ports for e in monitor["spec"]["endpoints"])
+    rules = kinds["PrometheusRule"]["spec"]["groups"][0]["rules"]
+    assert any('job="batch-watchdog"' in r["expr"] for r in rules)
 
 
 def test_deployment_probes_security_and_grace() -> None:
@@ -169,7 +200,7 @@ def test_the_file_names_the_database_under_the_image_and_the_unit(
     env = environment()
     assert env.get("WATCHDOG_CONFIG") == "/etc/batch-watchdog/watchdog.yaml"
     assert env_overrides(env) == {}
-    text = docs("configmap.yaml")[0]["data"]["watchdog.yaml"]
+    text = (K8S / CONFIG).read_text()
     wanted = "postgresql+psycopg://watchdog@postgres.db.svc/watchdog"
     assert f"# database_url: {wanted}" in text
     switched = re.sub(r"(?m)^database_url: .*$", "", text).replace(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.conftest import Sim
+from tests.daemons import Daemon, write_config
 from watchdog.cli import main
 from watchdog.cli.parser import build_parser
 from watchdog.core.durations import human_duration
@@ -32,8 +35,8 @@ def shipped_configs() -> list[tuple[str, dict[str, Any]]]:
     """Every config the repository ships: the files, and the one inside the ConfigMap."""
     files = [p for p in (ROOT / "config").glob("*.yaml") if p.name != "policies.test.yaml"]
     found = [(p.name, yaml.safe_load(p.read_text())) for p in files]
-    configmap = yaml.safe_load((ROOT / "deploy/kubernetes/configmap.yaml").read_text())
-    found.append(("configmap", yaml.safe_load(configmap["data"]["watchdog.yaml"])))
+    kubernetes = ROOT / "deploy/kubernetes/watchdog.yaml"
+    found.append(("kubernetes", yaml.safe_load(kubernetes.read_text())))
     tests = yaml.safe_load((ROOT / "config/policies.test.yaml").read_text())
     if isinstance(tests.get("config"), dict):
         found.append(("policies.test.yaml", tests["config"]))
@@ -192,3 +195,27 @@ def test_explain_says_durations_and_money_as_such() -> None:
         "cost_usd_above $5.0000: observed $0.2500 (does not hold)",
         "progress_below 0.5: observed 0.25 (holds)",
     ]
+
+
+async def test_the_healthcheck_asks_the_port_the_config_names(tmp_path: Path, sim: Sim) -> None:
+    """What the image's HEALTHCHECK runs: 0 while the daemon answers at the configured
+    port, 1 with one line once it is gone; a config whose port is 0 cannot be asked."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = write_config(tmp_path / "w.yaml", db_url=f"sqlite+aiosqlite:///{tmp_path}/w.db",
+                          sim_url=sim.url)  # fmt: skip
+    config.write_text(config.read_text().replace("http: {port: 0}", f"http: {{port: {port}}}"))
+    check = [sys.executable, "-m", "watchdog", "healthcheck", "--config", str(config)]
+    daemon = await Daemon.start(config)
+    try:
+        await daemon.wait_for(lambda: len(daemon.ticks()) >= 1)
+        alive = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    finally:
+        await daemon.stop()
+    assert alive.returncode == 0 and alive.stdout == f"ok: http://127.0.0.1:{port}/healthz\n"
+    gone = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 1 and gone.stderr.count("\n") == 1 and "healthz" in gone.stderr
+    config.write_text(config.read_text().replace(f"http: {{port: {port}}}", "http: {port: 0}"))
+    unknown = subprocess.run(check, capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 1 and "http.port is 0" in unknown.stderr

@@ -26,7 +26,7 @@ from tests.tools import command
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
-OPERATOR = ROOT / "deploy" / "prometheus" / "prometheusrule.yaml"
+OPERATOR = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "batch-watchdog.json"
 BIN = Path(sys.executable).parent
 

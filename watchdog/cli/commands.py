@@ -326,6 +326,36 @@ def _check_config(settings: Settings, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _healthcheck(settings: Settings, args: argparse.Namespace) -> int:
+    """``/healthz`` at the host and port the config names (a container's HEALTHCHECK):
+    0 when it answers 200, 1 with one line saying why not."""
+    import urllib.error
+    import urllib.request
+
+    http = settings.http
+    if not http.enabled:
+        print("http.enabled is false: no /healthz to ask")
+        return EX_OK
+    if http.port == 0:
+        print("error: http.port is 0 (any free port): no known port to ask", file=sys.stderr)
+        return EX_ERROR
+    host = "127.0.0.1" if http.host in ("0.0.0.0", "::", "") else http.host
+    url = f"http://{f'[{host}]' if ':' in host else host}:{http.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=4) as answer:
+            status = answer.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"error: {url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return EX_ERROR
+    if status != 200:
+        print(f"error: {url} answered {status}", file=sys.stderr)
+        return EX_ERROR
+    print(f"ok: {url}")
+    return EX_OK
+
+
 HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "run": _run,
     "migrate": _migrate,
@@ -341,4 +371,5 @@ HANDLERS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "explain": _explain,
     "replay": _replay,
     "report": _spend_report,
+    "healthcheck": _healthcheck,
 }

@@ -197,6 +197,11 @@ def _add_check_config(sub: Sub, common: Parser) -> None:
              "check-config", "check-config --config config/watchdog.yaml")  # fmt: skip
 
 
+def _add_healthcheck(sub: Sub, common: Parser) -> None:
+    _command(sub, "healthcheck", common, "ask the running daemon's /healthz (exit 0 or 1)",
+             "healthcheck", "healthcheck --config /etc/batch-watchdog/watchdog.yaml")  # fmt: skip
+
+
 def _add_schema(sub: Sub, common: Parser) -> None:
     _command(sub, "schema", None, "print the config's JSON Schema (for editors)",
              "schema > config/watchdog.schema.json")  # fmt: skip
@@ -254,6 +259,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction[Parser], Parser], None]] = [
     _add_budgets,
     _add_resume,
     _add_check_config,
+    _add_healthcheck,
     _add_schema,
     _add_test_policies,
     _add_simulate,
