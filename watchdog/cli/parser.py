@@ -81,6 +81,12 @@ def _json(parser: Parser, what: str = "the same, as JSON") -> None:
     parser.add_argument("--json", action="store_true", help=what)
 
 
+def _batch(parser: Parser, *, provider_required: bool = False) -> None:
+    """The batch a command is about: its id, and the provider where it is ambiguous."""
+    parser.add_argument("batch_id", metavar="ID", help="the provider's batch id")
+    _provider(parser, provider_required)
+
+
 def _provider(parser: Parser, required: bool = False) -> None:
     said = "the provider's name in the config" + ("" if required else " (when the id is ambiguous)")
     parser.add_argument("--provider", required=required, metavar="NAME", help=said)
@@ -101,8 +107,7 @@ def _add_track(sub: Sub, common: Parser) -> None:
     track = _command(sub, "track", common, "start tracking a batch",
                      "track batch_abc123 --provider deepinfra",
                      "track batch_abc123 --provider openai --label team=research")  # fmt: skip
-    track.add_argument("batch_id", metavar="ID", help="the provider's batch id")
-    _provider(track, required=True)
+    _batch(track, provider_required=True)
     track.add_argument("--label", action="append", default=[], metavar="K=V",
                        help="a label of ours for matching and grouping (repeatable)")  # fmt: skip
 
@@ -111,8 +116,7 @@ def _add_untrack(sub: Sub, common: Parser) -> None:
     untrack = _command(sub, "untrack", common, "stop tracking a batch (its history is kept)",
                        "untrack batch_abc123",
                        "untrack batch_abc123 --provider openai")  # fmt: skip
-    untrack.add_argument("batch_id", metavar="ID", help="the provider's batch id")
-    _provider(untrack)
+    _batch(untrack)
 
 
 def _add_list(sub: Sub, common: Parser) -> None:
@@ -139,8 +143,7 @@ def _add_events(sub: Sub, common: Parser) -> None:
 def _add_exempt(sub: Sub, common: Parser) -> None:
     exempt = _command(sub, "exempt", common, "never cancel a batch for a while",
                       "exempt batch_abc123 --for 2h --reason 'customer demo'")  # fmt: skip
-    exempt.add_argument("batch_id", metavar="ID", help="the provider's batch id")
-    _provider(exempt)
+    _batch(exempt)
     exempt.add_argument("--for", dest="duration", required=True, metavar="DURATION",
                         type=_duration, help="how long: 90s, 15m, 2h, 1d")  # fmt: skip
     exempt.add_argument("--reason", required=True, metavar="TEXT",
@@ -150,8 +153,7 @@ def _add_exempt(sub: Sub, common: Parser) -> None:
 def _add_unexempt(sub: Sub, common: Parser) -> None:
     unexempt = _command(sub, "unexempt", common, "lift a batch's exemption",
                         "unexempt batch_abc123")  # fmt: skip
-    unexempt.add_argument("batch_id", metavar="ID", help="the provider's batch id")
-    _provider(unexempt)
+    _batch(unexempt)
 
 
 def _add_report(sub: Sub, common: Parser) -> None:
@@ -177,8 +179,7 @@ def _add_explain(sub: Sub, common: Parser) -> None:
     explain = _command(sub, "explain", common, "show what the next tick will do with a batch",
                        "explain batch_abc123",
                        "explain batch_abc123 --provider openai --json")  # fmt: skip
-    explain.add_argument("batch_id", metavar="ID", help="the provider's batch id")
-    _provider(explain)
+    _batch(explain)
     _json(explain)
 
 
