@@ -70,12 +70,8 @@ class Estimator:
         clock: Callable[[], datetime],
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.emitter, self.store, self.clock, self.monotonic = (
-            emitter,
-            emitter.store,
-            clock,
-            monotonic,
-        )
+        self.emitter, self.store = emitter, emitter.store
+        self.clock, self.monotonic = clock, monotonic
         self._reading: dict[Key, Reading] = {}
         self._slots: tuple[int, asyncio.Semaphore] | None = None
         self._until = 0.0  # the tick waits for estimates until then (monotonic)
